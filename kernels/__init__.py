@@ -1,0 +1,1 @@
+"""Triton kernels for the plaintext GPU path, each with a PyTorch reference."""

@@ -1,0 +1,5 @@
+import sys
+
+from mpcache.cli import main
+
+sys.exit(main())

@@ -1,0 +1,159 @@
+"""The Backend seam: every tensor op the transformer and the policies need.
+
+The model and the policies are written once against :class:`Backend`. ``PlainBackend`` runs them on
+ordinary torch tensors; the MPC backend (``protocols.backend``) runs them on CrypTen secret shares.
+Shapes are always public; values may be secret. Public constants (masks, RoPE tables, scalars)
+are plain torch tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+Tensor = Any  # torch.Tensor in plaintext, a CrypTen tensor under MPC
+
+
+@dataclass
+class Approximations:
+    """Which non-linear approximations to use. ``exact`` everywhere means plain torch math.
+
+    The MPC backend always approximates; PlainBackend uses these to simulate the MPC numerics so
+    their accuracy effect can be measured in plaintext.
+    """
+
+    exact: bool = True
+    exp_iterations: int = 8  # exp(x) ~ (1 + x / 2^n)^(2^n)
+    reciprocal_iterations: int = 10  # Newton-Raphson steps
+    softmax_clip: float = 0.0  # if > 0, scores below max - clip are dropped (MPC-friendly mask)
+
+
+class Backend:
+    """Interface of the ops the model uses. Subclasses implement every method."""
+
+    name = "abstract"
+
+    # --- data movement -------------------------------------------------------------------------
+    def weight(self, tensor: torch.Tensor) -> Tensor:
+        """Make a model weight (owned by the server) usable by this backend."""
+        raise NotImplementedError
+
+    def embed(self, token_ids: torch.Tensor | Tensor, table: Tensor) -> Tensor:
+        """Rows of ``table`` for ``token_ids`` -> [T, hidden]."""
+        raise NotImplementedError
+
+    def cat(self, tensors: Sequence[Tensor], dim: int) -> Tensor:
+        raise NotImplementedError
+
+    # --- linear algebra ------------------------------------------------------------------------
+    def linear(self, x: Tensor, weight: Tensor) -> Tensor:
+        """``x @ weight.T`` with ``weight`` in HF layout [out, in]."""
+        raise NotImplementedError
+
+    def matmul(self, a: Tensor, b: Tensor) -> Tensor:
+        """Batched matmul of two (possibly secret) tensors."""
+        raise NotImplementedError
+
+    def mul(self, a: Tensor, b: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # --- non-linear ----------------------------------------------------------------------------
+    def rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
+        raise NotImplementedError
+
+    def silu(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def softmax(self, scores: Tensor, mask: torch.Tensor | None = None) -> Tensor:
+        """Softmax over the last dim; ``mask`` (public bool, broadcastable) marks allowed entries."""
+        raise NotImplementedError
+
+    def rope(self, x: Tensor, cos: torch.Tensor, sin: torch.Tensor) -> Tensor:
+        """Rotary embedding of x [H, T, d] with public cos/sin [T, d] (rotate-half convention)."""
+        rotated = self.cat([x[..., x.shape[-1] // 2 :] * -1.0, x[..., : x.shape[-1] // 2]], dim=-1)
+        return x * cos + rotated * sin
+
+    # --- outputs -------------------------------------------------------------------------------
+    def next_token(self, logits: Tensor) -> int:
+        """Greedy next token id from the last row of ``logits``, revealed to the client only."""
+        raise NotImplementedError
+
+    def reveal(self, x: Tensor) -> torch.Tensor:
+        """Plain value of ``x`` (to every party). Use only for public or deliberately leaked data."""
+        raise NotImplementedError
+
+
+class PlainBackend(Backend):
+    """Plain torch. With ``Approximations(exact=False)`` it mimics the MPC numerics."""
+
+    name = "plain"
+
+    def __init__(self, approx: Approximations | None = None, dtype: torch.dtype = torch.float32):
+        self.approx = approx or Approximations()
+        self.dtype = dtype
+
+    def weight(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self.dtype)
+
+    def embed(self, token_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return table[token_ids]
+
+    def cat(self, tensors: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
+        return torch.cat(list(tensors), dim=dim)
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return x @ weight.T
+
+    def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a @ b
+
+    def mul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return x * torch.rsqrt(variance + eps) * weight
+
+    def silu(self, x: torch.Tensor) -> torch.Tensor:
+        if self.approx.exact:
+            return torch.nn.functional.silu(x)
+        return x * self._reciprocal(1.0 + self._exp(-x))
+
+    def softmax(self, scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.approx.exact:
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            return torch.softmax(scores, dim=-1)
+        # MPC-style: subtract the (masked) max, exp by limit, multiply out the mask, Newton reciprocal.
+        if mask is not None:
+            scores = scores.masked_fill(~mask, -1e4)
+        shifted = scores - scores.max(dim=-1, keepdim=True).values
+        if self.approx.softmax_clip > 0:
+            shifted = shifted.clamp(min=-self.approx.softmax_clip)
+        e = self._exp(shifted)
+        if mask is not None:
+            e = e * mask
+        return e * self._reciprocal(e.sum(-1, keepdim=True))
+
+    def next_token(self, logits: torch.Tensor) -> int:
+        return int(torch.argmax(logits[-1]).item())
+
+    def reveal(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    # Approximations mirroring CrypTen's (limit exp, Newton reciprocal).
+    def _exp(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.approx.exp_iterations
+        y = 1.0 + x / (2**n)
+        for _ in range(n):
+            y = y * y
+        return y
+
+    def _reciprocal(self, x: torch.Tensor) -> torch.Tensor:
+        y = 3.0 * self._exp(1.0 - 2.0 * x) + 0.003  # CrypTen's initial guess
+        for _ in range(self.approx.reciprocal_iterations):
+            y = 2.0 * y - y * y * x
+        return y

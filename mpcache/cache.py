@@ -1,0 +1,56 @@
+"""Our own KV cache: per layer, keys and values after RoPE, plus whatever state a policy keeps.
+
+Keys and values are stored [num_kv_heads, tokens, head_dim] (backend tensors: secret under MPC).
+RoPE is applied before caching, so evicting tokens never needs their positions again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mpcache.backend import Backend, Tensor
+
+
+@dataclass
+class LayerCache:
+    k: Tensor | None = None
+    v: Tensor | None = None
+    appended: int = 0  # tokens ever appended (prompt + generated), evicted ones included
+    state: dict[str, Any] = field(default_factory=dict)  # owned by the policy
+
+    @property
+    def length(self) -> int:
+        """Tokens currently held."""
+        return 0 if self.k is None else self.k.shape[1]
+
+    def append(self, k: Tensor, v: Tensor, backend: Backend) -> None:
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            self.k = backend.cat([self.k, k], dim=1)
+            self.v = backend.cat([self.v, v], dim=1)
+        self.appended += k.shape[1]
+
+
+@dataclass
+class KVCache:
+    layers: list[LayerCache]
+
+    @classmethod
+    def empty(cls, num_layers: int) -> KVCache:
+        return cls([LayerCache() for _ in range(num_layers)])
+
+    @property
+    def position(self) -> int:
+        """Position of the next token to be fed."""
+        return self.layers[0].appended
+
+    def nbytes(self) -> int:
+        """Bytes the cached plaintext tensors hold (keys and values; policy state excluded)."""
+        total = 0
+        for layer in self.layers:
+            for t in (layer.k, layer.v):
+                if t is not None and hasattr(t, "element_size"):
+                    total += t.numel() * t.element_size()
+        return total

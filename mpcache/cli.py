@@ -1,0 +1,37 @@
+"""The ``mpcache`` command. Bad input prints one line on stderr and exits 2, without a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mpcache.commands import generate
+from mpcache.errors import UserError
+
+COMMANDS = [generate]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mpcache", description="Private LLM inference with MPC-friendly KV-cache eviction."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except UserError as exc:
+        print(f"mpcache: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mpcache: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

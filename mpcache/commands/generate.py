@@ -1,0 +1,68 @@
+"""``mpcache generate``: plaintext greedy generation with a KV-cache policy."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mpcache.models import DEFAULT_MODEL
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate a continuation in plaintext")
+    p.add_argument("--prompt", required=True, help="prompt text")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="smollm2 | PATH to HF folder | random:PRESET")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    p.add_argument("--policy", default="full", help="KV-cache policy")
+    p.add_argument("--budget", type=float, default=1.0, help="fraction of prompt tokens attended")
+    p.add_argument("--stats", action="store_true", help="print timings on stderr")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mpcache.backend import PlainBackend
+    from mpcache.generate import check_lengths, generate
+    from mpcache.models import Transformer, load_model
+    from mpcache.policies import make_policy
+
+    policy = make_policy(args.policy, args.budget)
+    model = load_model(args.model)
+    ids = model.tokenizer.encode(args.prompt, chat=args.chat)
+    check_lengths(len(ids), args.max_new_tokens, model.config.max_positions)
+    transformer = Transformer(model.config, model.weights, PlainBackend(), policy)
+    printer = StreamPrinter(model.tokenizer)
+    result = generate(
+        transformer, ids, args.max_new_tokens, model.tokenizer.eos_token_ids, printer.push
+    )
+    printer.finish()
+    if args.stats:
+        n = len(result.new_ids)
+        print(
+            f"[{args.model}: load {model.load_seconds:.2f} s, prompt {len(ids)} tokens, "
+            f"prefill {result.prefill_seconds:.2f} s, {n} tokens in {result.decode_seconds:.2f} s]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+class StreamPrinter:
+    """Prints decoded text as tokens arrive (re-decodes the whole output: safe for multi-byte text)."""
+
+    def __init__(self, tokenizer, stream=sys.stdout):
+        self.tokenizer, self.stream = tokenizer, stream
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def push(self, token: int) -> None:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):  # incomplete UTF-8 sequence: wait for the next token
+            return
+        self.stream.write(text[len(self.shown) :])
+        self.stream.flush()
+        self.shown = text
+
+    def finish(self) -> None:
+        self.stream.write("\n")
+        self.stream.flush()

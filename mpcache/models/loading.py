@@ -1,0 +1,118 @@
+"""Load a model by name: the bundled SmolLM2, a local Hugging Face folder, or ``random:<preset>``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mpcache.errors import UserError
+from mpcache.models.config import ModelConfig
+from mpcache.models.random_presets import PRESETS, random_weights
+from mpcache.models.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+
+DEFAULT_MODEL = "smollm2"
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    config: ModelConfig
+    weights: dict[str, torch.Tensor]  # Hugging Face parameter names, fp32
+    tokenizer: Tokenizer
+    load_seconds: float = 0.0
+    folder: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def load_model(spec: str = DEFAULT_MODEL, with_tokenizer: bool = True) -> LoadedModel:
+    """Resolve ``spec`` and load it. Raises :class:`UserError` with one clear line on bad input."""
+    start = time.perf_counter()
+    if spec.startswith("random:"):
+        preset = spec.split(":", 1)[1]
+        if preset not in PRESETS:
+            known = ", ".join(sorted(PRESETS))
+            raise UserError(f"unknown random preset {preset!r} (known: {known})")
+        config = PRESETS[preset]
+        weights = random_weights(config, seed=0)
+        tokenizer: Tokenizer = ByteTokenizer(config.vocab_size)
+        return LoadedModel(spec, config, weights, tokenizer, time.perf_counter() - start)
+    if spec == "smollm2":
+        from mpcache.models.smollm2 import smollm2_folder
+
+        folder = smollm2_folder()
+    else:
+        folder = Path(spec).expanduser()
+        if not folder.exists():
+            raise UserError(
+                f"unknown model {spec!r}: not 'smollm2', not 'random:<preset>', and no such folder"
+            )
+    config, weights = load_folder(folder)
+    tokenizer = HFTokenizer(str(folder), config.eos_token_ids) if with_tokenizer else None
+    return LoadedModel(spec, config, weights, tokenizer, time.perf_counter() - start, str(folder))
+
+
+def load_folder(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Read ``config.json`` and the weights (safetensors or a torch .bin) of a HF model folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"model folder {folder} is not a directory")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"model folder {folder} has no config.json")
+    try:
+        config = ModelConfig.from_hf(json.loads(config_path.read_text()))
+    except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"model folder {folder}: bad config.json ({exc})") from None
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise UserError(f"model folder {folder} has no *.safetensors or pytorch_model*.bin weights")
+    weights: dict[str, torch.Tensor] = {}
+    for path in files:
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                weights.update(load_file(str(path)))
+            else:
+                weights.update(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as exc:  # corrupt or truncated file: any reader error
+            raise UserError(f"model folder {folder}: cannot read {path.name} ({exc})") from None
+    weights = {k: v.float() for k, v in weights.items()}
+    check_weights(config, weights, str(folder))
+    return config, weights
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter the transformer reads, with its shape (HF names and layout)."""
+    h, d = config.hidden_size, config.head_dim
+    shapes = {"model.embed_tokens.weight": (config.vocab_size, h), "model.norm.weight": (h,)}
+    if not config.tie_embeddings:
+        shapes["lm_head.weight"] = (config.vocab_size, h)
+    for i in range(config.num_layers):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "input_layernorm.weight": (h,),
+            p + "post_attention_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (config.num_heads * d, h),
+            p + "self_attn.k_proj.weight": (config.num_kv_heads * d, h),
+            p + "self_attn.v_proj.weight": (config.num_kv_heads * d, h),
+            p + "self_attn.o_proj.weight": (h, config.num_heads * d),
+            p + "mlp.gate_proj.weight": (config.intermediate_size, h),
+            p + "mlp.up_proj.weight": (config.intermediate_size, h),
+            p + "mlp.down_proj.weight": (h, config.intermediate_size),
+        }
+    return shapes
+
+
+def check_weights(config: ModelConfig, weights: dict[str, torch.Tensor], where: str) -> None:
+    for name, shape in expected_shapes(config).items():
+        if name not in weights:
+            raise UserError(f"model {where}: missing weight {name}")
+        if tuple(weights[name].shape) != shape:
+            got = tuple(weights[name].shape)
+            raise UserError(f"model {where}: weight {name} has shape {got}, expected {shape}")

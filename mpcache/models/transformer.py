@@ -1,0 +1,107 @@
+"""One LLaMA-family transformer written once over a Backend (RMSNorm, RoPE, GQA, SiLU MLP).
+
+Batch size is 1; activations are [tokens, hidden]. Attention groups the query heads of each KV head
+into one matrix ([Hkv, group*T, d]) so GQA needs neither repeat nor broadcasting (CrypTen has
+neither for matmul).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mpcache.backend import Backend, Tensor
+from mpcache.cache import KVCache, LayerCache
+from mpcache.models.config import ModelConfig
+from mpcache.policies.base import Policy
+
+
+def rope_tables(config: ModelConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Public cos/sin tables [T, head_dim] for the given positions (HF's default RoPE)."""
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]
+    emb = torch.cat([angles, angles], dim=-1)
+    return emb.cos().float(), emb.sin().float()
+
+
+class Transformer:
+    def __init__(
+        self,
+        config: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        backend: Backend,
+        policy: Policy | None = None,
+    ):
+        self.config = config
+        self.backend = backend
+        self.policy = policy or Policy()
+        w = {name: backend.weight(t) for name, t in weights.items()}
+        self.embed_table = w["model.embed_tokens.weight"]
+        self.lm_head = w["model.embed_tokens.weight"] if config.tie_embeddings else w["lm_head.weight"]
+        self.final_norm = w["model.norm.weight"]
+        self.layers = []
+        for i in range(config.num_layers):
+            p = f"model.layers.{i}."
+            self.layers.append(
+                {name: w[p + name + ".weight"] for name in (
+                    "input_layernorm", "post_attention_layernorm", "self_attn.q_proj",
+                    "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+                )}
+            )
+
+    def new_cache(self) -> KVCache:
+        return KVCache.empty(self.config.num_layers)
+
+    def forward(self, token_ids, cache: KVCache, all_logits: bool = False) -> Tensor:
+        """Feed ``token_ids`` (a list of ints; under MPC, what the embedding backend takes).
+
+        Returns logits for the last token ([1, vocab]) or for every token (``all_logits``).
+        The first call on an empty cache is the prefill; later calls decode.
+        """
+        b, cfg = self.backend, self.config
+        n = len(token_ids)
+        start = cache.position
+        if start + n > cfg.max_positions:
+            raise ValueError(
+                f"sequence of {start + n} tokens exceeds the model's {cfg.max_positions} positions"
+            )
+        prefill = start == 0
+        cos, sin = rope_tables(cfg, torch.arange(start, start + n))
+        x = b.embed(token_ids, self.embed_table)
+        for i, layer in enumerate(self.layers):
+            h = b.rms_norm(x, layer["input_layernorm"], cfg.rms_norm_eps)
+            attn = self._attention(i, h, layer, cache.layers[i], cos, sin, prefill)
+            x = x + b.linear(attn, layer["self_attn.o_proj"])
+            h = b.rms_norm(x, layer["post_attention_layernorm"], cfg.rms_norm_eps)
+            gate = b.silu(b.linear(h, layer["mlp.gate_proj"]))
+            x = x + b.linear(b.mul(gate, b.linear(h, layer["mlp.up_proj"])), layer["mlp.down_proj"])
+        if not all_logits:
+            x = x[-1:]
+        x = b.rms_norm(x, self.final_norm, cfg.rms_norm_eps)
+        return b.linear(x, self.lm_head)
+
+    def _attention(self, i: int, h: Tensor, layer: dict, lc: LayerCache, cos, sin, prefill: bool):
+        b, cfg = self.backend, self.config
+        n, d, g = h.shape[0], cfg.head_dim, cfg.group_size
+        q = b.linear(h, layer["self_attn.q_proj"]).view(n, cfg.num_heads, d).transpose(0, 1)
+        k = b.linear(h, layer["self_attn.k_proj"]).view(n, cfg.num_kv_heads, d).transpose(0, 1)
+        v = b.linear(h, layer["self_attn.v_proj"]).view(n, cfg.num_kv_heads, d).transpose(0, 1)
+        q, k = b.rope(q, cos, sin), b.rope(k, cos, sin)
+        past = lc.length
+        lc.append(k, v, b)
+        if prefill or n > 1:
+            keys, values = lc.k, lc.v
+            # Causal mask over [group*T queries, past+T keys]; public.
+            qpos = torch.arange(n).repeat(g) + past
+            mask = qpos[:, None] >= torch.arange(past + n)[None, :]
+        else:
+            keys, values = self.policy.decode_kv(i, q, lc, b)
+            mask = None
+        grouped = (q * (d**-0.5)).reshape(cfg.num_kv_heads, g * n, d)
+        probs = b.softmax(b.matmul(grouped, keys.transpose(1, 2)), mask)
+        self.policy.observe(i, probs, lc, b)
+        out = b.matmul(probs, values)  # [Hkv, g*n, d]
+        if prefill:
+            self.policy.after_prefill(i, q, lc, b)
+        return out.reshape(cfg.num_heads, n, d).transpose(0, 1).reshape(n, cfg.num_heads * d)

@@ -1,0 +1,1 @@
+"""The MPC layer of MPCache, built on CrypTen."""

@@ -76,6 +76,22 @@ class Backend:
         rotated = self.cat([x[..., x.shape[-1] // 2 :] * -1.0, x[..., : x.shape[-1] // 2]], dim=-1)
         return x * cos + rotated * sin
 
+    # --- selection (policies) -----------------------------------------------------------------
+    def topk(self, scores: Tensor, k: int) -> Tensor:
+        """Select the ``k`` largest entries of each row of ``scores`` [H, n]; ``k`` is public.
+
+        Returns a *selection*: in plaintext a LongTensor of indices [H, k] in ascending order (so
+        gathered tokens keep their cache order); under MPC a secret one-hot matrix [H, k, n].
+        """
+        raise NotImplementedError
+
+    def gather(self, selection: Tensor, x: Tensor) -> Tensor:
+        """Rows of ``x`` [H, n, m] picked by ``selection`` -> [H, k, m] (a one-hot matmul under MPC).
+
+        To gather whole clusters of s tokens, view x as [H, n/s, s*d] first.
+        """
+        raise NotImplementedError
+
     # --- outputs -------------------------------------------------------------------------------
     def next_token(self, logits: Tensor) -> int:
         """Greedy next token id from the last row of ``logits``, revealed to the client only."""
@@ -137,6 +153,12 @@ class PlainBackend(Backend):
         if mask is not None:
             e = e * mask
         return e * self._reciprocal(e.sum(-1, keepdim=True))
+
+    def topk(self, scores: torch.Tensor, k: int) -> torch.Tensor:
+        return torch.topk(scores, k, dim=-1).indices.sort(dim=-1).values
+
+    def gather(self, selection: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.gather(x, 1, selection[..., None].expand(-1, -1, x.shape[-1]))
 
     def next_token(self, logits: torch.Tensor) -> int:
         return int(torch.argmax(logits[-1]).item())

@@ -90,3 +90,14 @@ def test_smollm2_tokenizer_matches_transformers(smollm2):
     chat = chat["input_ids"] if isinstance(chat, dict) or hasattr(chat, "keys") else chat
     assert smollm2.tokenizer.encode(text, chat=True) == list(chat)
     assert smollm2.tokenizer.decode(smollm2.tokenizer.encode(text)) == text
+
+
+def test_plain_topk_gather_picks_largest_rows_in_order():
+    from mpcache.backend import PlainBackend
+
+    b = PlainBackend()
+    scores = torch.tensor([[0.1, 5.0, 0.3, 4.0], [9.0, 0.0, 8.0, 7.0]])
+    sel = b.topk(scores, 2)
+    assert sel.tolist() == [[1, 3], [0, 2]]
+    x = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)
+    assert torch.equal(b.gather(sel, x), torch.stack([x[0, [1, 3]], x[1, [0, 2]]]))

@@ -204,3 +204,50 @@ def test_policy_options_are_checked():
     with pytest.raises(UserError, match="multiple"):
         parse_spec("mpcache:s1=24:s2=16")
     assert parse_spec("mpcache:static=false:r2=0.25", 0.1).r2 == 0.25
+
+
+def _reference_selection(k: torch.Tensor, q: torch.Tensor, k1: int, k2: int) -> list[torch.Tensor]:
+    """DESIGN §4's dynamic selection, written directly, one KV head at a time (no Backend)."""
+    hkv, n, d = k.shape
+    g = q.shape[0] // hkv
+    full1, out = n // 32, []
+    for h in range(hkv):
+        qs = q[h * g : (h + 1) * g, 0].sum(0)
+        l1 = k[h, : full1 * 32].reshape(full1, 32, d)
+        l2 = k[h, : full1 * 32].reshape(full1 * 2, 16, d)
+        s1 = (0.6 * l1.amax(1) + 0.4 * l1.amin(1)) @ qs
+        s1[0] += 1e4
+        s1[-1] += 1e4
+        clusters1 = sorted(torch.topk(s1, k1).indices.tolist())
+        s2 = (0.6 * l2.amax(1) + 0.4 * l2.amin(1)) @ qs
+        s2[0] += 1e4
+        s2[-1] += 1e4
+        children = [2 * c + j for c in clusters1 for j in (0, 1)]
+        best = torch.topk(s2[children], k2).indices.tolist()
+        chosen = sorted(children[i] for i in best)
+        rows = [k[h, 16 * c : 16 * c + 16] for c in chosen] + [k[h, full1 * 32 :]]
+        out.append(torch.cat(rows))
+    return out
+
+
+@pytest.mark.parametrize("length", [400, 413])
+def test_mpcache_dynamic_selection_matches_a_direct_reference(length):
+    from mpcache.cache import LayerCache
+    from mpcache.policies.base import PromptInfo
+
+    gen = torch.Generator().manual_seed(length)
+    k, v = torch.randn(2, 3, length, 8, generator=gen)
+    q = torch.randn(9, 1, 8, generator=gen)
+    policy = make_policy("mpcache", 0.2, static=False)
+    cache, backend = LayerCache(), PlainBackend()
+    cache.append(k, v, backend)
+    policy.after_prefill(0, PromptInfo(None, None, num_layers=1), cache, backend)
+    keys, values = policy.decode_kv(0, q, cache, backend)
+    full1, tail = length // 32, length % 32
+    k1, k2 = math.ceil(0.5 * full1), (math.ceil(0.2 * length) - tail) // 16
+    expected = _reference_selection(k, q, k1, k2)
+    assert keys.shape == (3, k2 * 16 + tail, 8)
+    for h in range(3):
+        assert torch.equal(keys[h], expected[h])
+        rows = [int((k[h] == row).all(-1).nonzero()[0]) for row in keys[h]]
+        assert torch.equal(values[h], v[h, rows])

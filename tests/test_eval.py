@@ -102,3 +102,21 @@ def test_eval_and_plot_cli(tmp_path):
     bad.write_text("not json\n")
     proc = run_cli("plot", str(bad), "--out", str(png))
     assert proc.returncode == 2 and "not a JSON line" in proc.stderr
+
+
+def test_chunks_of_a_sweep_merge_by_sample_count():
+    from mpcache.eval.plot import merge_chunks, table
+
+    base = {"task": "needle", "policy": "h2o", "budget": 0.1, "length": 2000, "seed": 0, "model": "m",
+            "max_new_tokens": 24, "mean_new_tokens": 20.0, "mean_attended_tokens": 200.0,
+            "mean_prompt_tokens": 2000.0, "kv_bytes": 100, "seconds": 1.0}
+    chunks = [{**base, "first_sample": 0, "samples": 10, "accuracy": 0.5, "details": [{"i": 0}]},
+              {**base, "first_sample": 10, "samples": 30, "accuracy": 0.1, "details": [{"i": 1}]},
+              {**base, "policy": "full", "budget": 1.0, "first_sample": 0, "samples": 10, "accuracy": 1.0}]
+    merged = merge_chunks(chunks)
+    assert len(merged) == 2
+    assert merged[0]["samples"] == 40 and merged[0]["accuracy"] == pytest.approx(0.2)
+    assert merged[0]["seconds"] == 2.0 and merged[0]["details"] == [{"i": 0}, {"i": 1}]
+    rerun = merge_chunks([chunks[0], {**chunks[0], "accuracy": 0.7}])  # same chunk twice: latest wins
+    assert rerun[0]["accuracy"] == 0.7 and rerun[0]["samples"] == 10
+    assert "| h2o | 0.2 / 200 |  |" in table(merged)

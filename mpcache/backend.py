@@ -60,6 +60,20 @@ class Backend:
     def mul(self, a: Tensor, b: Tensor) -> Tensor:
         raise NotImplementedError
 
+    # --- reductions (policies) ------------------------------------------------------------------
+    def sum(self, x: Tensor, dim: int, keepdim: bool = False) -> Tensor:
+        """Sum over ``dim`` (a local op on shares; torch and CrypTen tensors share this method)."""
+        return x.sum(dim, keepdim=keepdim)
+
+    def amax(self, x: Tensor, dim: int, keepdim: bool = False) -> Tensor:
+        """Maximum VALUES over ``dim`` (no indices/argmax), e.g. a cluster's per-channel max or a
+        token's max attention over window rows. Under MPC: a tree of secret comparisons."""
+        raise NotImplementedError
+
+    def amin(self, x: Tensor, dim: int, keepdim: bool = False) -> Tensor:
+        """Minimum VALUES over ``dim``; see :meth:`amax`."""
+        raise NotImplementedError
+
     # --- non-linear ----------------------------------------------------------------------------
     def rms_norm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
         raise NotImplementedError
@@ -88,7 +102,9 @@ class Backend:
     def gather(self, selection: Tensor, x: Tensor) -> Tensor:
         """Rows of ``x`` [H, n, m] picked by ``selection`` -> [H, k, m] (a one-hot matmul under MPC).
 
-        To gather whole clusters of s tokens, view x as [H, n/s, s*d] first.
+        To gather whole clusters of s tokens, view x as [H, n/s, s*d] first. A selection made for
+        one row (H = 1, e.g. a layer-wide static eviction) applies to every head of ``x``. ``x``
+        may be secret or public (e.g. a public bonus vector gathered along with secret scores).
         """
         raise NotImplementedError
 
@@ -158,7 +174,15 @@ class PlainBackend(Backend):
         return torch.topk(scores, k, dim=-1).indices.sort(dim=-1).values
 
     def gather(self, selection: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if selection.shape[0] != x.shape[0]:
+            selection = selection.expand(x.shape[0], -1)
         return torch.gather(x, 1, selection[..., None].expand(-1, -1, x.shape[-1]))
+
+    def amax(self, x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+        return x.amax(dim, keepdim=keepdim)
+
+    def amin(self, x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+        return x.amin(dim, keepdim=keepdim)
 
     def next_token(self, logits: torch.Tensor) -> int:
         return int(torch.argmax(logits[-1]).item())

@@ -18,6 +18,8 @@ class LayerCache:
     v: Tensor | None = None
     appended: int = 0  # tokens ever appended (prompt + generated), evicted ones included
     state: dict[str, Any] = field(default_factory=dict)  # owned by the policy
+    attended: int = 0  # keys attended over all decode steps (counted by the transformer)
+    decode_steps: int = 0
 
     @property
     def length(self) -> int:
@@ -45,6 +47,16 @@ class KVCache:
     def position(self) -> int:
         """Position of the next token to be fed."""
         return self.layers[0].appended
+
+    def fork(self) -> KVCache:
+        """A copy sharing the K/V tensors (safe: cache updates build new tensors, never write in place)
+        with empty policy state and counters: run several policies from one prefill."""
+        return KVCache([LayerCache(lc.k, lc.v, lc.appended) for lc in self.layers])
+
+    def mean_attended(self) -> float:
+        """Mean keys attended per layer per decode step (0 before any decode step)."""
+        steps = sum(lc.decode_steps for lc in self.layers)
+        return sum(lc.attended for lc in self.layers) / steps if steps else 0.0
 
     def nbytes(self) -> int:
         """Bytes the cached plaintext tensors hold (keys and values; policy state excluded)."""

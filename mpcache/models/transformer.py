@@ -12,7 +12,7 @@ import torch
 from mpcache.backend import Backend, Tensor
 from mpcache.cache import KVCache, LayerCache
 from mpcache.models.config import ModelConfig
-from mpcache.policies.base import Policy
+from mpcache.policies.base import Policy, PromptInfo
 
 
 def rope_tables(config: ModelConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,11 +97,14 @@ class Transformer:
             mask = qpos[:, None] >= torch.arange(past + n)[None, :]
         else:
             keys, values = self.policy.decode_kv(i, q, lc, b)
+            lc.attended += keys.shape[1]
+            lc.decode_steps += 1
             mask = None
         grouped = (q * (d**-0.5)).reshape(cfg.num_kv_heads, g * n, d)
         probs = b.softmax(b.matmul(grouped, keys.transpose(1, 2)), mask)
-        self.policy.observe(i, probs, lc, b)
         out = b.matmul(probs, values)  # [Hkv, g*n, d]
         if prefill:
-            self.policy.after_prefill(i, q, lc, b)
+            self.policy.after_prefill(i, PromptInfo(q, b.sum(probs, 1), cfg.num_layers), lc, b)
+        elif n == 1:
+            self.policy.observe(i, probs, lc, b)
         return out.reshape(cfg.num_heads, n, d).transpose(0, 1).reshape(n, cfg.num_heads * d)

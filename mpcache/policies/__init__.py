@@ -1,19 +1,70 @@
-"""KV-cache policies, one per file. ``make_policy(name, budget)`` builds one by name."""
+"""KV-cache policies, one per file. ``make_policy(name, budget, **options)`` builds one by name."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from mpcache.errors import UserError
-from mpcache.policies.base import Policy
+from mpcache.policies.base import Policy, PromptInfo
+from mpcache.policies.h2o import H2OPolicy
+from mpcache.policies.mpcache import MPCachePolicy
+from mpcache.policies.quest import QuestPolicy
+from mpcache.policies.snapkv import SnapKVPolicy
+from mpcache.policies.streaming import StreamingPolicy
 
-POLICIES: dict[str, type[Policy]] = {"full": Policy}
+POLICIES: dict[str, type[Policy]] = {
+    "full": Policy,
+    "streaming": StreamingPolicy,
+    "h2o": H2OPolicy,
+    "snapkv": SnapKVPolicy,
+    "quest": QuestPolicy,
+    "mpcache": MPCachePolicy,
+}
 
 
-def make_policy(name: str = "full", budget: float = 1.0) -> Policy:
+def make_policy(name: str = "full", budget: float = 1.0, **options) -> Policy:
+    """A fresh policy (one per sequence). ``options`` set the policy's dataclass fields."""
     if name not in POLICIES:
         raise UserError(f"unknown policy {name!r} (known: {', '.join(sorted(POLICIES))})")
     if not 0.0 < budget <= 1.0:
         raise UserError(f"--budget must be in (0, 1], got {budget}")
-    return POLICIES[name]()
+    cls = POLICIES[name]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in options:
+        if key not in fields or key == "budget":
+            known = ", ".join(sorted(k for k in fields if k != "budget")) or "none"
+            raise UserError(f"policy {name!r} has no option {key!r} (options: {known})")
+    return cls(budget=budget, **options)
 
 
-__all__ = ["POLICIES", "Policy", "make_policy"]
+def parse_options(name: str, items: list[str] | None) -> dict:
+    """``KEY=VALUE`` strings -> typed options for policy ``name`` (bool/int/float/str fields)."""
+    if name not in POLICIES:
+        raise UserError(f"unknown policy {name!r} (known: {', '.join(sorted(POLICIES))})")
+    fields = {f.name: f for f in dataclasses.fields(POLICIES[name])}
+    options: dict = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields or key == "budget":
+            known = ", ".join(sorted(k for k in fields if k != "budget")) or "none"
+            raise UserError(f"bad policy option {item!r} for {name!r} (KEY=VALUE; options: {known})")
+        options[key] = _convert(key, raw, fields[key].default)
+    return options
+
+
+def _convert(key: str, raw: str, default):
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0", "on", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float) or default is None:
+            return None if raw.lower() == "none" else float(raw)
+        return raw
+    except ValueError:
+        raise UserError(f"bad value {raw!r} for policy option {key!r}") from None
+
+
+__all__ = ["POLICIES", "Policy", "PromptInfo", "make_policy", "parse_options"]

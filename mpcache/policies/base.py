@@ -1,11 +1,30 @@
 """The policy interface: what a KV-cache policy may do inside the generation loop.
 
-A policy never branches on the backend: it uses Backend ops only, so the same policy object runs
-in plaintext and under MPC. Hooks are per layer and called by the transformer.
+A policy is a small dataclass; one instance serves ONE sequence (make a fresh one per prompt: it
+may keep cross-layer state). The transformer calls three hooks, per layer, in layer order:
+
+- ``after_prefill(layer, prompt, cache, backend)`` once, after the prompt's K/V are cached and the
+  prompt's attention is done. ``prompt`` (:class:`PromptInfo`) carries the prompt queries and the
+  attention each prompt token received. Static eviction happens here (replace ``cache.k/v``).
+- ``decode_kv(layer, q, cache, backend) -> (keys, values)`` at every decode step, after the new
+  token's K/V were appended to ``cache``: the [Hkv, n, d] keys/values this step attends to
+  (a subset/gather for dynamic selection, or the whole cache after evicting from it).
+- ``observe(layer, probs, cache, backend)`` after the decode step's softmax, with the attention
+  probabilities [Hkv, group, n] over exactly the keys ``decode_kv`` returned (score keeping, H2O).
+
+Rules: policies never branch on the backend and touch secret values (cache, queries, probs) only
+through Backend ops (``topk`` -> a selection, ``gather``, ``matmul``, ``sum``, ``amax``/``amin``,
+``cat``, slicing/reshape, + and * with public constants). Counts and shapes must be public: they
+may depend on lengths and the budget, never on values. ``budget`` is the fraction of the prompt's
+T tokens attended per decode step (``budget_tokens``); each policy documents its always-kept
+extras. ``cache.state`` is the policy's per-layer scratch space; ``cache.nbytes`` counts K/V only,
+so a policy holding other big tensors (quantized tiers) should override ``extra_nbytes``.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 
 from mpcache.backend import Backend, Tensor
@@ -13,16 +32,38 @@ from mpcache.cache import LayerCache
 
 
 @dataclass
+class PromptInfo:
+    """What the prefill leaves for the policies, per layer (backend tensors).
+
+    ``q``: the prompt's queries after RoPE, [num_heads, T, head_dim].
+    ``attn_colsum``: attention received by each prompt token, summed over all prompt queries and
+    the query heads of each KV head's group, [num_kv_heads, T] (H2O's accumulated score).
+    ``num_layers``: the model's layer count (for cross-layer patterns).
+    """
+
+    q: Tensor
+    attn_colsum: Tensor
+    num_layers: int
+
+
+@dataclass
 class Policy:
     """Base policy: keep and attend everything (the full cache)."""
 
+    budget: float = 1.0
+
     name = "full"
 
-    def after_prefill(self, layer: int, q: Tensor, cache: LayerCache, backend: Backend) -> None:
-        """Called once per layer after the prompt's keys/values are cached. May evict.
+    def budget_tokens(self, prompt_len: int) -> int:
+        """Tokens attended per decode step for a prompt of ``prompt_len`` tokens (public).
 
-        ``q`` holds the prompt's queries after RoPE, [num_heads, T, head_dim].
-        """
+        ``budget >= 1`` means no limit at all (the full cache, generated tokens included)."""
+        if self.budget >= 1.0:
+            return sys.maxsize
+        return max(1, min(prompt_len, math.ceil(self.budget * prompt_len - 1e-9)))
+
+    def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
+        """Called once per layer after the prompt's keys/values are cached. May evict."""
 
     def decode_kv(
         self, layer: int, q: Tensor, cache: LayerCache, backend: Backend
@@ -31,4 +72,8 @@ class Policy:
         return cache.k, cache.v
 
     def observe(self, layer: int, probs: Tensor, cache: LayerCache, backend: Backend) -> None:
-        """Attention probabilities of the last step, [Hkv, group*T, n] (for score-keeping policies)."""
+        """Attention probabilities of this decode step, [Hkv, group, n] over ``decode_kv``'s keys."""
+
+    def extra_nbytes(self, cache: LayerCache) -> int:
+        """Bytes this policy holds for the layer besides ``cache.k/v`` (counted into kv_bytes)."""
+        return 0

@@ -1,0 +1,239 @@
+"""MPCache (DESIGN §4): look-once static eviction, two-level dynamic cluster selection with a linear
+similarity, and cross-layer sharing of selections. Every stage can be switched off (ablations).
+
+Budget mapping. ``budget`` B (fraction of the prompt's T tokens attended per decode step) sets, unless
+given directly:  rho = clamp(2B, 0.3, 1) (kept fraction after static eviction),
+r1 = clamp(2B/rho, 0.5, 1) (level-1 clusters kept), and the level-2 count
+k2 = floor((ceil(B*T) - tail) / s2), where tail (< s1) is the newest tokens not yet in a full
+level-1 cluster (always attended). So a step attends k2*s2 + tail <= ceil(B*T) tokens, i.e. about
+r2 = B/rho of the kept level-2 clusters. B = 0.05 -> rho 0.3, r1 0.5, r2 ~0.17; B = 0.1 -> 0.3,
+0.67, ~0.33; B = 0.2 -> 0.4, 1.0, 0.5; B = 1 -> everything (reproduces the full cache exactly).
+Setting ``r2`` directly uses k2 = floor(r2 * C2) instead (DESIGN's definition; C2 = full level-2
+clusters), which can exceed the budget by the tail.
+
+Always kept: the first and the last full cluster at both levels (sink and recency) and the tail.
+Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secret; this file uses
+Backend ops only (matmul, sum, amax/amin, topk, gather, cat, + and * with public constants).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from mpcache.backend import Backend, Tensor
+from mpcache.cache import LayerCache
+from mpcache.errors import UserError
+from mpcache.policies.base import Policy, PromptInfo
+from mpcache.policies.clusters import ClusterBounds, forced_bonus
+from mpcache.policies.window import window_attention
+
+
+@dataclass
+class Summaries:
+    """Cluster summaries c~ = alpha*max + (1-alpha)*min, each computed once when its cluster fills."""
+
+    s1: int
+    s2: int
+    alpha: float
+    bounds2: ClusterBounds = field(init=False)
+    c2: Tensor | None = None  # [Hkv, C2, d]
+    c1: Tensor | None = None  # [Hkv, C1, d]
+    count1: int = 0
+    computed1: int = 0
+
+    def __post_init__(self) -> None:
+        self.bounds2 = ClusterBounds(self.s2)
+
+    @property
+    def computed2(self) -> int:
+        return self.bounds2.computed
+
+    def update(self, keys: Tensor, backend: Backend) -> int:
+        """Summarise newly filled clusters of ``keys``; returns the number of full level-1 clusters."""
+        b2, a = self.bounds2, self.alpha
+        before = b2.count
+        after = b2.update(keys, backend)
+        if after > before:
+            fresh = b2.kmax[:, before:after] * a + b2.kmin[:, before:after] * (1.0 - a)
+            self.c2 = fresh if self.c2 is None else backend.cat([self.c2, fresh], dim=1)
+        m = self.s1 // self.s2
+        full1 = keys.shape[1] // self.s1
+        if full1 > self.count1:
+            h, _, d = keys.shape
+            lo, hi = self.count1 * m, full1 * m
+            kmax = backend.amax(b2.kmax[:, lo:hi].reshape(h, full1 - self.count1, m, d), 2)
+            kmin = backend.amin(b2.kmin[:, lo:hi].reshape(h, full1 - self.count1, m, d), 2)
+            fresh = kmax * a + kmin * (1.0 - a)
+            self.c1 = fresh if self.c1 is None else backend.cat([self.c1, fresh], dim=1)
+            self.computed1 += full1 - self.count1
+            self.count1 = full1
+        return self.count1
+
+    def nbytes(self) -> int:
+        extra = sum(t.numel() * t.element_size() for t in (self.c1, self.c2) if hasattr(t, "element_size"))
+        return self.bounds2.nbytes() + extra
+
+
+@dataclass
+class Selection:
+    """One decode step's dynamic choice (kept for the follower layer of a shared pair)."""
+
+    appended: int  # cache.appended when made: a follower only reuses the same step's choice
+    full1: int
+    sel1: Tensor | None  # level-1 clusters, None = all
+    k1: int
+    sel2: Tensor | None  # level-2 clusters among the children of sel1, None = all
+    k2: int
+
+
+@dataclass
+class MPCachePolicy(Policy):
+    rho: float | None = None  # kept fraction after static eviction (None: from budget)
+    r1: float | None = None  # level-1 clusters kept (None: from budget)
+    r2: float | None = None  # level-2 clusters kept, of all of them (None: budget-exact count)
+    window: float = 0.2  # static window, fraction of the prompt
+    long_window: float = 0.1  # ... beyond long_prompt tokens
+    long_prompt: int = 24000
+    importance: str = "max"  # max | sum over the window rows
+    s1: int = 32
+    s2: int = 16
+    alpha: float = 0.6
+    static: bool = True
+    dynamic: bool = True
+    hierarchy: bool = True  # level-1 stage (off: pick level-2 clusters directly)
+    share: bool = True  # cross-layer sharing of selections
+    share_skip: int = 2  # layers at each end that always select on their own
+    force_ends: bool = True  # always keep the first and last full cluster
+
+    name = "mpcache"
+
+    def __post_init__(self) -> None:
+        if self.s1 % self.s2 or self.s2 < 1:
+            raise UserError(f"mpcache: s1 ({self.s1}) must be a multiple of s2 ({self.s2})")
+        if self.importance not in ("max", "sum"):
+            raise UserError(f"mpcache: importance must be max or sum, got {self.importance!r}")
+        for key in ("rho", "r1", "r2", "window", "alpha"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 < value <= 1.0 and not (key == "alpha" and value == 0):
+                raise UserError(f"mpcache: {key} must be in (0, 1], got {value}")
+        self._static_sel: dict[int, Tensor | None] = {}
+        self._dynamic_sel: dict[int, Selection | None] = {}
+
+    # --- configuration ----------------------------------------------------------------------------
+    def kept_fraction(self) -> float:
+        if not self.static:
+            return 1.0
+        if self.rho is not None:
+            return self.rho
+        return min(1.0, max(0.3, 2.0 * self.budget))
+
+    def level1_fraction(self) -> float:
+        if self.r1 is not None:
+            return self.r1
+        return min(1.0, max(0.5, 2.0 * self.budget / self.kept_fraction()))
+
+    def role(self, layer: int, num_layers: int) -> str:
+        """alone | leader | follower, by DESIGN's pattern: ends alone, then pairs (2,3), (4,5)..."""
+        lo, hi = self.share_skip, num_layers - self.share_skip
+        if not self.share or layer < lo or layer >= hi:
+            return "alone"
+        first = lo + 2 * ((layer - lo) // 2)
+        if first + 1 >= hi:
+            return "alone"
+        return "leader" if layer == first else "follower"
+
+    # --- hooks ------------------------------------------------------------------------------------
+    def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
+        t = cache.length
+        role = self.role(layer, prompt.num_layers)
+        cache.state.update(role=role, n_budget=self.budget_tokens(t), leader=layer - (role == "follower"))
+        window = math.ceil((self.long_window if t > self.long_prompt else self.window) * t)
+        keep = min(t, math.ceil(self.kept_fraction() * t - 1e-9))
+        window = min(window, keep)
+        if role == "follower":
+            sel = self._static_sel[layer - 1]
+        elif keep >= t or keep == window:
+            sel = None if keep >= t else "window"
+        else:
+            probs = window_attention(prompt.q, cache.k, window, backend)  # [Hkv, g, W, T]
+            attn = backend.sum(backend.sum(probs, 0), 0) * (1.0 / prompt.q.shape[0])  # head mean [W, T]
+            prefix = attn[:, : t - window]
+            score = backend.amax(prefix, 0) if self.importance == "max" else backend.sum(prefix, 0)
+            sel = backend.topk(score.reshape(1, t - window), keep - window)  # shared by all heads
+        self._static_sel[layer] = sel
+        if isinstance(sel, str):  # keep exactly the window
+            cache.k, cache.v = cache.k[:, t - window :], cache.v[:, t - window :]
+        elif sel is not None:
+            cut = t - window
+            cache.k = backend.cat([backend.gather(sel, cache.k[:, :cut]), cache.k[:, cut:]], dim=1)
+            cache.v = backend.cat([backend.gather(sel, cache.v[:, :cut]), cache.v[:, cut:]], dim=1)
+        if role != "follower" and self.dynamic:
+            cache.state["summaries"] = Summaries(self.s1, self.s2, self.alpha)
+            cache.state["summaries"].update(cache.k, backend)
+
+    def decode_kv(self, layer: int, q: Tensor, cache: LayerCache, backend: Backend) -> tuple[Tensor, Tensor]:
+        if not self.dynamic:
+            return cache.k, cache.v
+        if cache.state["role"] == "follower":
+            choice = self._dynamic_sel[cache.state["leader"]]
+            if choice is not None and choice.appended != cache.appended:
+                raise RuntimeError("mpcache: follower layer ran before its leader in this step")
+        else:
+            choice = self._select(q, cache, backend)
+            self._dynamic_sel[layer] = choice
+        return self._apply(choice, cache, backend)
+
+    def extra_nbytes(self, cache: LayerCache) -> int:
+        summaries = cache.state.get("summaries")
+        return summaries.nbytes() if summaries is not None else 0
+
+    # --- dynamic selection ------------------------------------------------------------------------
+    def _select(self, q: Tensor, cache: LayerCache, backend: Backend) -> Selection | None:
+        summaries: Summaries = cache.state["summaries"]
+        full1 = summaries.update(cache.k, backend)
+        n, n_budget = cache.length, cache.state["n_budget"]
+        if full1 == 0 or n <= n_budget:
+            return None
+        m = self.s1 // self.s2
+        hkv, _, d = cache.k.shape
+        tail = n - full1 * self.s1
+        qs = backend.sum(q.reshape(hkv, q.shape[0] // hkv, d), 1, keepdim=True)  # [Hkv, 1, d] (GQA)
+        ends = 2 if self.force_ends and full1 > 1 else int(self.force_ends)
+        # Level 1: linear score against the summaries, keep the top r1 (plus first and last).
+        sel1, k1 = None, full1
+        if self.hierarchy:
+            k1 = min(full1, max(ends, math.ceil(self.level1_fraction() * full1 - 1e-9)))
+            if k1 < full1:
+                s1 = backend.matmul(qs, summaries.c1.transpose(1, 2)).reshape(hkv, full1)
+                sel1 = backend.topk(s1 + forced_bonus(full1, self.force_ends, self.force_ends), k1)
+        # Level 2: score every full child once (one matmul), keep the children of sel1, take the top k2.
+        c2 = summaries.c2[:, : full1 * m]
+        s2 = backend.matmul(qs, c2.transpose(1, 2)).reshape(hkv, full1 * m)
+        s2 = s2 + forced_bonus(full1 * m, self.force_ends, self.force_ends)
+        if sel1 is not None:
+            s2 = backend.gather(sel1, s2.reshape(hkv, full1, m)).reshape(hkv, k1 * m)
+        if self.r2 is not None:
+            k2 = math.floor(self.r2 * full1 * m + 1e-9)
+        else:
+            k2 = (n_budget - tail) // self.s2
+        k2 = min(k1 * m, max(k2, ends if self.force_ends else 1, 1))
+        sel2 = backend.topk(s2, k2) if k2 < k1 * m else None
+        return Selection(cache.appended, full1, sel1, k1, sel2, k2)
+
+    def _apply(self, choice: Selection | None, cache: LayerCache, backend: Backend) -> tuple[Tensor, Tensor]:
+        """Gather the chosen clusters' tokens (whole clusters: one gather per level) plus the tail."""
+        if choice is None:
+            return cache.k, cache.v
+        hkv, _, d = cache.k.shape
+        m, full = self.s1 // self.s2, choice.full1 * self.s1
+        out = []
+        for x in (cache.k, cache.v):
+            picked = x[:, :full].reshape(hkv, choice.full1, self.s1 * d)
+            if choice.sel1 is not None:
+                picked = backend.gather(choice.sel1, picked)
+            picked = picked.reshape(hkv, choice.k1 * m, self.s2 * d)
+            if choice.sel2 is not None:
+                picked = backend.gather(choice.sel2, picked)
+            out.append(backend.cat([picked.reshape(hkv, choice.k2 * self.s2, d), x[:, full:]], dim=1))
+        return out[0], out[1]

@@ -1,0 +1,54 @@
+"""Quest-style query-aware page selection: no eviction, a fresh choice of pages every decode step.
+
+Keys are cut into pages of ``page`` tokens; each full page keeps its per-channel key max/min
+(computed once, when it fills). The upper bound of q.k over a page is sum_c max(q_c*max_c,
+q_c*min_c), summed over the query heads of the KV head's group. The top pages plus the newest,
+partial page are attended: floor((budget_tokens(T) - partial) / page) pages (at least one), so a
+step attends at most the budget (up to ``page`` - 1 fewer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mpcache.backend import Backend, Tensor
+from mpcache.cache import LayerCache
+from mpcache.policies.base import Policy, PromptInfo
+from mpcache.policies.clusters import ClusterBounds
+
+
+@dataclass
+class QuestPolicy(Policy):
+    page: int = 16
+
+    name = "quest"
+
+    def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
+        cache.state["n_budget"] = self.budget_tokens(cache.length)
+        cache.state["bounds"] = ClusterBounds(self.page)
+        cache.state["bounds"].update(cache.k, backend)
+
+    def decode_kv(self, layer: int, q: Tensor, cache: LayerCache, backend: Backend) -> tuple[Tensor, Tensor]:
+        n, n_budget = cache.length, cache.state["n_budget"]
+        bounds: ClusterBounds = cache.state["bounds"]
+        pages = bounds.update(cache.k, backend)
+        if n <= n_budget or pages == 0:
+            return cache.k, cache.v
+        full = pages * self.page
+        k = min(pages, max(1, (n_budget - (n - full)) // self.page))
+        hkv, _, d = cache.k.shape
+        g = q.shape[0] // hkv
+        qg = q.reshape(hkv, g, 1, 1, d)
+        hi = backend.mul(qg, bounds.kmax.reshape(hkv, 1, pages, 1, d))
+        lo = backend.mul(qg, bounds.kmin.reshape(hkv, 1, pages, 1, d))
+        upper = backend.amax(backend.cat([hi, lo], dim=3), 3)  # [Hkv, g, P, d]
+        scores = backend.sum(backend.sum(upper, 3), 1)  # [Hkv, P]
+        sel = backend.topk(scores, k)
+        keys = backend.gather(sel, cache.k[:, :full].reshape(hkv, pages, self.page * d))
+        values = backend.gather(sel, cache.v[:, :full].reshape(hkv, pages, self.page * d))
+        keys = backend.cat([keys.reshape(hkv, k * self.page, d), cache.k[:, full:]], dim=1)
+        values = backend.cat([values.reshape(hkv, k * self.page, d), cache.v[:, full:]], dim=1)
+        return keys, values
+
+    def extra_nbytes(self, cache: LayerCache) -> int:
+        return cache.state["bounds"].nbytes() if "bounds" in cache.state else 0

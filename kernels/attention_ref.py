@@ -43,7 +43,10 @@ def mixed_decode_attention_ref(
     v_lo: QuantizedTensor | None,
     key_balance: torch.Tensor | None = None,
     sm_scale: float | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+):
+    """Output [B, Hq, d] (q's dtype); with ``return_lse`` also the softmax's log-normaliser [B, Hq]
+    (fp32), from which a caller recovers any token's probability exp(score - lse)."""
     b, hkv, g = check_shapes(q, k_hi, v_hi, k_lo, v_lo)
     d = q.shape[-1]
     scale = d**-0.5 if sm_scale is None else sm_scale
@@ -56,6 +59,9 @@ def mixed_decode_attention_ref(
         q_lo = qg if key_balance is None else qg / key_balance.float()[None, :, None, :]
         scores.append(q_lo @ dequantize_ref(k_lo).transpose(-1, -2))
         values.append(dequantize_ref(v_lo))
-    probs = torch.softmax(torch.cat(scores, -1), dim=-1)
-    out = probs @ torch.cat(values, -2)  # [B, Hkv, g, d]
-    return out.reshape(b, hkv * g, d).to(q.dtype)
+    scores = torch.cat(scores, -1)
+    probs = torch.softmax(scores, dim=-1)
+    out = (probs @ torch.cat(values, -2)).reshape(b, hkv * g, d).to(q.dtype)  # [B, Hkv, g, d] -> [B, Hq, d]
+    if return_lse:
+        return out, torch.logsumexp(scores, -1).reshape(b, hkv * g)
+    return out

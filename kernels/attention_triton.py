@@ -77,7 +77,7 @@ def _partial_kernel(
 
 @triton.jit
 def _combine_kernel(
-    m_ptr, l_ptr, acc_ptr, out_ptr, n_slots,
+    m_ptr, l_ptr, acc_ptr, out_ptr, lse_ptr, n_slots,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
 ):
     bh = tl.program_id(0).to(tl.int64)
@@ -100,6 +100,7 @@ def _combine_kernel(
     out = acc_all / l_all[:, None]
     ofs = bh * G * D + g[:, None] * D + cols[None, :]
     tl.store(out_ptr + ofs, out.to(out_ptr.dtype.element_ty), mask=(g < G)[:, None])
+    tl.store(lse_ptr + bh * G + g, m_all + tl.log(l_all), mask=g < G)
 
 
 def _block_n(gp: int, d: int) -> int:
@@ -121,7 +122,8 @@ def mixed_decode_attention_triton(
     key_balance: torch.Tensor | None = None,
     sm_scale: float | None = None,
     target_programs: int | None = None,
-) -> torch.Tensor:
+    return_lse: bool = False,
+):
     b, hkv, g = check_shapes(q, k_hi, v_hi, k_lo, v_lo)
     d = q.shape[-1]
     same_layout = k_lo is None or (k_lo.group == v_lo.group and k_lo.bits == v_lo.bits)
@@ -166,5 +168,6 @@ def mixed_decode_attention_triton(
             qc, kp, vp, ks, kz, vs, vz, bal, m, lsum, acc, n_lo, c_lo, slot0, n_slots, scale,
             GROUP=k_lo.group, BITS=k_lo.bits, LOW=True, HAS_BAL=key_balance is not None, **common,
         )
-    _combine_kernel[(bh,)](m, lsum, acc, out, n_slots, G=g, GP=gp, D=d)
-    return out
+    lse = torch.empty(b, hkv * g, dtype=torch.float32, device=q.device)
+    _combine_kernel[(bh,)](m, lsum, acc, out, lse, n_slots, G=g, GP=gp, D=d)
+    return (out, lse) if return_lse else out

@@ -67,15 +67,18 @@ def mixed_decode_attention(
     v_lo: QuantizedTensor | None,
     key_balance: torch.Tensor | None = None,
     sm_scale: float | None = None,
-) -> torch.Tensor:
-    """softmax over both tiers at once; q [B, Hq, d], tiers [B, Hkv, n, d] -> [B, Hq, d]."""
+    return_lse: bool = False,
+):
+    """One softmax over both tiers; q [B, Hq, d], tiers [B, Hkv, n, d] -> out [B, Hq, d] (, lse [B, Hq])."""
     d = q.shape[-1]
     ok = d & (d - 1) == 0 and (k_lo is None or (_quant_supported(d, k_lo.group) and k_lo.group == v_lo.group))
     if use_triton(q) and ok:
         from kernels.attention_triton import mixed_decode_attention_triton
 
-        return mixed_decode_attention_triton(q, k_hi, v_hi, k_lo, v_lo, key_balance, sm_scale)
-    return mixed_decode_attention_ref(q, k_hi, v_hi, k_lo, v_lo, key_balance, sm_scale)
+        return mixed_decode_attention_triton(
+            q, k_hi, v_hi, k_lo, v_lo, key_balance, sm_scale, return_lse=return_lse
+        )
+    return mixed_decode_attention_ref(q, k_hi, v_hi, k_lo, v_lo, key_balance, sm_scale, return_lse)
 
 
 def pack_signatures(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:

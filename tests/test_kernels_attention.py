@@ -35,10 +35,11 @@ def make_inputs(b, hq, hkv, d, n_hi, n_lo, bits, dtype, balance):
 @pytest.mark.parametrize("programs", [1, 16])
 def test_mixed_attention_matches_ref(poisoned_empty, case, dtype, programs):  # noqa: F811
     inputs = make_inputs(*case, dtype, balance=case[0] != 2)
-    ref = mixed_decode_attention_ref(*inputs)
-    out = mixed_decode_attention_triton(*inputs, target_programs=programs)
+    ref, ref_lse = mixed_decode_attention_ref(*inputs, return_lse=True)
+    out, lse = mixed_decode_attention_triton(*inputs, target_programs=programs, return_lse=True)
     assert out.shape == ref.shape and out.dtype == dtype
     assert rel_err(out, ref) <= TOL[dtype]
+    assert rel_err(lse, ref_lse) <= 1e-4
 
 
 def test_reference_is_plain_attention_over_dequantized_cache():

@@ -5,9 +5,10 @@ Layout (shared with the Triton kernels in ``quant_triton.py``):
 * the last dim ``d`` of ``x`` is split into groups of ``group`` values; each group has a scale and a
   zero point (its minimum), both stored as fp16 -> the ``32/g`` bits per element of MiKV's formula;
 * codes ``q = clamp(floor((x - zero) / scale + 0.5), 0, 2^bits - 1)``;
-* every 32 consecutive codes of a row form a little-endian ``32*bits``-bit stream stored as ``bits``
-  int32 words: code ``i`` occupies stream bits ``[i*bits, (i+1)*bits)``. This packs int2/int4/int8
-  and int3 alike with no wasted bit (an int3 code may straddle two words).
+* the codes of a row form one little-endian bit stream stored as ``ceil(d*bits/32)`` int32 words:
+  code ``i`` occupies stream bits ``[i*bits, (i+1)*bits)``. This packs int2/int4/int8 and int3
+  alike (an int3 code may straddle two words); when ``d`` is a multiple of 32 no bit is wasted and
+  every 32 codes fill exactly ``bits`` words (the Triton kernels rely on that).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ SUPPORTED_BITS = (2, 3, 4, 8)
 
 @dataclass
 class QuantizedTensor:
-    """Packed codes [..., d*bits/32] int32 plus fp16 scale and zero [..., d/group]."""
+    """Packed codes [..., ceil(d*bits/32)] int32 plus fp16 scale and zero [..., d/group]."""
 
     packed: torch.Tensor
     scale: torch.Tensor
@@ -59,8 +60,6 @@ def check_layout(dim: int, bits: int, group: int) -> None:
         raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
     if group < 1 or dim % group:
         raise ValueError(f"group {group} must divide the last dim {dim}")
-    if dim % 32:
-        raise ValueError(f"the last dim must be a multiple of 32 to pack 32 codes per stream, got {dim}")
 
 
 def group_params(x: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,32 +78,34 @@ def quantize_codes(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bit
     return q.flatten(-2).to(torch.int64)
 
 
+def words_per_row(dim: int, bits: int) -> int:
+    return (dim * bits + 31) // 32
+
+
 def pack_codes(q: torch.Tensor, bits: int) -> torch.Tensor:
-    """Codes [..., d] -> int32 words [..., d*bits/32] (layout in the module docstring)."""
-    chunks = q.unflatten(-1, (-1, 32))  # [..., d/32, 32]
-    i = torch.arange(32, dtype=torch.int64, device=q.device)
+    """Codes [..., d] -> int32 words [..., ceil(d*bits/32)] (layout in the module docstring)."""
+    pos = torch.arange(q.shape[-1], dtype=torch.int64, device=q.device) * bits
     words = []
-    for w in range(bits):
-        shift = i * bits - 32 * w
-        left = chunks << shift.clamp(min=0, max=31)
-        right = chunks >> (-shift).clamp(min=0, max=63)
+    for w in range(words_per_row(q.shape[-1], bits)):
+        shift = pos - 32 * w
+        left = q << shift.clamp(min=0, max=31)
+        right = q >> (-shift).clamp(min=0, max=63)
         part = torch.where(shift >= 0, left, right)
         part = torch.where(shift < 32, part & 0xFFFFFFFF, torch.zeros_like(part))
         words.append(part.sum(-1))  # disjoint bits: the sum is an OR
-    word = torch.stack(words, -1).flatten(-2)  # [..., d/32 * bits]
+    word = torch.stack(words, -1)
     return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
-    """int32 words [..., dim*bits/32] -> codes [..., dim] (int64)."""
+    """int32 words [..., ceil(dim*bits/32)] -> codes [..., dim] (int64)."""
     words = packed.to(torch.int64) & 0xFFFFFFFF
-    cols = torch.arange(dim, device=packed.device)
-    chunk, pos = cols // 32, (cols % 32) * bits
-    lo_idx = chunk * bits + pos // 32
-    hi_idx = torch.clamp(lo_idx + 1, max=packed.shape[-1] - 1)
-    straddles = (pos % 32 + bits > 32) & (pos // 32 + 1 < bits)
+    pos = torch.arange(dim, device=packed.device) * bits
+    lo_idx = pos // 32
+    straddles = (pos % 32 + bits > 32) & (lo_idx + 1 < packed.shape[-1])
     lo = words[..., lo_idx]
-    hi = torch.where(straddles, words[..., hi_idx], torch.zeros_like(lo))
+    hi = words[..., (lo_idx + 1).clamp(max=packed.shape[-1] - 1)]
+    hi = torch.where(straddles, hi, torch.zeros_like(lo))
     return ((lo | (hi << 32)) >> (pos % 32)) & (2**bits - 1)
 
 

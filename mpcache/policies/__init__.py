@@ -7,6 +7,7 @@ import dataclasses
 from mpcache.errors import UserError
 from mpcache.policies.base import Policy, PromptInfo
 from mpcache.policies.h2o import H2OPolicy
+from mpcache.policies.mikv import MiKVPolicy
 from mpcache.policies.mpcache import MPCachePolicy
 from mpcache.policies.quest import QuestPolicy
 from mpcache.policies.snapkv import SnapKVPolicy
@@ -19,6 +20,7 @@ POLICIES: dict[str, type[Policy]] = {
     "snapkv": SnapKVPolicy,
     "quest": QuestPolicy,
     "mpcache": MPCachePolicy,
+    "mikv": MiKVPolicy,
 }
 
 

@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 
 from kernels.attention_ref import check_shapes
-from kernels.quant_ref import QuantizedTensor
-from kernels.quant_triton import _dequant_block, supported
+from kernels.quant_ref import QuantizedTensor, supported
+from kernels.quant_triton import _dequant_block
 
 
 @triton.jit

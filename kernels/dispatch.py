@@ -14,7 +14,7 @@ from functools import cache
 import torch
 
 from kernels.attention_ref import mixed_decode_attention_ref
-from kernels.quant_ref import QuantizedTensor, check_layout, dequantize_ref, quantize_ref
+from kernels.quant_ref import QuantizedTensor, check_layout, dequantize_ref, quantize_ref, supported
 from kernels.signature_ref import hamming_ref, pack_signatures_ref
 
 
@@ -36,15 +36,9 @@ def use_triton(t: torch.Tensor) -> bool:
     return t.is_cuda and triton_available()
 
 
-def _quant_supported(dim: int, group: int) -> bool:
-    from kernels.quant_triton import supported
-
-    return supported(dim, group)
-
-
 def quantize(x: torch.Tensor, bits: int, group: int) -> QuantizedTensor:
     check_layout(x.shape[-1], bits, group)
-    if use_triton(x) and _quant_supported(x.shape[-1], group):
+    if use_triton(x) and supported(x.shape[-1], group):
         from kernels.quant_triton import quantize_triton
 
         return quantize_triton(x, bits, group)
@@ -52,7 +46,7 @@ def quantize(x: torch.Tensor, bits: int, group: int) -> QuantizedTensor:
 
 
 def dequantize(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    if use_triton(qt.packed) and _quant_supported(qt.dim, qt.group):
+    if use_triton(qt.packed) and supported(qt.dim, qt.group):
         from kernels.quant_triton import dequantize_triton
 
         return dequantize_triton(qt, dtype)
@@ -71,7 +65,7 @@ def mixed_decode_attention(
 ):
     """One softmax over both tiers; q [B, Hq, d], tiers [B, Hkv, n, d] -> out [B, Hq, d] (, lse [B, Hq])."""
     d = q.shape[-1]
-    ok = d & (d - 1) == 0 and (k_lo is None or (_quant_supported(d, k_lo.group) and k_lo.group == v_lo.group))
+    ok = d & (d - 1) == 0 and (k_lo is None or (supported(d, k_lo.group) and k_lo.group == v_lo.group))
     if use_triton(q) and ok:
         from kernels.attention_triton import mixed_decode_attention_triton
 

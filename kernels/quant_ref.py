@@ -62,6 +62,11 @@ def check_layout(dim: int, bits: int, group: int) -> None:
         raise ValueError(f"group {group} must divide the last dim {dim}")
 
 
+def supported(dim: int, group: int) -> bool:
+    """Shapes the Triton kernels handle (power-of-two dim >= 32 and group); others use the reference."""
+    return dim >= 32 and dim & (dim - 1) == 0 and group & (group - 1) == 0 and dim % group == 0
+
+
 def group_params(x: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
     """fp16 scale and zero per group, [..., d/group]."""
     xg = x.float().unflatten(-1, (-1, group))

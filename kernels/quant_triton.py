@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.quant_ref import QuantizedTensor, check_layout
+from kernels.quant_ref import QuantizedTensor, check_layout, supported
 
 
 @triton.jit
@@ -84,11 +84,6 @@ def _dequantize_kernel(
     x = _dequant_block(packed_ptr, scale_ptr, zero_ptr, rows, rmask, D * BITS // 32, D // G, D, G, BITS)
     cols = tl.arange(0, D)
     tl.store(out_ptr + rows[:, None] * D + cols[None, :], x.to(out_ptr.dtype.element_ty), mask=rmask[:, None])
-
-
-def supported(dim: int, group: int) -> bool:
-    """Shapes these kernels handle (powers of two); others go to the reference."""
-    return dim >= 32 and dim & (dim - 1) == 0 and group & (group - 1) == 0 and dim % group == 0
 
 
 def _block_rows(dim: int) -> int:

@@ -7,6 +7,8 @@ import dataclasses
 from mpcache.errors import UserError
 from mpcache.policies.base import Policy, PromptInfo
 from mpcache.policies.h2o import H2OPolicy
+from mpcache.policies.kvcrush import KVCrushPolicy
+from mpcache.policies.kvcrush_mikv import KVCrushMiKVPolicy
 from mpcache.policies.mikv import MiKVPolicy
 from mpcache.policies.mpcache import MPCachePolicy
 from mpcache.policies.quest import QuestPolicy
@@ -21,6 +23,8 @@ POLICIES: dict[str, type[Policy]] = {
     "quest": QuestPolicy,
     "mpcache": MPCachePolicy,
     "mikv": MiKVPolicy,
+    "kvcrush": KVCrushPolicy,
+    "kvcrush+mikv": KVCrushMiKVPolicy,
 }
 
 

@@ -14,7 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="smollm2 | PATH to HF folder | random:PRESET")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-    p.add_argument("--policy", default="full", help="KV-cache policy")
+    p.add_argument("--policy", default="full",
+                   help="KV-cache policy NAME[:KEY=VALUE...] (full, streaming, h2o, snapkv, quest, mpcache)")
     p.add_argument("--budget", type=float, default=1.0, help="fraction of prompt tokens attended")
     p.add_argument("--stats", action="store_true", help="print timings on stderr")
     p.set_defaults(run=run)
@@ -24,9 +25,9 @@ def run(args: argparse.Namespace) -> int:
     from mpcache.backend import PlainBackend
     from mpcache.generate import check_lengths, generate
     from mpcache.models import Transformer, load_model
-    from mpcache.policies import make_policy
+    from mpcache.policies import parse_spec
 
-    policy = make_policy(args.policy, args.budget)
+    policy = parse_spec(args.policy, args.budget)
     model = load_model(args.model)
     ids = model.tokenizer.encode(args.prompt, chat=args.chat)
     check_lengths(len(ids), args.max_new_tokens, model.config.max_positions)

@@ -58,6 +58,12 @@ def parse_options(name: str, items: list[str] | None) -> dict:
     return options
 
 
+def parse_spec(spec: str, budget: float = 1.0) -> Policy:
+    """``NAME[:KEY=VALUE...]`` (e.g. ``mpcache:static=false:r2=0.2``) -> a fresh policy."""
+    name, *items = spec.strip().split(":")
+    return make_policy(name, budget, **parse_options(name, items))
+
+
 def _convert(key: str, raw: str, default):
     try:
         if isinstance(default, bool):
@@ -73,4 +79,4 @@ def _convert(key: str, raw: str, default):
         raise UserError(f"bad value {raw!r} for policy option {key!r}") from None
 
 
-__all__ = ["POLICIES", "Policy", "PromptInfo", "make_policy", "parse_options"]
+__all__ = ["POLICIES", "Policy", "PromptInfo", "make_policy", "parse_options", "parse_spec"]

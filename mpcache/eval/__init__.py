@@ -1,0 +1,1 @@
+"""Offline accuracy evaluation: tasks (needle, lines, ppl), a prefill-once runner, records, plots."""

@@ -1,0 +1,102 @@
+"""Prefill once, decode many: every policy acts only after prefill, so one full-cache prefill per
+sample serves every (policy, budget) pair. The prefill records each layer's :class:`PromptInfo`;
+each run forks the cache (tensors shared, never written in place), replays ``after_prefill`` with
+its own fresh policy, and decodes. Results are identical to a plain ``generate`` with that policy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from mpcache.backend import Backend
+from mpcache.cache import KVCache, LayerCache
+from mpcache.models.transformer import Transformer
+from mpcache.policies.base import Policy, PromptInfo
+
+
+class _Recorder(Policy):
+    """Full cache during prefill; keeps what the policies get from the prompt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompts: list[PromptInfo] = []
+
+    def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
+        self.prompts.append(prompt)
+
+
+@dataclass
+class Prefilled:
+    cache: KVCache
+    prompts: list[PromptInfo]
+    logits: torch.Tensor  # last prompt token's logits (policy-independent)
+    seconds: float
+
+
+@dataclass
+class RunResult:
+    new_ids: list[int] = field(default_factory=list)
+    nll: list[float] = field(default_factory=list)  # teacher-forced: -log p(target) per step
+    mean_attended: float = 0.0
+    kv_bytes: int = 0
+    seconds: float = 0.0
+
+
+def prefill(model: Transformer, ids: list[int]) -> Prefilled:
+    recorder = _Recorder()
+    model.policy = recorder
+    cache = model.new_cache()
+    start = time.perf_counter()
+    logits = model.forward(ids, cache)
+    return Prefilled(cache, recorder.prompts, logits, time.perf_counter() - start)
+
+
+def _start(model: Transformer, pre: Prefilled, policy: Policy) -> KVCache:
+    cache = pre.cache.fork()
+    model.policy = policy
+    for i, prompt in enumerate(pre.prompts):
+        policy.after_prefill(i, prompt, cache.layers[i], model.backend)
+    return cache
+
+
+def _finish(result: RunResult, cache: KVCache, policy: Policy, start: float) -> RunResult:
+    result.mean_attended = cache.mean_attended()
+    result.kv_bytes = cache.nbytes() + sum(policy.extra_nbytes(lc) for lc in cache.layers)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def greedy(
+    model: Transformer, pre: Prefilled, policy: Policy, max_new: int, eos: tuple[int, ...]
+) -> RunResult:
+    """Greedy decode from the prefilled cache with ``policy`` (stops at EOS or ``max_new`` tokens)."""
+    start = time.perf_counter()
+    cache = _start(model, pre, policy)
+    result = RunResult()
+    token = model.backend.next_token(pre.logits)
+    while True:
+        result.new_ids.append(token)
+        if token in eos or len(result.new_ids) >= max_new:
+            break
+        token = model.backend.next_token(model.forward([token], cache))
+    return _finish(result, cache, policy, start)
+
+
+def teacher_forced(model: Transformer, pre: Prefilled, policy: Policy, targets: list[int]) -> RunResult:
+    """Feed ``targets[:-1]`` one token at a time; record -log p of each next target (policy active)."""
+    start = time.perf_counter()
+    cache = _start(model, pre, policy)
+    result = RunResult()
+    for token, nxt in zip(targets[:-1], targets[1:], strict=True):
+        logits = model.backend.reveal(model.forward([token], cache))[-1].double()
+        result.nll.append(float(torch.logsumexp(logits, 0) - logits[nxt]))
+    result.new_ids = list(targets[:-1])
+    return _finish(result, cache, policy, start)
+
+
+def perplexity(nll: list[float]) -> float:
+    return math.exp(sum(nll) / len(nll)) if nll else float("nan")

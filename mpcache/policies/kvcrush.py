@@ -102,7 +102,7 @@ def representatives(head_scores: torch.Tensor, candidates: torch.Tensor, count: 
     anchor = make_anchor(sig, unit_scores.shape[0], cfg.anchor, cfg.seed)
     order = torch.sort(hamming(sig, anchor).to(torch.int64), stable=True).indices
     if owner is None:
-        return evenly_spaced(order, count).sort().values
+        return candidates[evenly_spaced(order, count)].sort().values
     # page mode: pages in evenly spaced order first, then the rest; fill with their candidates
     n_pages = max(1, min(order.numel(), round(count / cfg.page_size)))
     first = evenly_spaced(order, n_pages)

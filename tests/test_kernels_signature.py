@@ -52,3 +52,25 @@ def test_signature_kernels_on_gpu():
     assert torch.equal(sig, pack_signatures_ref(scores, thr))
     anchor = torch.tensor([0x55555555], dtype=torch.int32, device="cuda")
     assert torch.equal(hamming_triton(sig, anchor), hamming_ref(sig, anchor))
+
+
+def test_bench_without_gpu_says_so_and_exits_0():
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the benchmark would run for real")
+    proc = subprocess.run([sys.executable, "-m", "kernels.bench", "--quick"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and "no CUDA GPU" in proc.stdout
+
+
+def test_bench_cases_run_on_cpu_interpreter():
+    """The benchmark's measuring code runs end to end (tiny sizes, CPU, interpreted kernels)."""
+    from kernels import bench
+
+    shape = bench.Shape("tiny", 4, 2, 32)
+    records = bench.run(torch.device("cpu"), [70], [1], [shape], copy_size=2**20)
+    kinds = {r["kernel"] for r in records}
+    assert kinds == {"mixed_attention_int4", "mixed_attention_int2", "quantize_int4", "signature+hamming"}
+    assert all(r["seconds"] > 0 and r["gbps"] > 0 for r in records)

@@ -17,6 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", default="0.1", help="comma list of fractions of the prompt attended per step")
     p.add_argument("--length", default="2000", help="comma list of prompt lengths (tokens)")
     p.add_argument("--samples", type=int, default=10)
+    p.add_argument("--first-sample", type=int, default=0,
+                   help="index of the first sample (run a long sweep in chunks; plot merges them)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="smollm2 | PATH to HF folder | random:PRESET")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=32, help="needle/lines answer length cap")
@@ -64,10 +66,12 @@ def run(args: argparse.Namespace) -> int:
     lengths = _ints(args.length, "--length")
     if args.samples < 1:
         raise UserError(f"--samples must be at least 1, got {args.samples}")
+    if args.first_sample < 0:
+        raise UserError(f"--first-sample must be >= 0, got {args.first_sample}")
     if args.max_new_tokens < 1 or args.ppl_tokens < 1:
         raise UserError("--max-new-tokens and --ppl-tokens must be at least 1")
     cfg = SweepConfig(args.task, policies, budgets, lengths, args.samples, args.seed, args.model,
-                      args.max_new_tokens, args.ppl_tokens, args.details)
+                      args.max_new_tokens, args.ppl_tokens, args.details, args.first_sample)
     model = load_model(args.model)
     longest = max(lengths) + max(args.max_new_tokens, args.ppl_tokens + 1) + 64
     if longest > model.config.max_positions:

@@ -29,6 +29,7 @@ class SweepConfig:
     max_new_tokens: int = 32
     ppl_tokens: int = 32
     details: bool = False
+    first_sample: int = 0  # sample indices first_sample .. first_sample + samples - 1 (for chunked runs)
 
     def runs(self) -> list[tuple[str, float]]:
         """(policy, budget) pairs; ``full`` (and any budget 1.0) runs once, at budget 1.0."""
@@ -70,7 +71,7 @@ def run_sweep(cfg: SweepConfig, model: Transformer, tokenizer, progress=None, on
     for length in cfg.lengths:
         tallies = {pair: _Tally() for pair in pairs}
         prefill_seconds = 0.0
-        for index in range(cfg.samples):
+        for index in range(cfg.first_sample, cfg.first_sample + cfg.samples):
             sample = build_sample(cfg.task, tokenizer, length, cfg.seed, index, cfg.ppl_tokens)
             pre = runner.prefill(model, sample.prompt_ids)
             prefill_seconds += pre.seconds
@@ -114,7 +115,7 @@ def _record(cfg: SweepConfig, spec: str, budget: float, length: int, t: _Tally, 
     policy = parse_spec(spec, budget)
     rec = {
         "task": cfg.task, "policy": spec, "budget": budget, "length": length, "samples": n,
-        "seed": cfg.seed, "model": cfg.model,
+        "seed": cfg.seed, "model": cfg.model, "first_sample": cfg.first_sample,
     }
     if cfg.task == "ppl":
         rec["perplexity"] = round(runner.perplexity(t.nll), 4)

@@ -89,6 +89,11 @@ def words_per_row(dim: int, bits: int) -> int:
 
 def pack_codes(q: torch.Tensor, bits: int) -> torch.Tensor:
     """Codes [..., d] -> int32 words [..., ceil(d*bits/32)] (layout in the module docstring)."""
+    per_word = 32 // bits
+    if 32 % bits == 0 and q.shape[-1] % per_word == 0:  # fast path: no code straddles two words
+        shifts = torch.arange(per_word, dtype=torch.int64, device=q.device) * bits
+        word = (q.unflatten(-1, (-1, per_word)) << shifts).sum(-1)
+        return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)
     pos = torch.arange(q.shape[-1], dtype=torch.int64, device=q.device) * bits
     words = []
     for w in range(words_per_row(q.shape[-1], bits)):
@@ -104,6 +109,11 @@ def pack_codes(q: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack_codes(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     """int32 words [..., ceil(dim*bits/32)] -> codes [..., dim] (int64)."""
+    per_word = 32 // bits
+    if 32 % bits == 0 and dim % per_word == 0:  # fast path: no code straddles two words
+        # int32 arithmetic shifts are fine: sign bits only reach positions >= 32 - shift >= bits
+        shifts = torch.arange(per_word, dtype=torch.int32, device=packed.device) * bits
+        return ((packed[..., None] >> shifts) & (2**bits - 1)).flatten(-2).to(torch.int64)
     words = packed.to(torch.int64) & 0xFFFFFFFF
     pos = torch.arange(dim, device=packed.device) * bits
     lo_idx = pos // 32

@@ -62,11 +62,13 @@ class MiKVPolicy(Policy):
         k, v = cache.k, cache.v
         if not isinstance(k, torch.Tensor):
             raise UserError(f"policy {self.name!r} runs in plaintext only")
+        if self.budget >= 1.0:  # no compression at all: the full cache, untouched (exact)
+            return
         hkv, t, d = k.shape
         group = self.group or d // 2
         if d % group:
             raise UserError(f"{self.name}: group {group} must divide head_dim {d}")
-        n_high = self.budget_tokens(t)  # sys.maxsize at budget 1: nothing is ever demoted
+        n_high = self.budget_tokens(t)
         st = cache.state
         st.update(n_high=n_high, group=group, k_lo=None, v_lo=None, balance=None)
         keep = self.important(prompt, cache, min(t, n_high), backend).expand(hkv, -1)
@@ -83,6 +85,8 @@ class MiKVPolicy(Policy):
 
     def decode_attention(self, layer: int, q: Tensor, cache: LayerCache, backend: Backend):
         st = cache.state
+        if not st:  # budget 1: the transformer attends the full cache itself
+            return None
         cache.k, cache.v = cache.k.to(HIGH_DTYPE), cache.v.to(HIGH_DTYPE)  # new token came in fp32
         grown = cache.length - st["scores"].shape[1]
         st["scores"] = torch.cat([st["scores"], st["scores"].new_zeros(st["scores"].shape[0], grown)], 1)

@@ -96,6 +96,12 @@ class Transformer:
             qpos = torch.arange(n).repeat(g) + past
             mask = qpos[:, None] >= torch.arange(past + n)[None, :]
         else:
+            fused = self.policy.decode_attention(i, q, lc, b)
+            if fused is not None:  # the policy attends itself (e.g. a mixed-precision cache)
+                out, attended = fused
+                lc.attended += attended
+                lc.decode_steps += 1
+                return out.reshape(cfg.num_heads, n, d).transpose(0, 1).reshape(n, cfg.num_heads * d)
             keys, values = self.policy.decode_kv(i, q, lc, b)
             lc.attended += keys.shape[1]
             lc.decode_steps += 1

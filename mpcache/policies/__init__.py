@@ -7,6 +7,9 @@ import dataclasses
 from mpcache.errors import UserError
 from mpcache.policies.base import Policy, PromptInfo
 from mpcache.policies.h2o import H2OPolicy
+from mpcache.policies.kvcrush import KVCrushPolicy
+from mpcache.policies.kvcrush_mikv import KVCrushMiKVPolicy
+from mpcache.policies.mikv import MiKVPolicy
 from mpcache.policies.mpcache import MPCachePolicy
 from mpcache.policies.quest import QuestPolicy
 from mpcache.policies.snapkv import SnapKVPolicy
@@ -19,6 +22,9 @@ POLICIES: dict[str, type[Policy]] = {
     "snapkv": SnapKVPolicy,
     "quest": QuestPolicy,
     "mpcache": MPCachePolicy,
+    "mikv": MiKVPolicy,
+    "kvcrush": KVCrushPolicy,
+    "kvcrush+mikv": KVCrushMiKVPolicy,
 }
 
 

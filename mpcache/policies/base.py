@@ -71,6 +71,16 @@ class Policy:
         """Keys and values the decode query ``q`` [num_heads, 1, d] attends to, each [Hkv, n, d]."""
         return cache.k, cache.v
 
+    def decode_attention(
+        self, layer: int, q: Tensor, cache: LayerCache, backend: Backend
+    ) -> tuple[Tensor, int] | None:
+        """Optional: attend this decode step itself -> (output [Hkv, group, d], keys attended).
+
+        For caches the transformer cannot attend over as plain K/V (MiKV's packed low tier: one
+        softmax over both tiers in a fused kernel). ``None`` (the default) means: use ``decode_kv``
+        and ``observe``; when a policy returns an output, those two are not called this step."""
+        return None
+
     def observe(self, layer: int, probs: Tensor, cache: LayerCache, backend: Backend) -> None:
         """Attention probabilities of this decode step, [Hkv, group, n] over ``decode_kv``'s keys."""
 

@@ -74,7 +74,7 @@ class Meter:
         self.comm = comm
         self.phases: dict[str, Cost] = {}
         self._stack: list[str] = []
-        self._dealer_bytes, self._dealer_rounds = 0.0, 0
+        self._dealer_bytes, self._dealer_rounds, self._dealer_depth = 0.0, 0, 0
         self._mark = self._read()
 
     def _raw(self) -> tuple[float, int]:
@@ -108,10 +108,14 @@ class Meter:
     @contextmanager
     def dealer(self) -> Iterator[None]:
         """Wrap a dealer request: its traffic counts as dealer traffic, its rounds not as online."""
+        self._dealer_depth += 1
         before = self._raw()
         try:
             yield
         finally:
+            self._dealer_depth -= 1
+            if self._dealer_depth:  # nested: the outermost request counts
+                return
             after = self._raw()
             self._dealer_bytes += after[0] - before[0]
             self._dealer_rounds += after[1] - before[1]

@@ -56,7 +56,8 @@ class MPCBackend(Backend):
     name = "mpc"
 
     def __init__(self, party: Party, approx: Approximations | None = None, mask_reuse: bool = True,
-                 reveal_logits: bool = False, meter: Meter | None = None, cache_slots: int = 256):
+                 reveal_logits: bool = False, meter: Meter | None = None, cache_slots: int = 256,
+                 debug_logits: bool = False):
         self.crypten = import_crypten()
         from crypten import communicator
 
@@ -65,14 +66,17 @@ class MPCBackend(Backend):
         self.approx = approx or Approximations(exact=False)
         self.mask_reuse = mask_reuse
         self.reveal_logits = reveal_logits
+        self.debug_logits = debug_logits  # tests: also reveal logits to the client, token stays secure
         self.comm = communicator.get()
         self.meter = meter or Meter(self.comm)
         self.dealer = _MeteredDealer(make_dealer(party.dealer, party.rank), self.meter)
+        if party.dealer == "ttp":
+            _meter_ttp_requests(self.meter)
         # Cached operands masked once, by the storage of their share (LRU; strong refs keep the
         # storage alive, so an address is never reused while registered).
         self._registry: OrderedDict[tuple, tuple[torch.Tensor, FixedOperand]] = OrderedDict()
         self._cache_slots = cache_slots
-        self.last_logits: torch.Tensor | None = None  # set with reveal_logits (client only)
+        self.last_logits: torch.Tensor | None = None  # with reveal/debug_logits (client only)
 
     # --- helpers -----------------------------------------------------------------------------------
     def _share(self, value: torch.Tensor, src: int):
@@ -202,6 +206,9 @@ class MPCBackend(Backend):
                     self.last_logits = plain[0]
                     return int(torch.argmax(plain[0]).item())
                 return -1
+            if self.debug_logits:
+                plain = last.get_plain_text(dst=CLIENT)
+                self.last_logits = plain[0] if self.rank == CLIENT else None
             _, idx = nl.tree_max(last, with_index=True)
             value = idx.get_plain_text(dst=CLIENT)
             return int(round(value.item())) if self.rank == CLIENT else -1
@@ -251,3 +258,19 @@ class _MeteredDealer:
                 return method(*args, **kwargs)
 
         return metered
+
+
+def _meter_ttp_requests(meter: Meter) -> None:
+    """CrypTen's own TTP requests (triples for its multiplications and comparisons) are dealer
+    traffic too."""
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    client = TTPClient.get()
+    request = getattr(client, "_unmetered_request", client.ttp_request)
+
+    def metered(*args, **kwargs):
+        with meter.dealer():
+            return request(*args, **kwargs)
+
+    client._unmetered_request = request
+    client.ttp_request = metered

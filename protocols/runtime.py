@@ -164,8 +164,11 @@ def shutdown() -> None:
         pass
 
 
-def run_party(body: Callable[[], int], role: str = "party") -> int:
+def run_party(body: Callable[[], int], role: str | None = None) -> int:
     """Run ``body``; any fault ends the process with one line on stderr and exit status 3."""
+    if role is None:
+        rank = os.environ.get("RANK", "")
+        role = ROLES.get(int(rank), "party") if rank.isdigit() else "party"
     try:
         code = body()
     except RuntimeFault as exc:

@@ -31,13 +31,15 @@ class PrivateModel:
 
 
 def build(party: Party, model_spec: str, approx: Approximations | None = None, mask_reuse: bool = True,
-          reveal_logits: bool = False) -> PrivateModel:
+          reveal_logits: bool = False, debug_logits: bool = False) -> PrivateModel:
     """Load the model and share its weights (server) / placeholders of the same shapes (client)."""
     model = load_model(model_spec)
     if not party.is_server:  # the client never uses the weights: shapes are public
         model.weights = {n: torch.empty(s, device="meta") for n, s in expected_shapes(model.config).items()}
-    backend = MPCBackend(party, approx, mask_reuse=mask_reuse, reveal_logits=reveal_logits)
-    _check_same(backend, (model_spec, model.config.to_dict(), mask_reuse, reveal_logits, party.dealer))
+    backend = MPCBackend(party, approx, mask_reuse=mask_reuse, reveal_logits=reveal_logits,
+                         debug_logits=debug_logits)
+    _check_same(backend, (model_spec, model.config.to_dict(), mask_reuse, reveal_logits, debug_logits,
+                          party.dealer))
     transformer = Transformer(model.config, model.weights, backend)
     if party.is_server:
         model.weights = {}  # the shares and masks are all we need from now on

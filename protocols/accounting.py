@@ -114,11 +114,10 @@ class Meter:
             yield
         finally:
             self._dealer_depth -= 1
-            if self._dealer_depth:  # nested: the outermost request counts
-                return
-            after = self._raw()
-            self._dealer_bytes += after[0] - before[0]
-            self._dealer_rounds += after[1] - before[1]
+            if not self._dealer_depth:  # nested requests: the outermost one counts
+                after = self._raw()
+                self._dealer_bytes += after[0] - before[0]
+                self._dealer_rounds += after[1] - before[1]
 
     def total(self) -> Cost:
         self._flush()

@@ -44,7 +44,7 @@ def plain_reference(model_name, prompt_ids, tokens):
 
 def check_against_plain(record, model_name="random:tiny"):
     ref = plain_reference(model_name, record["prompt_ids"], record["tokens"])
-    for step, (mine, theirs, token) in enumerate(zip(record["logits"], ref, record["tokens"])):
+    for step, (mine, theirs, token) in enumerate(zip(record["logits"], ref, record["tokens"], strict=True)):
         mine = torch.tensor(mine)
         diff = (mine - theirs).abs().max().item()
         assert diff < LOGIT_TOL, f"step {step}: logits differ by {diff}"

@@ -63,7 +63,7 @@ def sigmoid(x: torch.Tensor, exp_iterations: int, iterations: int) -> torch.Tens
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, iterations: int) -> torch.Tensor:
-    variance = (x * (1.0 / 32)).pow(2).mean(-1, keepdim=True) * 1024.0 + eps
+    variance = x.pow(2).mean(-1, keepdim=True) + eps
     return x * inv_sqrt(variance, iterations) * weight
 
 

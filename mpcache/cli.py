@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mpcache.commands import generate
+from mpcache.commands import bench, generate
 from mpcache.errors import UserError
 
-COMMANDS = [generate]
+COMMANDS = [generate, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,10 +24,11 @@ from protocols.compat import import_crypten
 KINDS = ("matmul", "matmul_t", "mul")
 
 
-def apply(kind: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a ∘ b`` on ring (int64) tensors; b is the fixed operand."""
+def apply(kind: str, a: torch.Tensor, b: torch.Tensor, b_t: torch.Tensor | None = None) -> torch.Tensor:
+    """``a ∘ b`` on ring (int64) tensors; b is the fixed operand. ``b_t``: b transposed, contiguous
+    (torch's int64 matmul is ~6x faster when the reduced dim is contiguous in both operands)."""
     if kind == "matmul":
-        return a @ b
+        return a @ b_t.transpose(-1, -2) if b_t is not None else a @ b
     if kind == "matmul_t":
         return a @ b.transpose(-1, -2)
     if kind == "mul":
@@ -58,6 +59,7 @@ class LocalDealer:
     def __init__(self, rank: int):
         self.rank = rank
         self.masks: dict[int, torch.Tensor] = {}  # key -> B (party 0 only)
+        self.masks_t: dict[int, torch.Tensor] = {}  # key -> B^T contiguous, for "matmul" of weights
         self._keys = itertools.count()
 
     def _share(self, value: torch.Tensor | None, shape) -> torch.Tensor:
@@ -84,13 +86,20 @@ class LocalDealer:
 
     def forget(self, key: int) -> None:
         self.masks.pop(key, None)
+        self.masks_t.pop(key, None)
 
     def triple(self, key: int, kind: str, a_shape, b_shape) -> tuple[torch.Tensor, torch.Tensor]:
         """Shares of a fresh A (shape ``a_shape``) and of C = A ∘ B[key]."""
         c_shape = result_shape(kind, a_shape, b_shape)
         if self.rank == 0:
             a = _random_ring(a_shape)
-            c = apply(kind, a, self.masks[key])
+            b = self.masks[key]
+            b_t = None
+            if kind == "matmul" and b.dim() == 2 and b.shape[0] > 4096:  # the embedding table
+                if key not in self.masks_t:
+                    self.masks_t[key] = b.t().contiguous()
+                b_t = self.masks_t[key]
+            c = apply(kind, a, b, b_t)
             return self._share(a, a_shape), self._share(c, c_shape)
         return self._share(None, a_shape), self._share(None, c_shape)
 
@@ -150,6 +159,7 @@ def run_ttp_server() -> None:
 
     class FixedMaskServer(TTPServer):
         masks: dict[int, torch.Tensor] = {}
+        masks_t: dict[int, torch.Tensor] = {}
 
         def fixed_new(self, key, shape):
             self.masks[key] = self._get_additive_PRSS(shape)
@@ -161,11 +171,15 @@ def run_ttp_server() -> None:
 
         def fixed_forget(self, key):
             self.masks.pop(key, None)
+            self.masks_t.pop(key, None)
             return torch.zeros(1, dtype=torch.long)
 
         def fixed_triple(self, key, kind, a_shape):
             a = self._get_additive_PRSS(a_shape)
-            c = apply(kind, a, self.masks[key])
+            b, b_t = self.masks[key], None
+            if kind == "matmul" and b.dim() == 2 and b.shape[0] > 4096:
+                b_t = self.masks_t.setdefault(key, b.t().contiguous())
+            c = apply(kind, a, b, b_t)
             return c - self._get_additive_PRSS(c.size(), remove_rank=True)
 
     FixedMaskServer()  # serves until party 0 sends "terminate"

@@ -36,6 +36,15 @@ class FixedOperand:
     mask_share: torch.Tensor  # this party's share of B (int64 ring)
     opened: torch.Tensor  # e = W - B, public (int64 ring, fixed-point encoded)
     name: str = ""
+    transposed: tuple[torch.Tensor, torch.Tensor] | None = None  # (B^T, e^T) contiguous, lazily
+
+    def for_kind(self, kind: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Contiguous transposes for a "matmul" by a large 2-D operand (the embedding table)."""
+        if kind != "matmul" or self.opened.dim() != 2 or self.opened.shape[0] <= 4096:
+            return None, None
+        if self.transposed is None:
+            self.transposed = (self.mask_share.t().contiguous(), self.opened.t().contiguous())
+        return self.transposed
 
     @property
     def shape(self) -> torch.Size:
@@ -65,4 +74,5 @@ def fixed_product(dealer, rank: int, x_share: torch.Tensor, fixed: FixedOperand,
     a_share, c_share = dealer.triple(fixed.key, kind, x_share.shape, fixed.shape)
     d = open_ring(x_share - a_share)
     left = a_share + d if rank == 0 else a_share  # party 0 adds the public d∘e
-    return c_share + apply(kind, d, fixed.mask_share) + apply(kind, left, fixed.opened)
+    b_t, e_t = fixed.for_kind(kind)
+    return c_share + apply(kind, d, fixed.mask_share, b_t) + apply(kind, left, fixed.opened, e_t)

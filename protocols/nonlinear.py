@@ -116,10 +116,24 @@ def inv_sqrt_hi(v, iterations: int) -> torch.Tensor:
 
 
 def rms_norm(x, eps: float, iterations: int):
-    """x / sqrt(mean(x^2) + eps) (the gain is applied by the caller, a fixed product)."""
-    scaled = x.div(32)  # keeps x^2 of SmolLM2's massive activations far from the ring's size
-    variance = scaled.square().mean(-1, keepdim=True) * 1024 + eps
+    """x / sqrt(mean(x^2) + eps) (the gain is applied by the caller, a fixed product).
+
+    Local truncation of a share fails with probability |value| / 2^64, and SmolLM2's massive
+    activations (|x| up to ~2.2e4) would make x^2 at 32 fractional bits ~ 2^61. So x is squared at
+    10 fractional bits (|x^2| <= 2^49 before the truncation back to 16 bits) and the row sum is
+    divided once.
+    """
+    from crypten.mpc.primitives import beaver
+
+    x10 = nl_from_ring(_trunc(x._tensor.share, 6), 10)
+    squares = _trunc(beaver.square(x10._tensor).share, 4)  # x^2 at 16 bits
+    total = squares.sum(-1, keepdim=True)
+    variance = _mpc_from_share(total.div(x.shape[-1], rounding_mode="trunc")) + eps
     return mul_hi(x, inv_sqrt_hi(variance, iterations), 16 + HI_BITS)
+
+
+def nl_from_ring(share: torch.Tensor, bits: int):
+    return _mpc_from_share(share, bits)
 
 
 def sigmoid(x, exp_iterations: int, iterations: int):

@@ -34,8 +34,11 @@ def build(party: Party, model_spec: str, approx: Approximations | None = None, m
           reveal_logits: bool = False, debug_logits: bool = False) -> PrivateModel:
     """Load the model and share its weights (server) / placeholders of the same shapes (client)."""
     model = load_model(model_spec)
-    if not party.is_server:  # the client never uses the weights: shapes are public
-        model.weights = {n: torch.empty(s, device="meta") for n, s in expected_shapes(model.config).items()}
+    if party.is_server:  # both parties share the weights in the same (sorted) order
+        model.weights = {n: model.weights[n] for n in sorted(model.weights)}
+    else:  # the client never uses the weights: shapes are public
+        shapes = expected_shapes(model.config)
+        model.weights = {n: torch.empty(shapes[n], device="meta") for n in sorted(shapes)}
     backend = MPCBackend(party, approx, mask_reuse=mask_reuse, reveal_logits=reveal_logits,
                          debug_logits=debug_logits)
     _check_same(backend, (model_spec, model.config.to_dict(), mask_reuse, reveal_logits, debug_logits,

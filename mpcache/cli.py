@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mpcache.commands import bench, generate
+from mpcache.commands import bench, generate, plot
 from mpcache.errors import UserError
 
-COMMANDS = [generate, bench]
+COMMANDS = [generate, bench, plot]
 
 
 def build_parser() -> argparse.ArgumentParser:

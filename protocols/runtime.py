@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mpcache.errors import UserError
 from protocols.compat import import_crypten
 
 SERVER, CLIENT, DEALER = 0, 1, 2
@@ -174,6 +175,9 @@ def run_party(body: Callable[[], int], role: str | None = None) -> int:
     except RuntimeFault as exc:
         print(f"mpcache: {role}: {exc}", file=sys.stderr, flush=True)
         os._exit(FAULT_EXIT)
+    except UserError as exc:
+        print(f"mpcache: error: {exc}", file=sys.stderr, flush=True)
+        os._exit(2)
     except KeyboardInterrupt:
         print(f"mpcache: {role}: interrupted", file=sys.stderr, flush=True)
         os._exit(130)

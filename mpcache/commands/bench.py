@@ -48,7 +48,13 @@ def run(args: argparse.Namespace) -> int:
     if args.policy != "full" or args.budget != 1.0:
         raise UserError("under MPC only --policy full (budget 1.0) is implemented so far")
     if not runtime.under_torchrun():
+        from mpcache.generate import check_lengths
+        from mpcache.models import load_model
         from protocols.launch import launch_local
+
+        config = load_model(args.model, with_tokenizer=False).config  # bad model -> UserError, no launch
+        for length in args.length:
+            check_lengths(length, args.new_tokens, config.max_positions)
 
         argv = [a for a in sys.argv[1:]]
         nproc = 3 if args.dealer == "ttp" else 2

@@ -20,7 +20,8 @@ def test_bench_mpc_writes_records_and_plot(tmp_path):
                    "--mask-reuse", "both", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [(r["length"], r["mask_reuse"]) for r in records] == [(8, True), (16, True), (8, False), (16, False)]
+    settings = [(r["length"], r["mask_reuse"]) for r in records]
+    assert settings == [(8, True), (16, True), (8, False), (16, False)]
     for r in records:
         for part in ("prefill", "decode_per_token"):
             assert all(k in r[part] for k in FIELDS)

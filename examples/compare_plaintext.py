@@ -91,6 +91,7 @@ def main() -> int:
             forced, greedy = plain_logits(plain, ids, tokens)
             _, exact_greedy = plain_logits(exact, ids, tokens)
             diffs = [float((a - b).abs().max()) for a, b in zip(shown, forced, strict=True)]
+            margins = [float(v[0] - v[1]) for v in (f.topk(2).values for f in forced)]
             pairs = enumerate(zip(tokens, greedy, strict=False))
             first_mismatch = next((i for i, (a, b) in pairs if a != b), None)
             record = {
@@ -99,6 +100,7 @@ def main() -> int:
                 "match": tokens == greedy[: len(tokens)], "first_mismatch": first_mismatch,
                 "matches_exact": tokens == exact_greedy[: len(tokens)],
                 "logits_max_abs_diff_per_step": diffs,
+                "plain_top2_margin_per_step": margins,
                 "mpc_text": pm.model.tokenizer.decode(tokens), "seconds": time.perf_counter() - start,
                 "torch": torch.__version__,
             }

@@ -201,16 +201,16 @@ class MPCBackend(Backend):
         with self.meter.phase("argmax"):
             last = logits[-1:]
             if self.reveal_logits:
-                plain = last.get_plain_text(dst=CLIENT)
+                plain = reveal(last, dst=CLIENT)
                 if self.rank == CLIENT:
                     self.last_logits = plain[0]
                     return int(torch.argmax(plain[0]).item())
                 return -1
             if self.debug_logits:
-                plain = last.get_plain_text(dst=CLIENT)
+                plain = reveal(last, dst=CLIENT)
                 self.last_logits = plain[0] if self.rank == CLIENT else None
             _, idx = nl.tree_max(last, with_index=True)
-            value = idx.get_plain_text(dst=CLIENT)
+            value = reveal(idx, dst=CLIENT)
             return int(round(value.item())) if self.rank == CLIENT else -1
 
     def agree_stop(self, stop: bool) -> bool:
@@ -218,7 +218,7 @@ class MPCBackend(Backend):
             return bool(self.comm.broadcast_obj(bool(stop) if self.rank == CLIENT else None, CLIENT))
 
     def reveal(self, x) -> torch.Tensor:
-        return x.get_plain_text()
+        return reveal(x)
 
     # --- registry of cached fixed operands ----------------------------------------------------------
     @staticmethod
@@ -241,6 +241,15 @@ class MPCBackend(Backend):
             return None
         self._registry.move_to_end(key)
         return self._registry[key][1]
+
+
+def reveal(x, dst: int | None = None) -> torch.Tensor | None:
+    """Plain value of a secret tensor (to ``dst`` only, or to both). CrypTen 0.4.1's decoder is off by
+    one for values just above a negative integer (-77 + 2^-16 decodes to -78), so decode here."""
+    ring = x._tensor.reveal(dst=dst)
+    if ring is None:
+        return None
+    return (ring.double() / x._tensor.encoder.scale).float()
 
 
 class _MeteredDealer:

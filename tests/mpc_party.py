@@ -21,6 +21,7 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=4)
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--hang-after-setup", action="store_true", help="fault test: sleep forever")
+    p.add_argument("--check-selection", action="store_true", help="run topk + gather on fixed inputs")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -28,6 +29,8 @@ def main() -> int:
         from protocols.session import build, private_generate
 
         party = runtime.init(args.dealer, args.timeout)
+        if args.check_selection:
+            return check_selection(party, args.out)
         pm = build(party, args.model, debug_logits=True)
         if args.hang_after_setup and party.is_server:
             import time
@@ -48,6 +51,26 @@ def main() -> int:
         return 0
 
     return runtime.run_party(body)
+
+
+def check_selection(party, out: str) -> int:
+    """topk (secret one-hot) and gather (one-hot matmul) on seeded inputs; the client writes them."""
+    import torch
+
+    from protocols.backend import MPCBackend, reveal
+
+    backend = MPCBackend(party)
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 9, generator=gen)
+    values = torch.randn(2, 9, 3, generator=gen)
+    crypten = backend.crypten
+    selection = backend.topk(crypten.cryptensor(scores, src=0), 3)
+    gathered = backend.gather(selection, crypten.cryptensor(values, src=0))
+    onehot, rows = reveal(selection), reveal(gathered)
+    if party.is_client:
+        Path(out).write_text(json.dumps({"scores": scores.tolist(), "values": values.tolist(),
+                                         "onehot": onehot.tolist(), "gathered": rows.tolist()}))
+    return 0
 
 
 if __name__ == "__main__":

@@ -62,6 +62,27 @@ def test_two_party_generation_matches_plaintext_simulation(tmp_path, dealer):
     check_against_plain(record)
 
 
+def test_topk_and_gather_under_mpc_select_what_plaintext_selects(tmp_path):
+    out = tmp_path / "client.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(torchrun_command([PARTY, "--out", str(out), "--check-selection"], 2), env=env,
+                          timeout=240, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    scores, values = torch.tensor(r["scores"]), torch.tensor(r["values"])
+    plain = PlainBackend()
+    idx = plain.topk(scores, 3)  # ascending cache order
+    onehot = torch.tensor(r["onehot"]).round()
+    assert onehot.shape == (2, 3, 9) and (onehot.sum(-1) == 1).all()
+    mpc_idx = onehot.argmax(-1)  # descending score order under MPC
+    assert torch.equal(mpc_idx.sort(-1).values, idx)
+    expected = plain.gather(idx, values)
+    got = torch.tensor(r["gathered"])
+    order = mpc_idx.argsort(-1)
+    got_sorted = torch.stack([got[h][order[h]] for h in range(2)])
+    assert torch.allclose(got_sorted, expected, atol=1e-3)
+
+
 def test_killed_party_makes_the_other_exit_with_a_message(tmp_path):
     """Both parties as separate commands (as on two machines); kill the server mid-run."""
     port = free_port()

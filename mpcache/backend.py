@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from mpcache import approx
+
 Tensor = Any  # torch.Tensor in plaintext, a CrypTen tensor under MPC
 
 
@@ -27,8 +29,11 @@ class Approximations:
 
     exact: bool = True
     exp_iterations: int = 8  # exp(x) ~ (1 + x / 2^n)^(2^n)
-    reciprocal_iterations: int = 10  # Newton-Raphson steps
+    reciprocal_iterations: int = 5  # Newton steps for 1/(softmax denominator), after range reduction
     softmax_clip: float = 0.0  # if > 0, scores below max - clip are dropped (MPC-friendly mask)
+    inv_sqrt_iterations: int = 3  # Newton steps for RMSNorm's 1/sqrt(variance), after range reduction
+    sigmoid_iterations: int = 3  # Newton steps for 1/(1 + exp(-|x|)) in SiLU
+    # The formulas are in mpcache/approx.py (plaintext) and protocols/nonlinear.py (MPC).
 
 
 class Backend:
@@ -37,8 +42,8 @@ class Backend:
     name = "abstract"
 
     # --- data movement -------------------------------------------------------------------------
-    def weight(self, tensor: torch.Tensor) -> Tensor:
-        """Make a model weight (owned by the server) usable by this backend."""
+    def weight(self, tensor: torch.Tensor, name: str = "") -> Tensor:
+        """Make a model weight (owned by the server) usable by this backend; ``name`` is its HF name."""
         raise NotImplementedError
 
     def embed(self, token_ids: torch.Tensor | Tensor, table: Tensor) -> Tensor:
@@ -56,6 +61,11 @@ class Backend:
     def matmul(self, a: Tensor, b: Tensor) -> Tensor:
         """Batched matmul of two (possibly secret) tensors."""
         raise NotImplementedError
+
+    def matmul_t(self, a: Tensor, b: Tensor) -> Tensor:
+        """``a @ b^T`` over the last two dims (attention scores against cached keys: under MPC the
+        cached operand keeps its layout, so its mask is reused)."""
+        return self.matmul(a, b.transpose(-1, -2))
 
     def mul(self, a: Tensor, b: Tensor) -> Tensor:
         raise NotImplementedError
@@ -109,6 +119,10 @@ class Backend:
         raise NotImplementedError
 
     # --- outputs -------------------------------------------------------------------------------
+    def agree_stop(self, stop: bool) -> bool:
+        """Make the client's stop decision (EOS seen) public: the number of tokens is public."""
+        return stop
+
     def next_token(self, logits: Tensor) -> int:
         """Greedy next token id from the last row of ``logits``, revealed to the client only."""
         raise NotImplementedError
@@ -127,7 +141,7 @@ class PlainBackend(Backend):
         self.approx = approx or Approximations()
         self.dtype = dtype
 
-    def weight(self, tensor: torch.Tensor) -> torch.Tensor:
+    def weight(self, tensor: torch.Tensor, name: str = "") -> torch.Tensor:
         return tensor.to(self.dtype)
 
     def embed(self, token_ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -146,29 +160,23 @@ class PlainBackend(Backend):
         return a * b
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        if not self.approx.exact:
+            return approx.rms_norm(x, weight, eps, self.approx.inv_sqrt_iterations)
         variance = x.pow(2).mean(-1, keepdim=True)
         return x * torch.rsqrt(variance + eps) * weight
 
     def silu(self, x: torch.Tensor) -> torch.Tensor:
         if self.approx.exact:
             return torch.nn.functional.silu(x)
-        return x * self._reciprocal(1.0 + self._exp(-x))
+        return x * approx.sigmoid(x, self.approx.exp_iterations, self.approx.sigmoid_iterations)
 
     def softmax(self, scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.approx.exact:
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
             return torch.softmax(scores, dim=-1)
-        # MPC-style: subtract the (masked) max, exp by limit, multiply out the mask, Newton reciprocal.
-        if mask is not None:
-            scores = scores.masked_fill(~mask, -1e4)
-        shifted = scores - scores.max(dim=-1, keepdim=True).values
-        if self.approx.softmax_clip > 0:
-            shifted = shifted.clamp(min=-self.approx.softmax_clip)
-        e = self._exp(shifted)
-        if mask is not None:
-            e = e * mask
-        return e * self._reciprocal(e.sum(-1, keepdim=True))
+        a = self.approx
+        return approx.softmax(scores, mask, a.exp_iterations, a.reciprocal_iterations, a.softmax_clip)
 
     def topk(self, scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.topk(scores, k, dim=-1).indices.sort(dim=-1).values
@@ -189,17 +197,3 @@ class PlainBackend(Backend):
 
     def reveal(self, x: torch.Tensor) -> torch.Tensor:
         return x
-
-    # Approximations mirroring CrypTen's (limit exp, Newton reciprocal).
-    def _exp(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.approx.exp_iterations
-        y = 1.0 + x / (2**n)
-        for _ in range(n):
-            y = y * y
-        return y
-
-    def _reciprocal(self, x: torch.Tensor) -> torch.Tensor:
-        y = 3.0 * self._exp(1.0 - 2.0 * x) + 0.003  # CrypTen's initial guess
-        for _ in range(self.approx.reciprocal_iterations):
-            y = 2.0 * y - y * y * x
-        return y

@@ -55,7 +55,8 @@ def generate(
         result.new_ids.append(token)
         if on_token is not None:
             on_token(token)
-        if token in eos_ids:
+        # Under MPC only the client knows the token: the stop decision is made public (one bit).
+        if backend.agree_stop(token in eos_ids):
             result.stopped_at_eos = True
             break
         if len(result.new_ids) >= max_new_tokens:

@@ -16,6 +16,7 @@ from mpcache.errors import UserError
 
 
 def load_records(path: str) -> list[dict]:
+    """Records of ``mpcache eval`` or ``mpcache bench mpc`` (``kind == "mpc"``), one per JSON line."""
     file = Path(path)
     if not file.is_file():
         raise UserError(f"no such records file: {path}")
@@ -27,8 +28,9 @@ def load_records(path: str) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             raise UserError(f"{path}:{n}: not a JSON line") from None
-        if not isinstance(rec, dict) or not {"task", "policy", "budget", "length"} <= rec.keys():
-            raise UserError(f"{path}:{n}: not an mpcache eval record")
+        is_mpc = isinstance(rec, dict) and rec.get("kind") == "mpc"
+        if not is_mpc and (not isinstance(rec, dict) or not {"task", "policy", "budget", "length"} <= rec.keys()):
+            raise UserError(f"{path}:{n}: not an mpcache eval or bench record")
         records.append(rec)
     if not records:
         raise UserError(f"{path} holds no records")

@@ -35,7 +35,7 @@ class Transformer:
         self.config = config
         self.backend = backend
         self.policy = policy or Policy()
-        w = {name: backend.weight(t) for name, t in weights.items()}
+        w = {name: backend.weight(t, name) for name, t in weights.items()}
         self.embed_table = w["model.embed_tokens.weight"]
         self.lm_head = w["model.embed_tokens.weight"] if config.tie_embeddings else w["lm_head.weight"]
         self.final_norm = w["model.norm.weight"]
@@ -107,7 +107,7 @@ class Transformer:
             lc.decode_steps += 1
             mask = None
         grouped = (q * (d**-0.5)).reshape(cfg.num_kv_heads, g * n, d)
-        probs = b.softmax(b.matmul(grouped, keys.transpose(1, 2)), mask)
+        probs = b.softmax(b.matmul_t(grouped, keys), mask)
         out = b.matmul(probs, values)  # [Hkv, g*n, d]
         if prefill:
             self.policy.after_prefill(i, PromptInfo(q, b.sum(probs, 1), cfg.num_layers), lc, b)

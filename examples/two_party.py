@@ -1,0 +1,92 @@
+"""Private generation by two parties: the server (rank 0) holds SmolLM2's weights, the client
+(rank 1) holds the prompt and alone sees the answer.
+
+One machine:
+    torchrun --nproc_per_node=2 examples/two_party.py --prompt "What is 2PC?"
+With a trusted dealer as a third process:
+    torchrun --nproc_per_node=3 examples/two_party.py --dealer ttp --prompt "..."
+Two machines (run on each; --node_rank 0 on the server's machine):
+    torchrun --nnodes=2 --nproc_per_node=1 --node_rank=0|1 --master_addr=SERVER_IP --master_port=29500 \\
+        examples/two_party.py --prompt "..."     (only the client's --prompt is used)
+Without --launch-local and outside torchrun it starts the two local parties itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from protocols import runtime  # noqa: E402
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompt", default="In one sentence, what is secure two-party computation?")
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--dealer", choices=runtime.DEALERS, default="tfp")
+    p.add_argument("--no-mask-reuse", action="store_true")
+    p.add_argument("--reveal-logits", action="store_true",
+                   help="reveal the logits to the client (leaks them; lets the client sample)")
+    p.add_argument("--plaintext-compare", action="store_true",
+                   help="the server also times plaintext generation for the cost table")
+    p.add_argument("--timeout", type=float, default=600)
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse()
+    if not runtime.under_torchrun():
+        from protocols.launch import launch_local
+
+        return launch_local([str(Path(__file__).resolve()), *sys.argv[1:]], 3 if args.dealer == "ttp" else 2)
+
+    def body() -> int:
+        from protocols.report import CostTable
+        from protocols.session import build, private_generate
+
+        party = runtime.init(args.dealer, args.timeout)
+        say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if party.is_client else (lambda msg: None)
+        say(f"[{runtime.DEALER_NOTE[party.dealer]}]")
+        say(f"[setting up {args.model}: the server shares and masks its weights once ...]")
+        pm = build(party, args.model, mask_reuse=not args.no_mask_reuse, reveal_logits=args.reveal_logits)
+        tok = pm.model.tokenizer
+        ids = tok.encode(args.prompt, chat=args.chat) if party.is_client else None
+        table = CostTable()
+        shown = [""]
+        new_ids: list[int] = []
+
+        def on_token(token, cost):
+            table.add(cost)
+            if party.is_client:
+                new_ids.append(token)
+                text = tok.decode(new_ids)
+                if not text.endswith("\ufffd"):
+                    sys.stdout.write(text[len(shown[0]):])
+                    sys.stdout.flush()
+                    shown[0] = text
+
+        run = private_generate(pm, ids, args.max_new_tokens, on_token)
+        if party.is_client:
+            print()
+            print(table.render(plaintext_per_token_s=_plain_seconds(args, len(ids)) if args.plaintext_compare
+                               else None), file=sys.stderr)
+            print(f"[{len(run.result.new_ids)} tokens in {run.seconds:.1f} s; setup "
+                  f"{pm.setup.online_bytes / 1e6:.0f} MB once]", file=sys.stderr)
+        return 0
+
+    return runtime.run_party(body)
+
+
+def _plain_seconds(args, prompt_len: int) -> float:
+    from protocols.bench_party import plaintext_seconds
+
+    return plaintext_seconds(args.model, prompt_len, min(args.max_new_tokens, 8))[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

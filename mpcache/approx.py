@@ -1,0 +1,96 @@
+"""The MPC numerics, in plain torch: what ``PlainBackend(Approximations(exact=False))`` computes.
+
+``protocols/nonlinear.py`` computes the very same formulas on secret shares (same range
+reductions, same initial guesses, same iteration counts), so the plaintext path measures the
+accuracy effect of the MPC approximations and the two-party run must agree with it up to
+fixed-point rounding. Every function here has a twin of the same name there.
+
+Range reductions compare a value with public powers of 4 (cheap under MPC: one batched
+comparison on one scalar per row) and rescale it into [1/4, 1), where a linear initial guess and
+a few Newton steps are accurate. SmolLM2's RMSNorm variances span 0.007 .. 1e6, far outside what a
+fixed initial guess handles.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Reciprocal of a softmax denominator d >= 1: levels 4^1 .. 4^RECIP_LEVELS (contexts up to 64k).
+RECIP_LEVELS = 8
+# Inverse square root of an RMSNorm variance: thresholds 4^k for k in [INV_SQRT_KMIN, INV_SQRT_KMAX].
+INV_SQRT_KMIN, INV_SQRT_KMAX = -6, 12
+
+
+def exp_limit(x: torch.Tensor, iterations: int) -> torch.Tensor:
+    """exp(x) ~ (1 + x / 2^n)^(2^n): n squarings. Accurate for x <= 0 down to about -2^n."""
+    y = 1.0 + x / (2**iterations)
+    for _ in range(iterations):
+        y = y * y
+    return y
+
+
+def reciprocal_at_least_one(d: torch.Tensor, iterations: int) -> torch.Tensor:
+    """1/d for d >= 1: find the level j with 4^j <= d < 4^(j+1), Newton on d / 4^(j+1) in [1/4, 1)."""
+    j = sum((d >= 4.0**k).to(d.dtype) for k in range(1, RECIP_LEVELS + 1))
+    scale = 4.0 ** (j + 1)
+    dn = d / scale
+    y = 5.0 - 4.0 * dn  # the chord of 1/x over [1/4, 1]
+    for _ in range(iterations):
+        y = y * (2.0 - dn * y)
+    return y / scale
+
+
+def inv_sqrt(v: torch.Tensor, iterations: int) -> torch.Tensor:
+    """1/sqrt(v) for v > 0: v / 4^p lands in [1/4, 1) (p from comparisons with 4^k), Newton there."""
+    ks = range(INV_SQRT_KMIN, INV_SQRT_KMAX + 1)
+    p = INV_SQRT_KMIN + sum((v >= 4.0**k).to(v.dtype) for k in ks)
+    vn = v / 4.0**p
+    y = (7.0 - 4.0 * vn) / 3.0  # the chord of 1/sqrt(x) over [1/4, 1]
+    for _ in range(iterations):
+        y = y * (3.0 - vn * y * y) / 2.0
+    return y / 2.0**p
+
+
+def sigmoid(x: torch.Tensor, exp_iterations: int, iterations: int) -> torch.Tensor:
+    """sigma(x) from u = exp(-|x|) in (0, 1]: 1/(1+u) by Newton from its chord; sign by comparison."""
+    positive = (x > 0).to(x.dtype)
+    t = x * (2.0 * positive - 1.0)  # |x|
+    den = 1.0 + exp_limit(-t, exp_iterations)
+    y = 1.5 - 0.5 * den
+    for _ in range(iterations):
+        y = y * (2.0 - den * y)
+    return (1.0 - y) + positive * (2.0 * y - 1.0)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, iterations: int) -> torch.Tensor:
+    variance = x.pow(2).mean(-1, keepdim=True) + eps
+    return x * inv_sqrt(variance, iterations) * weight
+
+
+def fill_masked(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked entries take the value of the row's first allowed entry: the row max is unchanged, and
+    nothing is exponentiated far below it (exp by limit explodes there)."""
+    mask = mask.expand(scores.shape)
+    first = first_allowed(mask)
+    ref = torch.gather(scores, -1, first[..., None])
+    return torch.where(mask, scores, ref)
+
+
+def first_allowed(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the first True entry of each row (0 for an all-False row)."""
+    return mask.to(torch.int64).argmax(dim=-1)
+
+
+def softmax(
+    scores: torch.Tensor, mask: torch.Tensor | None, exp_iterations: int, recip_iterations: int,
+    clip: float,
+) -> torch.Tensor:
+    if mask is not None:
+        scores = fill_masked(scores, mask)
+    shifted = scores - scores.max(dim=-1, keepdim=True).values
+    if clip > 0:
+        shifted = shifted.clamp(min=-clip)
+    e = exp_limit(shifted, exp_iterations)
+    if mask is not None:
+        e = e * mask
+    return e * reciprocal_at_least_one(e.sum(-1, keepdim=True), recip_iterations)

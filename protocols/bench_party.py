@@ -1,0 +1,116 @@
+"""The party side of ``mpcache bench mpc``: private generation at given prompt lengths, one JSON
+record per (length, mask-reuse) setting, written by rank 0 (the server, whose counts we report)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from mpcache.backend import Approximations, PlainBackend
+from mpcache.generate import generate
+from mpcache.models import Transformer, load_model
+from protocols.accounting import NETWORKS, Cost, total
+from protocols.runtime import DEALER_NOTE, Party
+from protocols.session import build, private_generate
+
+BYTES_NOTE = ("online_bytes: party 0's count of elements sent + received x 8 B = all traffic between the "
+              "two parties; dealer_bytes: traffic with the dealer (TTP), apart")
+
+
+def synthetic_prompt(length: int, vocab: int, seed: int = 0) -> list[int]:
+    """The client's prompt for cost runs: seeded ids (costs do not depend on the values)."""
+    return torch.randint(0, vocab, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def plaintext_seconds(model_spec: str, length: int, new_tokens: int) -> tuple[float, float]:
+    """(prefill s, decode s per token) of exact plaintext generation, same model, same machine."""
+    m = load_model(model_spec)
+    model = Transformer(m.config, m.weights, PlainBackend())
+    result = generate(model, synthetic_prompt(length, m.config.vocab_size), new_tokens)
+    steps = max(len(result.new_ids) - 1, 1)
+    return result.prefill_seconds, result.decode_seconds / steps
+
+
+def cost_dict(cost: Cost) -> dict:
+    return cost.to_dict(NETWORKS)
+
+
+def log(party: Party, message: str) -> None:
+    if party.is_server:
+        print(f"[bench mpc] {message}", file=sys.stderr, flush=True)
+
+
+def run(party: Party, args) -> int:
+    approx = Approximations(exact=False)
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.mask_reuse]
+    log(party, DEALER_NOTE[party.dealer])
+    for mask_reuse in modes:
+        log(party, f"setting up {args.model} (mask reuse {'on' if mask_reuse else 'off'})")
+        pm = build(party, args.model, approx, mask_reuse=mask_reuse)
+        log(party, f"setup done in {pm.setup.compute_s:.1f} s, {pm.setup.online_bytes / 1e6:.1f} MB")
+        for length in args.length:
+            prompt = synthetic_prompt(length, pm.model.config.vocab_size) if party.is_client else None
+
+            def progress(token, step, length=length):
+                c = total(step)
+                log(party, f"L={length}: token in {c.compute_s:.1f} s, {c.online_bytes / 1e6:.1f} MB, "
+                           f"{c.rounds} rounds")
+
+            start = time.perf_counter()
+            out = private_generate(pm, prompt, args.new_tokens, progress)
+            record = make_record(party, args, pm, out.steps, length, mask_reuse, approx)
+            record["wall_s"] = time.perf_counter() - start
+            if party.is_server:
+                pre_s, tok_s = plaintext_seconds(args.model, length, args.new_tokens)
+                record["plaintext_prefill_s"], record["plaintext_per_token_s"] = pre_s, tok_s
+                d = record["decode_per_token"]
+                record["ratios"] = {
+                    "compute_vs_plaintext": d["compute_s"] / tok_s,
+                    "lan_vs_plaintext": d["lan_s"] / tok_s,
+                    "wan_vs_plaintext": d["wan_s"] / tok_s,
+                }
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                log(party, f"L={length}: {d['online_bytes'] / 1e6:.1f} MB, {d['rounds']:.0f} rounds, "
+                           f"{d['compute_s']:.2f} s per token (plaintext {tok_s:.3f} s) -> {args.json}")
+        del pm
+    return 0
+
+
+def make_record(party: Party, args, pm, steps, length, mask_reuse, approx) -> dict:
+    prefill = total(steps[0])
+    decode_steps = steps[1:]
+    per_token = Cost()
+    phases: dict[str, Cost] = {}
+    for step in decode_steps:
+        per_token = per_token + total(step)
+        for name, cost in step.items():
+            phases[name] = phases.get(name, Cost()) + cost
+    n = max(len(decode_steps), 1)
+    return {
+        "kind": "mpc", "model": args.model, "policy": args.policy, "budget": args.budget,
+        "length": length, "new_tokens": args.new_tokens, "dealer": party.dealer,
+        "mask_reuse": mask_reuse,
+        "prefill": cost_dict(prefill),
+        "decode_per_token": cost_dict(per_token.scaled(1 / n)),
+        "phases": {k: cost_dict(v.scaled(1 / n)) for k, v in sorted(phases.items())
+                   if v.compute_s or v.rounds},
+        "setup": cost_dict(pm.setup),
+        "decode_tokens_measured": len(decode_steps),
+        "approximations": asdict(approx),
+        "networks": {k: asdict(v) for k, v in NETWORKS.items()},
+        "counting": BYTES_NOTE,
+        "dealer_note": DEALER_NOTE[party.dealer],
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def ensure_parent(path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)

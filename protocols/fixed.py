@@ -1,0 +1,78 @@
+"""Secret operands whose Beaver mask is opened once (mask reuse, DESIGN §5).
+
+``FixedOperand`` holds, for a secret W: this party's share of the dealer's mask B and the public
+e = W - B (opened once, when the operand is created or extended). A product x∘W then costs one
+opening of d = x - A, the fresh operand only:
+
+    x∘W = (A + d)∘(B + e) = C + d∘B + A∘e + d∘e,   with C = A∘B from the dealer.
+
+Weights are fixed for the whole session; a cached key/value block is extended by its new rows at
+each step (only the new rows are masked and opened).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from protocols.dealer import apply
+
+
+def _comm():
+    from crypten import communicator
+
+    return communicator.get()
+
+
+def open_ring(share: torch.Tensor) -> torch.Tensor:
+    """Open a ring tensor to both parties (one round, each party sends its share)."""
+    return _comm().all_reduce(share)
+
+
+@dataclass
+class FixedOperand:
+    key: int
+    mask_share: torch.Tensor  # this party's share of B (int64 ring)
+    opened: torch.Tensor  # e = W - B, public (int64 ring, fixed-point encoded)
+    name: str = ""
+    transposed: tuple[torch.Tensor, torch.Tensor] | None = None  # (B^T, e^T) contiguous, lazily
+
+    def for_kind(self, kind: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Contiguous transposes for a "matmul" by a large 2-D operand (the embedding table)."""
+        if kind != "matmul" or self.opened.dim() != 2 or self.opened.shape[0] <= 4096:
+            return None, None
+        if self.transposed is None:
+            self.transposed = (self.mask_share.t().contiguous(), self.opened.t().contiguous())
+        return self.transposed
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.opened.shape
+
+
+def make_fixed(dealer, share: torch.Tensor, name: str = "") -> FixedOperand:
+    """Mask the secret ring tensor whose share is ``share``; opens e = W - B (setup traffic)."""
+    key, b_share = dealer.new_mask(share.shape)
+    return FixedOperand(key, b_share, open_ring(share - b_share), name)
+
+
+def extend_fixed(dealer, fixed: FixedOperand, new_share: torch.Tensor, dim: int) -> FixedOperand:
+    """Append rows to a fixed operand (a growing KV cache): masks and opens only the new rows."""
+    b_new = dealer.extend_mask(fixed.key, new_share.shape, dim)
+    e_new = open_ring(new_share - b_new)
+    return FixedOperand(
+        fixed.key,
+        torch.cat([fixed.mask_share, b_new], dim=dim),
+        torch.cat([fixed.opened, e_new], dim=dim),
+        fixed.name,
+    )
+
+
+def fixed_product(dealer, rank: int, x_share: torch.Tensor, fixed: FixedOperand, kind: str) -> torch.Tensor:
+    """Share of x∘W at the product of both encodings' scales (caller truncates)."""
+    a_share, c_share = dealer.triple(fixed.key, kind, x_share.shape, fixed.shape)
+    d = open_ring(x_share - a_share)
+    left = a_share + d if rank == 0 else a_share  # party 0 adds the public d∘e
+    b_t, e_t = fixed.for_kind(kind)
+    return c_share + apply(kind, d, fixed.mask_share, b_t) + apply(kind, left, fixed.opened, e_t)

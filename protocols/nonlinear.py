@@ -1,0 +1,201 @@
+"""Non-linear functions on CrypTen secret shares: the twins of ``mpcache/approx.py``.
+
+Same formulas, same range reductions, same iteration counts, so that the two-party run equals
+``PlainBackend(Approximations(exact=False))`` up to fixed-point rounding. Inputs and outputs are
+``MPCTensor``s at CrypTen's default encoding (16 fractional bits) unless said otherwise.
+
+Comparisons are CrypTen's ``_ltz`` (a 0/1 ring value at scale 1). Range reductions compare one
+scalar per row with public powers of 4, turn the thermometer bits into a one-hot level, and rescale
+by an exact power of two per level (a product with the one-hot bit followed by a per-level
+truncation), so no precision is lost on values that span many decades.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mpcache import approx
+from protocols.compat import import_crypten
+
+# Extra fractional bits of a range-reduced reciprocal / inverse square root before it multiplies
+# a vector: 1/4096 at 16 bits would keep only 16 levels. 8 more bits keep products well below the
+# ring size (local truncation fails with probability ~ value * 2^(32+HI) / 2^64).
+HI_BITS = 8
+
+
+def _crypten():
+    return import_crypten()
+
+
+def _mpc_from_share(share: torch.Tensor, scale_bits: int = 16):
+    crypten = _crypten()
+    result = crypten.mpc.MPCTensor.from_shares(share, precision=scale_bits)
+    return result
+
+
+def _rank() -> int:
+    from crypten import communicator
+
+    return communicator.get().get_rank()
+
+
+def _ring_mul(x, y) -> torch.Tensor:
+    """Share of the exact ring product of two secret tensors (no truncation; scales multiply)."""
+    from crypten.mpc.primitives import beaver
+
+    return beaver.mul(x._tensor, y._tensor).share
+
+
+def _trunc(share: torch.Tensor, bits: int) -> torch.Tensor:
+    """Local (2PC) truncation of a share by 2^bits (bits < 0 scales up, exactly)."""
+    if bits <= 0:
+        return share * (1 << -bits)
+    return share.div(1 << bits, rounding_mode="trunc")
+
+
+def ltz(x):
+    """1 where x < 0 else 0 (ring value, scale 1)."""
+    return x._ltz()
+
+
+def exp_limit(x, iterations: int):
+    y = x.div(2**iterations) + 1.0
+    for _ in range(iterations):
+        y = y.square()
+    return y
+
+
+def one_hot_levels(v, thresholds: list[float]) -> torch.Tensor:
+    """Share [..., K+1] (scale 1) of the one-hot level of v [..., 1] among K increasing thresholds:
+    level j means thresholds[j-1] <= v < thresholds[j]."""
+    crypten = _crypten()
+    diffs = v - torch.tensor(thresholds, dtype=torch.float32)  # [..., K]
+    below = ltz(diffs)._tensor.share  # 1 where v < threshold
+    ones = torch.ones_like(below[..., :1]) * (1 if _rank() == 0 else 0)
+    at_least = torch.cat([ones, ones - below, torch.zeros_like(ones)], dim=-1)  # b_{-1}=1 .. b_K=0
+    del crypten
+    return at_least[..., :-1] - at_least[..., 1:]
+
+
+def scale_by_level(y, level: torch.Tensor, exponents: list[int], out_bits: int) -> torch.Tensor:
+    """Share of y * 2^exponents[level] at ``out_bits`` fractional bits (y at 16 bits, [..., 1])."""
+    onehot = _mpc_from_share(level, 0)
+    prod = _ring_mul(y.expand(*level.shape) if y.shape != level.shape else y, onehot)  # 16 bits
+    terms = [_trunc(prod[..., j : j + 1], 16 - e - out_bits) for j, e in enumerate(exponents)]
+    return torch.stack(terms, dim=0).sum(0)
+
+
+def mul_hi(x, hi_share: torch.Tensor, hi_bits: int):
+    """x * h where h is shared at ``hi_bits`` fractional bits (broadcast over the last dim)."""
+    h = _mpc_from_share(hi_share, 0)
+    prod = _ring_mul(x, h)
+    return _mpc_from_share(_trunc(prod, hi_bits))
+
+
+def reciprocal_at_least_one_hi(d, iterations: int) -> torch.Tensor:
+    """Share of 1/d (d >= 1, [..., 1]) at 16 + HI_BITS fractional bits."""
+    levels = approx.RECIP_LEVELS
+    level = one_hot_levels(d, [4.0**k for k in range(1, levels + 1)])
+    dn = _mpc_from_share(scale_by_level(d, level, [-2 * (j + 1) for j in range(levels + 1)], 16))
+    y = 5.0 - dn * 4.0
+    for _ in range(iterations):
+        y = y * (2.0 - dn * y)
+    return scale_by_level(y, level, [-2 * (j + 1) for j in range(levels + 1)], 16 + HI_BITS)
+
+
+def inv_sqrt_hi(v, iterations: int) -> torch.Tensor:
+    """Share of 1/sqrt(v) (v > 0, [..., 1]) at 16 + HI_BITS fractional bits."""
+    kmin, kmax = approx.INV_SQRT_KMIN, approx.INV_SQRT_KMAX
+    level = one_hot_levels(v, [4.0**k for k in range(kmin, kmax + 1)])
+    powers = [kmin + j for j in range(kmax - kmin + 2)]  # v / 4^p in [1/4, 1)
+    vn = _mpc_from_share(scale_by_level(v, level, [-2 * p for p in powers], 16))
+    y = (7.0 - vn * 4.0) * (1.0 / 3.0)
+    for _ in range(iterations):
+        y = y * (3.0 - vn * y.square()) * 0.5
+    return scale_by_level(y, level, [-p for p in powers], 16 + HI_BITS)
+
+
+def rms_norm(x, eps: float, iterations: int):
+    """x / sqrt(mean(x^2) + eps) (the gain is applied by the caller, a fixed product).
+
+    Local truncation of a share fails with probability |value| / 2^64, and SmolLM2's massive
+    activations (|x| up to ~2.2e4) would make x^2 at 32 fractional bits ~ 2^61. So x is squared at
+    10 fractional bits (|x^2| <= 2^49 before the truncation back to 16 bits) and the row sum is
+    divided once.
+    """
+    from crypten.mpc.primitives import beaver
+
+    x10 = nl_from_ring(_trunc(x._tensor.share, 6), 10)
+    squares = _trunc(beaver.square(x10._tensor).share, 4)  # x^2 at 16 bits
+    total = squares.sum(-1, keepdim=True)
+    variance = _mpc_from_share(total.div(x.shape[-1], rounding_mode="trunc")) + eps
+    return mul_hi(x, inv_sqrt_hi(variance, iterations), 16 + HI_BITS)
+
+
+def nl_from_ring(share: torch.Tensor, bits: int):
+    return _mpc_from_share(share, bits)
+
+
+def sigmoid(x, exp_iterations: int, iterations: int):
+    positive = 1 - ltz(x)  # scale 1
+    t = x * (positive * 2 - 1)
+    den = exp_limit(-t, exp_iterations) + 1.0
+    y = 1.5 - den * 0.5
+    for _ in range(iterations):
+        y = y * (2.0 - den * y)
+    return (1.0 - y) + positive * (y * 2.0 - 1.0)
+
+
+def silu(x, exp_iterations: int, iterations: int):
+    return x * sigmoid(x, exp_iterations, iterations)
+
+
+def tree_max(x, with_index: bool = False):
+    """Max over the last dim by a tournament: n-1 comparisons, ceil(log2 n) rounds of them.
+    With ``with_index`` also the secret index of the first maximum (torch.argmax's tie rule)."""
+    crypten = _crypten()
+    n = x.shape[-1]
+    idx = None
+    if with_index:
+        idx = crypten.cryptensor(torch.arange(n, dtype=torch.float32).expand(x.shape).contiguous(), src=0)
+    while n > 1:
+        m = n // 2
+        left, right = x[..., 0 : 2 * m : 2], x[..., 1 : 2 * m : 2]
+        take_right = ltz(left - right)  # 1 where left < right; ties keep the left (lower index)
+        if with_index:
+            il, ir = idx[..., 0 : 2 * m : 2], idx[..., 1 : 2 * m : 2]
+            delta = crypten.stack([right - left, ir - il])
+            picked = delta * take_right.unsqueeze(0)
+            new_x, new_idx = left + picked[0], il + picked[1]
+        else:
+            new_x = left + (right - left) * take_right
+        if n % 2:
+            new_x = crypten.cat([new_x, x[..., n - 1 :]], dim=-1)
+            if with_index:
+                new_idx = crypten.cat([new_idx, idx[..., n - 1 :]], dim=-1)
+        x = new_x
+        if with_index:
+            idx = new_idx
+        n = x.shape[-1]
+    return (x, idx) if with_index else x
+
+
+def softmax(scores, mask: torch.Tensor | None, exp_iterations: int, recip_iterations: int, clip: float):
+    """MPC-safe softmax: masked entries copy the row's first allowed score (so the max is exact and
+    nothing explodes in exp), the exp is multiplied by the public mask, the sum is >= 1."""
+    if mask is not None:
+        mask = mask.expand(scores.shape)
+        first = approx.first_allowed(mask)
+        ref = scores.gather(-1, first[..., None])
+        keep = mask.to(torch.long)
+        share = scores._tensor.share * keep + ref._tensor.share * (1 - keep)
+        scores = _mpc_from_share(share)
+    shifted = scores - tree_max(scores)
+    if clip > 0:  # max(shifted, -clip) = relu(shifted + clip) - clip
+        lifted = shifted + clip
+        shifted = lifted * (1 - ltz(lifted)) - clip
+    e = exp_limit(shifted, exp_iterations)
+    if mask is not None:
+        e = _mpc_from_share(e._tensor.share * mask.to(torch.long))
+    r = reciprocal_at_least_one_hi(e.sum(-1, keepdim=True), recip_iterations)
+    return mul_hi(e, r, 16 + HI_BITS)

@@ -1,0 +1,192 @@
+"""Two-party runtime: CrypTen from torchrun's environment, roles, dealer, faults.
+
+Rank 0 is the **server** (owns the weights), rank 1 the **client** (owns the prompt; the only party
+that sees token ids or text in the clear). With ``--dealer ttp`` a third process (rank 2) is
+CrypTen's trusted third party, extended with the fixed-mask requests of ``protocols.dealer``.
+
+Faults never hang: every collective has a timeout (gloo raises when a peer is gone or silent), a
+watchdog bounds the rendezvous, and :func:`run_party` turns any failure into one clear line on
+stderr and exit status 3.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mpcache.errors import UserError
+from protocols.compat import import_crypten
+
+SERVER, CLIENT, DEALER = 0, 1, 2
+ROLES = {SERVER: "server", CLIENT: "client", DEALER: "dealer"}
+DEALERS = ("tfp", "ttp")
+DEFAULT_TIMEOUT_S = 60.0
+FAULT_EXIT = 3
+
+DEALER_NOTE = {
+    "tfp": "dealer: TFP (party 0 = the server makes the correlated randomness; fast, NOT private "
+    "against the server)",
+    "ttp": "dealer: TTP (a third process makes the correlated randomness; private against each "
+    "party if the dealer colludes with neither)",
+}
+
+
+class RuntimeFault(RuntimeError):
+    """A launch or communication problem: reported as one line, exit status 3."""
+
+
+@dataclass
+class Party:
+    rank: int
+    dealer: str
+    timeout_s: float
+
+    @property
+    def role(self) -> str:
+        return ROLES[self.rank]
+
+    @property
+    def is_server(self) -> bool:
+        return self.rank == SERVER
+
+    @property
+    def is_client(self) -> bool:
+        return self.rank == CLIENT
+
+
+def under_torchrun() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def _check_env(dealer: str) -> int:
+    if dealer not in DEALERS:
+        raise RuntimeFault(f"unknown dealer {dealer!r} (choose tfp or ttp)")
+    missing = [k for k in ("RANK", "WORLD_SIZE") if k not in os.environ]
+    if "RENDEZVOUS" not in os.environ:
+        missing += [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeFault(
+            f"missing environment {', '.join(missing)}: launch the parties with torchrun "
+            f"(torchrun --nproc_per_node={3 if dealer == 'ttp' else 2} ...)"
+        )
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    expected = 3 if dealer == "ttp" else 2
+    if world != expected:
+        raise RuntimeFault(
+            f"dealer {dealer} needs {expected} processes (server, client"
+            f"{', dealer' if dealer == 'ttp' else ''}), got WORLD_SIZE={world}"
+        )
+    if not 0 <= rank < world:
+        raise RuntimeFault(f"RANK={rank} outside 0..{world - 1}")
+    return rank
+
+
+def _patch_timeouts(timeout_s: float) -> None:
+    """CrypTen creates its process groups without a timeout (30 min): give them ours."""
+    import torch.distributed as dist
+
+    if getattr(dist, "_mpcache_timeout", None) == timeout_s:
+        return
+    td = datetime.timedelta(seconds=timeout_s)
+    original_init = getattr(dist, "_mpcache_init", dist.init_process_group)
+    original_group = getattr(dist, "_mpcache_new_group", dist.new_group)
+
+    def init_process_group(*args, **kwargs):
+        kwargs.setdefault("timeout", td)
+        return original_init(*args, **kwargs)
+
+    def new_group(*args, **kwargs):
+        kwargs.setdefault("timeout", td)
+        return original_group(*args, **kwargs)
+
+    dist._mpcache_init, dist._mpcache_new_group = original_init, original_group
+    dist.init_process_group, dist.new_group = init_process_group, new_group
+    dist._mpcache_timeout = timeout_s
+
+
+class Watchdog:
+    """Exits the process with a message if a guarded section outlives its deadline."""
+
+    def __init__(self, timeout_s: float, what: str, role: str):
+        self.timer = threading.Timer(timeout_s, self._fire, args=(what, role, timeout_s))
+        self.timer.daemon = True
+
+    @staticmethod
+    def _fire(what: str, role: str, timeout_s: float) -> None:
+        print(f"mpcache: {role}: {what} did not finish within {timeout_s:.0f} s (is the other party "
+              "running, with the same --dealer and address?)", file=sys.stderr, flush=True)
+        os._exit(FAULT_EXIT)
+
+    def __enter__(self):
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.cancel()
+
+
+def init(dealer: str = "tfp", timeout_s: float = DEFAULT_TIMEOUT_S) -> Party:
+    """Initialise CrypTen for this process from torchrun's environment.
+
+    The dealer process (rank 2 with ``ttp``) serves requests here and exits when party 0 shuts
+    down; this function does not return there.
+    """
+    rank = _check_env(dealer)
+    os.environ.setdefault("RENDEZVOUS", "env://")  # else every rank picks its own file:// rendezvous
+    os.environ.setdefault("DISTRIBUTED_BACKEND", "gloo")
+    if dealer == "ttp":
+        os.environ["WORLD_SIZE"] = "2"  # CrypTen counts the parties; it adds the TTP itself
+    crypten = import_crypten()
+    crypten.cfg.mpc.provider = "TTP" if dealer == "ttp" else "TFP"
+    crypten.cfg.communicator.verbose = True
+    _patch_timeouts(timeout_s)
+    role = ROLES[rank]
+    with Watchdog(timeout_s, "the rendezvous of the parties", role):
+        if rank == DEALER:
+            from protocols.dealer import run_ttp_server
+
+            run_ttp_server()
+            sys.exit(0)
+        crypten.init()
+    return Party(rank=rank, dealer=dealer, timeout_s=timeout_s)
+
+
+def shutdown() -> None:
+    crypten = import_crypten()
+    try:
+        if crypten.is_initialized():
+            crypten.uninit()
+    except Exception:  # the other side may be gone already; nothing left to clean
+        pass
+
+
+def run_party(body: Callable[[], int], role: str | None = None) -> int:
+    """Run ``body``; any fault ends the process with one line on stderr and exit status 3."""
+    if role is None:
+        rank = os.environ.get("RANK", "")
+        role = ROLES.get(int(rank), "party") if rank.isdigit() else "party"
+    try:
+        code = body()
+    except RuntimeFault as exc:
+        print(f"mpcache: {role}: {exc}", file=sys.stderr, flush=True)
+        os._exit(FAULT_EXIT)
+    except UserError as exc:
+        print(f"mpcache: error: {exc}", file=sys.stderr, flush=True)
+        os._exit(2)
+    except KeyboardInterrupt:
+        print(f"mpcache: {role}: interrupted", file=sys.stderr, flush=True)
+        os._exit(130)
+    except Exception as exc:  # a dead or silent peer surfaces as a gloo RuntimeError
+        if os.environ.get("MPCACHE_DEBUG"):
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"mpcache: {role}: the two-party computation failed — the other party died, was "
+              f"killed or timed out ({type(exc).__name__}: {first[:200]})", file=sys.stderr, flush=True)
+        os._exit(FAULT_EXIT)
+    shutdown()
+    return code

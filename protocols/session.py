@@ -1,0 +1,87 @@
+"""One private generation, as run by each party: model setup, the shared generation loop, costs.
+
+The server holds the weights; the client holds the prompt and gets the tokens. Public: the
+architecture, the prompt length, the number of new tokens (and when the client stops at EOS).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from mpcache.backend import Approximations
+from mpcache.generate import GenerationResult, generate
+from mpcache.models import Transformer, load_model
+from mpcache.models.loading import LoadedModel, expected_shapes
+from protocols.accounting import Cost, StepLog, total
+from protocols.backend import MPCBackend
+from protocols.runtime import CLIENT, Party, RuntimeFault
+
+
+@dataclass
+class PrivateModel:
+    party: Party
+    model: LoadedModel  # the client's copy is used for its config and tokenizer only
+    transformer: Transformer
+    backend: MPCBackend
+    setup: Cost = field(default_factory=Cost)
+
+
+def build(party: Party, model_spec: str, approx: Approximations | None = None, mask_reuse: bool = True,
+          reveal_logits: bool = False, debug_logits: bool = False) -> PrivateModel:
+    """Load the model and share its weights (server) / placeholders of the same shapes (client)."""
+    model = load_model(model_spec)
+    if party.is_server:  # both parties share the weights in the same (sorted) order
+        model.weights = {n: model.weights[n] for n in sorted(model.weights)}
+    else:  # the client never uses the weights: shapes are public
+        shapes = expected_shapes(model.config)
+        model.weights = {n: torch.empty(shapes[n], device="meta") for n in sorted(shapes)}
+    backend = MPCBackend(party, approx, mask_reuse=mask_reuse, reveal_logits=reveal_logits,
+                         debug_logits=debug_logits)
+    _check_same(backend, (model_spec, model.config.to_dict(), mask_reuse, reveal_logits, debug_logits,
+                          party.dealer))
+    transformer = Transformer(model.config, model.weights, backend)
+    if party.is_server:
+        model.weights = {}  # the shares and masks are all we need from now on
+    return PrivateModel(party, model, transformer, backend, total(backend.meter.snapshot()))
+
+
+def _check_same(backend: MPCBackend, settings) -> None:
+    theirs = backend.comm.broadcast_obj(settings if backend.rank == 0 else None, 0)
+    if backend.rank != 0 and theirs != settings:
+        raise RuntimeFault(f"the parties disagree on the run settings: server {theirs}, client {settings}")
+
+
+@dataclass
+class PrivateRun:
+    result: GenerationResult
+    steps: list[dict[str, Cost]]  # per token: cost since the previous token, per phase
+    seconds: float
+
+
+def private_generate(pm: PrivateModel, prompt_ids: list[int] | None, max_new_tokens: int,
+                     on_token: Callable[[int, dict[str, Cost]], None] | None = None) -> PrivateRun:
+    """Both parties call this; the client passes its prompt ids, the server ``None``.
+
+    ``on_token(token, step_cost)`` runs on both parties after each token (token -1 on the server).
+    """
+    backend = pm.backend
+    n, max_new = backend.comm.broadcast_obj(
+        (len(prompt_ids), max_new_tokens) if pm.party.is_client else None, CLIENT
+    )
+    ids = list(prompt_ids) if pm.party.is_client else [0] * n
+    log = StepLog()
+    log.mark(backend.meter)
+
+    def step(token: int) -> None:
+        log.mark(backend.meter)
+        if on_token is not None:
+            on_token(token, log.steps[-1])
+
+    eos = tuple(pm.model.tokenizer.eos_token_ids) if pm.party.is_client else ()
+    start = time.perf_counter()
+    result = generate(pm.transformer, ids, max_new, eos, step)
+    return PrivateRun(result, log.steps[1:], time.perf_counter() - start)

@@ -1,0 +1,126 @@
+"""Two real processes (torchrun) run the transformer on CrypTen shares; the result must equal
+PlainBackend with the same approximations. Faults end both parties with a message, never a hang."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mpcache.backend import Approximations, PlainBackend
+from mpcache.models import Transformer, load_model
+from protocols.launch import free_port, torchrun_command
+
+PARTY = str(Path(__file__).with_name("mpc_party.py"))
+LOGIT_TOL = 0.1  # fixed-point error of the MPC run vs the plaintext simulation (random:tiny)
+
+
+def run_parties(tmp_path, *extra, nproc=2, timeout=240):
+    out = tmp_path / "client.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        torchrun_command([PARTY, "--out", str(out), *extra], nproc), env=env, timeout=timeout,
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def plain_reference(model_name, prompt_ids, tokens):
+    """Teacher-forced logits of the plaintext simulation along the MPC run's tokens."""
+    m = load_model(model_name)
+    model = Transformer(m.config, m.weights, PlainBackend(Approximations(exact=False)))
+    cache = model.new_cache()
+    logits = [model.forward(prompt_ids, cache)[-1]]
+    for t in tokens[:-1]:
+        logits.append(model.forward([t], cache)[-1])
+    return logits
+
+
+def check_against_plain(record, model_name="random:tiny"):
+    ref = plain_reference(model_name, record["prompt_ids"], record["tokens"])
+    for step, (mine, theirs, token) in enumerate(zip(record["logits"], ref, record["tokens"], strict=True)):
+        mine = torch.tensor(mine)
+        diff = (mine - theirs).abs().max().item()
+        assert diff < LOGIT_TOL, f"step {step}: logits differ by {diff}"
+        top2 = theirs.topk(2).values
+        if top2[0] - top2[1] > 2 * LOGIT_TOL:  # not a near-tie: the secure argmax must agree
+            assert token == int(theirs.argmax()), f"step {step}: token {token} vs {int(theirs.argmax())}"
+        assert token == int(mine.argmax()) or mine.max() - mine[token] < 1e-3
+
+
+@pytest.mark.parametrize("dealer", ["tfp", "ttp"])
+def test_two_party_generation_matches_plaintext_simulation(tmp_path, dealer):
+    record = run_parties(tmp_path, "--dealer", dealer, "--new-tokens", "4",
+                         nproc=3 if dealer == "ttp" else 2)
+    assert len(record["tokens"]) == 4
+    check_against_plain(record)
+
+
+def test_topk_and_gather_under_mpc_select_what_plaintext_selects(tmp_path):
+    out = tmp_path / "client.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(torchrun_command([PARTY, "--out", str(out), "--check-selection"], 2), env=env,
+                          timeout=240, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    scores, values = torch.tensor(r["scores"]), torch.tensor(r["values"])
+    plain = PlainBackend()
+    idx = plain.topk(scores, 3)  # ascending cache order
+    onehot = torch.tensor(r["onehot"]).round()
+    assert onehot.shape == (2, 3, 9) and (onehot.sum(-1) == 1).all()
+    mpc_idx = onehot.argmax(-1)  # descending score order under MPC
+    assert torch.equal(mpc_idx.sort(-1).values, idx)
+    expected = plain.gather(idx, values)
+    got = torch.tensor(r["gathered"])
+    order = mpc_idx.argsort(-1)
+    got_sorted = torch.stack([got[h][order[h]] for h in range(2)])
+    assert torch.allclose(got_sorted, expected, atol=1e-3)
+
+
+def test_killed_party_makes_the_other_exit_with_a_message(tmp_path):
+    """Both parties as separate commands (as on two machines); kill the server mid-run."""
+    port = free_port()
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+        cmd = [sys.executable, PARTY, "--out", str(tmp_path / "x.json"), "--timeout", "20",
+               "--hang-after-setup"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    server, client = procs
+    time.sleep(8)  # both set up; the server now sleeps, the client waits for it
+    server.send_signal(signal.SIGKILL)
+    start = time.time()
+    try:
+        _, err = client.communicate(timeout=60)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert client.returncode == 3, err
+    assert "client" in err and "other party" in err
+    assert time.time() - start < 60
+
+
+def test_wrong_world_size_is_a_clear_error(tmp_path):
+    env = dict(os.environ, RANK="0", WORLD_SIZE="3", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    proc = subprocess.run([sys.executable, PARTY, "--out", str(tmp_path / "x.json")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3
+    assert "needs 2 processes" in proc.stderr
+
+
+def test_missing_environment_is_a_clear_error(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR",
+                                                                  "MASTER_PORT", "RENDEZVOUS")}
+    proc = subprocess.run([sys.executable, PARTY, "--out", str(tmp_path / "x.json")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3
+    assert "torchrun" in proc.stderr

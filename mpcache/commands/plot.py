@@ -12,7 +12,9 @@ from mpcache.errors import UserError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plot", help="plot eval records (accuracy vs budget) or MPC bench records (cost vs length)")
+    p = sub.add_parser(
+        "plot", help="plot eval records (accuracy vs budget) or MPC bench records (cost vs length)"
+    )
     p.add_argument("file", nargs="?", help="JSON-lines records from `mpcache eval` or `mpcache bench mpc`")
     p.add_argument("--json", dest="json_file", help="same as FILE")
     p.add_argument("--out", required=True, help="PNG file to write")

@@ -28,8 +28,8 @@ def load_records(path: str) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError:
             raise UserError(f"{path}:{n}: not a JSON line") from None
-        is_mpc = isinstance(rec, dict) and rec.get("kind") == "mpc"
-        if not is_mpc and (not isinstance(rec, dict) or not {"task", "policy", "budget", "length"} <= rec.keys()):
+        is_eval = isinstance(rec, dict) and {"task", "policy", "budget", "length"} <= rec.keys()
+        if not (is_eval or (isinstance(rec, dict) and rec.get("kind") == "mpc")):
             raise UserError(f"{path}:{n}: not an mpcache eval or bench record")
         records.append(rec)
     if not records:

@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 # Two parties on this machine (server: SmolLM2's weights, client: the prompt); prints the answer
-# and a per-token cost table vs plaintext. Takes a few minutes on 2 CPU cores.
+# and a per-token cost table vs plaintext. Takes ~5-10 minutes on 2 CPU cores (SmolLM2 under MPC
+# costs ~10-45 s per token here, depending on load).
 demo: setup
-	$(BIN)/python examples/two_party.py --max-new-tokens 20 --plaintext-compare --prompt "$(DEMO_PROMPT)"
+	$(BIN)/python examples/two_party.py --max-new-tokens 12 --plaintext-compare --prompt "$(DEMO_PROMPT)"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -152,14 +152,20 @@ def make_dealer(name: str, rank: int):
     return {"tfp": LocalDealer, "ttp": TTPDealer}[name](rank)
 
 
-def run_ttp_server() -> None:
-    """Body of the dealer process (rank 2): CrypTen's TTP server plus the fixed-mask requests."""
+def run_ttp_server(on_connected=None) -> None:
+    """Body of the dealer process (rank 2): CrypTen's TTP server plus the fixed-mask requests.
+    ``on_connected`` runs once the parties have connected (before serving)."""
     import_crypten()
     from crypten.mpc.provider.ttp_provider import TTPServer
 
     class FixedMaskServer(TTPServer):
         masks: dict[int, torch.Tensor] = {}
         masks_t: dict[int, torch.Tensor] = {}
+
+        def _setup_generators(self):
+            super()._setup_generators()
+            if on_connected is not None:
+                on_connected()
 
         def fixed_new(self, key, shape):
             self.masks[key] = self._get_additive_PRSS(shape)

@@ -126,6 +126,9 @@ class Watchdog:
         self.timer.start()
         return self
 
+    def cancel(self) -> None:
+        self.timer.cancel()
+
     def __exit__(self, *exc):
         self.timer.cancel()
 
@@ -146,11 +149,11 @@ def init(dealer: str = "tfp", timeout_s: float = DEFAULT_TIMEOUT_S) -> Party:
     crypten.cfg.communicator.verbose = True
     _patch_timeouts(timeout_s)
     role = ROLES[rank]
-    with Watchdog(timeout_s, "the rendezvous of the parties", role):
+    with Watchdog(timeout_s, "the rendezvous of the parties", role) as watchdog:
         if rank == DEALER:
             from protocols.dealer import run_ttp_server
 
-            run_ttp_server()
+            run_ttp_server(on_connected=watchdog.cancel)  # serves the whole session
             sys.exit(0)
         crypten.init()
     return Party(rank=rank, dealer=dealer, timeout_s=timeout_s)

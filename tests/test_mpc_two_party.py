@@ -56,7 +56,9 @@ def check_against_plain(record, model_name="random:tiny"):
 
 @pytest.mark.parametrize("dealer", ["tfp", "ttp"])
 def test_two_party_generation_matches_plaintext_simulation(tmp_path, dealer):
-    record = run_parties(tmp_path, "--dealer", dealer, "--new-tokens", "4",
+    # --timeout 20: shorter than the whole run, so a watchdog that outlives the rendezvous (the
+    # dealer serves the whole session) would kill it.
+    record = run_parties(tmp_path, "--dealer", dealer, "--new-tokens", "4", "--timeout", "20",
                          nproc=3 if dealer == "ttp" else 2)
     assert len(record["tokens"]) == 4
     check_against_plain(record)

@@ -22,6 +22,8 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--hang-after-setup", action="store_true", help="fault test: sleep forever")
     p.add_argument("--check-selection", action="store_true", help="run topk + gather on fixed inputs")
+    p.add_argument("--check-mul-hi", type=int, default=0, metavar="N",
+                   help="run nonlinear.mul_hi on N elements of random sizes, write the max error")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -31,6 +33,8 @@ def main() -> int:
         party = runtime.init(args.dealer, args.timeout)
         if args.check_selection:
             return check_selection(party, args.out)
+        if args.check_mul_hi:
+            return check_mul_hi(party, args.out, args.check_mul_hi)
         pm = build(party, args.model, debug_logits=True)
         if args.hang_after_setup and party.is_server:
             import time
@@ -70,6 +74,32 @@ def check_selection(party, out: str) -> int:
     if party.is_client:
         Path(out).write_text(json.dumps({"scores": scores.tolist(), "values": values.tolist(),
                                          "onehot": onehot.tolist(), "gathered": rows.tolist()}))
+    return 0
+
+
+def check_mul_hi(party, out: str, elements: int) -> int:
+    """x * h by ``nonlinear.mul_hi`` (h at 16 + HI_BITS bits, one per row) on ``elements`` entries with
+    |x h| in [4, 32] (RMSNorm outputs of SmolLM2 reach ~24) and h over the range reductions' levels.
+    A wrapped local truncation is off by >= 2^24; the client writes the largest error."""
+    import torch
+
+    from protocols import nonlinear as nl
+    from protocols.backend import MPCBackend, reveal
+
+    crypten = MPCBackend(party).crypten
+    gen = torch.Generator().manual_seed(1)
+    cols, chunk, worst = 256, 1 << 20, 0.0
+    for start in range(0, elements, chunk):
+        rows = min(chunk, elements - start) // cols
+        h = 2.0 ** torch.randint(-6, 9, (rows, 1), generator=gen) * (1 + torch.rand(rows, 1, generator=gen))
+        sign = torch.randint(0, 2, (rows, cols), generator=gen) * 2 - 1
+        x = crypten.cryptensor((4 + 28 * torch.rand(rows, cols, generator=gen)) * sign / h, src=0)
+        hs = crypten.cryptensor(h, src=0, precision=16 + nl.HI_BITS)
+        got = reveal(nl.mul_hi(x, hs._tensor.share, 16 + nl.HI_BITS)).double()
+        exact = reveal(x).double() * (hs._tensor.reveal().double() / 2.0 ** (16 + nl.HI_BITS))
+        worst = max(worst, (got - exact).abs().max().item())
+    if party.is_client:
+        Path(out).write_text(json.dumps({"elements": elements, "max_error": worst}))
     return 0
 
 

@@ -126,3 +126,18 @@ def test_missing_environment_is_a_clear_error(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3
     assert "torchrun" in proc.stderr
+
+
+def test_mul_hi_never_wraps_on_many_elements(tmp_path):
+    """mul_hi (RMSNorm's x / rms, softmax's e / sum) on 8M elements under two processes: no element
+    may be off. Before h was split into digits, each element's local truncation of |x h| * 2^40 failed
+    with probability |x h| * 2^-24: ~9 expected wraps here (the test passed with probability ~2e-4);
+    now each partial product is <~ 2^30 (expected wraps ~3e-4)."""
+    out = tmp_path / "client.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(torchrun_command([PARTY, "--out", str(out), "--check-mul-hi", str(8 << 20)], 2),
+                          env=env, timeout=240, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["elements"] == 8 << 20
+    assert r["max_error"] < 1e-3, f"mul_hi is off by {r['max_error']} (a wrapped local truncation)"

@@ -140,7 +140,11 @@ def init(dealer: str = "tfp", timeout_s: float = DEFAULT_TIMEOUT_S) -> Party:
     down; this function does not return there.
     """
     rank = _check_env(dealer)
-    os.environ.setdefault("RENDEZVOUS", "env://")  # else every rank picks its own file:// rendezvous
+    if "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ:
+        # torchrun's store is the rendezvous. Overwrite an inherited file:// RENDEZVOUS (an earlier
+        # in-process crypten.init() leaves one in the environment): a file outlives a killed run and
+        # hands the next run a dead peer's address ("Gloo connectFullMesh failed").
+        os.environ["RENDEZVOUS"] = "env://"
     os.environ.setdefault("DISTRIBUTED_BACKEND", "gloo")
     if dealer == "ttp":
         os.environ["WORLD_SIZE"] = "2"  # CrypTen counts the parties; it adds the TTP itself

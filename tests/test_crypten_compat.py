@@ -1,11 +1,16 @@
 """protocols.compat makes crypten 0.4.1 import and compute on torch 2.x, in one process."""
 
+import os
+
 import torch
 
 from protocols.compat import import_crypten
 
 
 def test_crypten_multiply_and_softmax_round_trip():
+    # crypten.init() writes RENDEZVOUS=file://..., WORLD_SIZE and RANK into os.environ; restore the
+    # environment afterwards so later tests don't hand them to their party processes.
+    saved_env = dict(os.environ)
     crypten = import_crypten()
     crypten.init()
     try:
@@ -18,3 +23,5 @@ def test_crypten_multiply_and_softmax_round_trip():
         assert torch.allclose(soft, torch.softmax(a, dim=-1), atol=1e-2)
     finally:
         crypten.uninit()
+        os.environ.clear()
+        os.environ.update(saved_env)

@@ -140,5 +140,7 @@ def dequantize_ref(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> t
 
 
 def bits_per_element(ratio_high: float, bits_high: int, bits_low: int, group: int) -> float:
-    """MiKV's cache size per element: r*b_hi + (1-r)*(b_lo + 32/g) (fp16 scale + zero per group)."""
-    return ratio_high * bits_high + (1.0 - ratio_high) * (bits_low + 32.0 / group)
+    """MiKV's cache size per element: r*b_hi + (1-r)*(b_lo + 32/g) (fp16 scale + zero per group);
+    a quantized high tier (b_hi < 16) carries the same 32/g."""
+    high = bits_high + (32.0 / group if bits_high < 16 else 0.0)
+    return ratio_high * high + (1.0 - ratio_high) * (bits_low + 32.0 / group)

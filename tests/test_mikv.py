@@ -9,7 +9,7 @@ from mpcache.cache import LayerCache
 from mpcache.errors import UserError
 from mpcache.generate import generate
 from mpcache.models import Transformer
-from mpcache.policies import make_policy
+from mpcache.policies import make_policy, parse_spec
 from mpcache.policies.base import PromptInfo
 
 
@@ -67,6 +67,31 @@ def test_decode_is_one_softmax_over_both_tiers_and_demotes():
         assert torch.equal(lc.k[:, -1].float(), k_new[:, 0].half().float())  # the new token is high
 
 
+def test_int8_high_tier_is_codes_and_one_softmax():
+    prompt, lc = prompt_layer()
+    policy = make_policy("mikv", 0.25, bits=4, high_bits=8)
+    backend = PlainBackend()
+    k0 = lc.k.clone()
+    policy.after_prefill(0, prompt, lc, backend)
+    st = lc.state
+    assert lc.length == 0 and st["k_hi"].bits == 8 and st["k_hi"].rows == 24
+    # int8 rows: each high token within a half quantization step of some original key
+    hi = dequantize_ref(st["k_hi"])
+    dist = (hi[:, :, None, :] - k0[:, None]).abs().amax(-1).amin(-1)  # [Hkv, 24]
+    assert dist.max() < 0.03 * k0.abs().max()
+    for step in range(3):
+        lc.append(torch.randn(2, 1, 32), torch.randn(2, 1, 32), backend)
+        q = torch.randn(4, 1, 32)
+        out, attended = policy.decode_attention(0, q, lc, backend)
+        assert lc.length == 0 and st["k_hi"].rows == 24 and st["k_lo"].rows == 96 - 24 + step + 1
+        assert attended == 96 + step + 1
+        keys = torch.cat([dequantize_ref(st["k_hi"]).half().float(),
+                          dequantize_ref(st["k_lo"]) / st["balance"][:, None]], 1)
+        values = torch.cat([dequantize_ref(st["v_hi"]).half().float(), dequantize_ref(st["v_lo"])], 1)
+        probs = torch.softmax(q[:, 0].reshape(2, 2, 32) * 32**-0.5 @ keys.transpose(1, 2), -1)
+        assert torch.allclose(out, probs @ values, atol=1e-4)
+
+
 def test_budget_one_is_the_full_cache(tiny):
     ids = list(range(10, 70))
     full = generate(Transformer(tiny.config, tiny.weights, PlainBackend()), ids, 8)
@@ -76,22 +101,25 @@ def test_budget_one_is_the_full_cache(tiny):
     assert all(not lc.state and lc.k.dtype == torch.float32 for lc in res.cache.layers)
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4])
-def test_real_bytes_match_the_formula(bits):
+@pytest.mark.parametrize("bits,high_bits", [(2, 16), (3, 16), (4, 16), (4, 8), (2, 8)])
+def test_real_bytes_match_the_formula(bits, high_bits):
     from mpcache.models import load_model
 
     model = load_model("random:small")  # head_dim 32: group 16
-    policy = make_policy("mikv", 0.2, bits=bits)
+    policy = make_policy("mikv", 0.2, bits=bits, high_bits=high_bits)
     ids = torch.randint(0, 256, (500,), generator=torch.Generator().manual_seed(1)).tolist()
     res = generate(Transformer(model.config, model.weights, PlainBackend(), policy), ids, 3)
     measured = res.cache.nbytes() + sum(policy.extra_nbytes(lc) for lc in res.cache.layers)
     cfg = model.config
     elements = 2 * cfg.num_layers * cfg.num_kv_heads * res.cache.position * cfg.head_dim
-    expected = elements * bits_per_element(0.2, 16, bits, cfg.head_dim // 2) / 8
+    expected = elements * bits_per_element(0.2, high_bits, bits, cfg.head_dim // 2) / 8
     assert abs(measured / expected - 1) < 0.02, (measured, expected)
 
 
-def test_mikv_int8_tracks_full_logits():
+@pytest.mark.parametrize(
+    "policy", ["mikv:bits=8", "mikv:bits=8:high_bits=8", "kvcrush+mikv:bits=8:high_bits=8"]
+)
+def test_mikv_int8_tracks_full_logits(policy):
     from mpcache.models import load_model
 
     model = load_model("random:small")
@@ -100,7 +128,7 @@ def test_mikv_int8_tracks_full_logits():
     cache = ref.new_cache()
     ref.forward(ids, cache)
     want = ref.forward([5], cache)
-    tr = Transformer(model.config, model.weights, PlainBackend(), make_policy("mikv", 0.2, bits=8))
+    tr = Transformer(model.config, model.weights, PlainBackend(), parse_spec(policy, 0.2))
     cache = tr.new_cache()
     tr.forward(ids, cache)
     got = tr.forward([5], cache)
@@ -127,7 +155,9 @@ def test_kernels_dispatch_gives_same_tokens(monkeypatch):
         assert torch.equal(a.state["k_lo"].packed, b.state["k_lo"].packed)
 
 
-@pytest.mark.parametrize("option", [{"bits": 5}, {"importance": "magic"}, {"recent_ratio": 2.0}])
+@pytest.mark.parametrize(
+    "option", [{"bits": 5}, {"high_bits": 4}, {"importance": "magic"}, {"recent_ratio": 2.0}]
+)
 def test_bad_options(option):
     with pytest.raises(UserError):
         make_policy("mikv", 0.2, **option)

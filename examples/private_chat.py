@@ -44,6 +44,7 @@ def main() -> int:
                       MASTER_ADDR=args.addr, MASTER_PORT=str(args.port))
 
     def body() -> int:
+        from mpcache.commands.generate import StreamPrinter
         from protocols.accounting import total
         from protocols.session import build, private_generate
 
@@ -68,19 +69,13 @@ def main() -> int:
                 history.append({"role": "user", "content": message})
                 ids = (tok.encode_chat(history) if getattr(tok, "has_chat_template", False)
                        else tok.encode(message))
-            reply: list[int] = []
-            shown = [""]
+            printer = StreamPrinter(tok) if party.is_client else None
             costs = []
 
-            def on_token(token, cost, reply=reply, shown=shown, costs=costs):
+            def on_token(token, cost, printer=printer, costs=costs):
                 costs.append(total(cost))
-                if party.is_client and token not in tok.eos_token_ids:
-                    reply.append(token)
-                    text = tok.decode(reply)
-                    if not text.endswith("\ufffd"):
-                        sys.stdout.write(text[len(shown[0]):])
-                        sys.stdout.flush()
-                        shown[0] = text
+                if printer is not None and token not in tok.eos_token_ids:
+                    printer.push(token)
 
             if party.is_client:
                 sys.stdout.write("assistant> ")
@@ -90,7 +85,7 @@ def main() -> int:
                     f"online {turn.online_bytes / 1e6:.1f} MB, {turn.rounds} rounds, {run.seconds:.1f} s]")
             if party.is_client:
                 print()
-                history.append({"role": "assistant", "content": tok.decode(reply)})
+                history.append({"role": "assistant", "content": tok.decode(printer.ids)})
             print(line, file=out, flush=True)
 
     return runtime.run_party(body, args.role)

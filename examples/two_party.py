@@ -46,6 +46,7 @@ def main() -> int:
         return launch_local([str(Path(__file__).resolve()), *sys.argv[1:]], 3 if args.dealer == "ttp" else 2)
 
     def body() -> int:
+        from mpcache.commands.generate import StreamPrinter
         from protocols.report import CostTable
         from protocols.session import build, private_generate
 
@@ -57,18 +58,12 @@ def main() -> int:
         tok = pm.model.tokenizer
         ids = tok.encode(args.prompt, chat=args.chat) if party.is_client else None
         table = CostTable()
-        shown = [""]
-        new_ids: list[int] = []
+        printer = StreamPrinter(tok) if party.is_client else None
 
         def on_token(token, cost):
             table.add(cost)
-            if party.is_client:
-                new_ids.append(token)
-                text = tok.decode(new_ids)
-                if not text.endswith("\ufffd"):
-                    sys.stdout.write(text[len(shown[0]):])
-                    sys.stdout.flush()
-                    shown[0] = text
+            if printer is not None:
+                printer.push(token)
 
         run = private_generate(pm, ids, args.max_new_tokens, on_token)
         if party.is_client:

@@ -57,9 +57,9 @@ def plain_logits(model, ids: list[int], tokens: list[int]):
 def main() -> int:
     args = parse()
     if not runtime.under_torchrun():
-        from protocols.launch import launch_local
+        from protocols.launch import launch_self
 
-        return launch_local([str(Path(__file__).resolve()), *sys.argv[1:]], 3 if args.dealer == "ttp" else 2)
+        return launch_self(args.dealer)
 
     def body() -> int:
         import torch

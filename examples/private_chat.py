@@ -40,7 +40,7 @@ def parse() -> argparse.Namespace:
 
 def main() -> int:
     args = parse()
-    os.environ.update(RANK=str(ROLE_RANK[args.role]), WORLD_SIZE="3" if args.dealer == "ttp" else "2",
+    os.environ.update(RANK=str(ROLE_RANK[args.role]), WORLD_SIZE=str(runtime.world_size(args.dealer)),
                       MASTER_ADDR=args.addr, MASTER_PORT=str(args.port))
 
     def body() -> int:

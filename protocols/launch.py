@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -21,6 +22,13 @@ def torchrun_command(script_args: list[str], nproc: int, port: int | None = None
         "--master_addr=127.0.0.1", f"--master_port={port or free_port()}",
         *script_args,
     ]
+
+
+def launch_self(dealer: str) -> int:
+    """Re-run this script (``sys.argv``) as the local parties of a session with ``dealer``."""
+    from protocols.runtime import world_size
+
+    return launch_local([str(Path(sys.argv[0]).resolve()), *sys.argv[1:]], world_size(dealer))
 
 
 def launch_local(script_args: list[str], nproc: int, timeout_s: float | None = None) -> int:

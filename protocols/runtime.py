@@ -36,6 +36,11 @@ DEALER_NOTE = {
 }
 
 
+def world_size(dealer: str) -> int:
+    """Processes a session needs: server and client, plus the TTP dealer."""
+    return 3 if dealer == "ttp" else 2
+
+
 class RuntimeFault(RuntimeError):
     """A launch or communication problem: reported as one line, exit status 3."""
 
@@ -72,10 +77,10 @@ def _check_env(dealer: str) -> int:
     if missing:
         raise RuntimeFault(
             f"missing environment {', '.join(missing)}: launch the parties with torchrun "
-            f"(torchrun --nproc_per_node={3 if dealer == 'ttp' else 2} ...)"
+            f"(torchrun --nproc_per_node={world_size(dealer)} ...)"
         )
     world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-    expected = 3 if dealer == "ttp" else 2
+    expected = world_size(dealer)
     if world != expected:
         raise RuntimeFault(
             f"dealer {dealer} needs {expected} processes (server, client"

@@ -15,6 +15,7 @@ import torch
 from mpcache.backend import Approximations, PlainBackend
 from mpcache.models import Transformer, load_model
 from protocols.launch import free_port, torchrun_command
+from protocols.runtime import world_size
 
 PARTY = str(Path(__file__).with_name("mpc_party.py"))
 LOGIT_TOL = 0.1  # fixed-point error of the MPC run vs the plaintext simulation (random:tiny)
@@ -68,7 +69,7 @@ def test_two_party_generation_matches_plaintext_simulation(tmp_path, dealer):
     # --timeout 20: shorter than the whole run, so a watchdog that outlives the rendezvous (the
     # dealer serves the whole session) would kill it.
     record = run_parties(tmp_path, "--dealer", dealer, "--new-tokens", "4", "--timeout", "20",
-                         nproc=3 if dealer == "ttp" else 2)
+                         nproc=world_size(dealer))
     assert len(record["tokens"]) == 4
     check_against_plain(record)
 

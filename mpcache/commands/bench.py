@@ -56,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
         for length in args.length:
             check_lengths(length, args.new_tokens, config.max_positions)
 
-        argv = [a for a in sys.argv[1:]]
-        nproc = 3 if args.dealer == "ttp" else 2
-        return launch_local(["-m", "mpcache", *argv], nproc)
+        return launch_local(["-m", "mpcache", *sys.argv[1:]], runtime.world_size(args.dealer))
 
     from protocols.bench_party import ensure_parent
     from protocols.bench_party import run as run_party

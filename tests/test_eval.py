@@ -120,3 +120,5 @@ def test_chunks_of_a_sweep_merge_by_sample_count():
     rerun = merge_chunks([chunks[0], {**chunks[0], "accuracy": 0.7}])  # same chunk twice: latest wins
     assert rerun[0]["accuracy"] == 0.7 and rerun[0]["samples"] == 10
     assert "| h2o | 0.2 / 200 |  |" in table(merged)
+    full_only = table(merge_chunks([chunks[2]])).splitlines()  # no budget below 1: header and rule agree
+    assert full_only[1:4] == ["| policy | 100 % |", "|---|---|", "| full | 1 / 200 |"]

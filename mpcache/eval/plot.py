@@ -75,8 +75,9 @@ def table(records: list[dict]) -> str:
         n = max(r["samples"] for r in rows)
         lines.append(f"{rows[0]['task']} {metric}, L={length}, {n} samples, model {rows[0]['model']} "
                      "(cell: metric / mean attended tokens)")
-        lines.append("| policy | " + " | ".join(f"{100 * b:g} %" for b in budgets) + " | 100 % |")
-        lines.append("|---" * (len(budgets) + 2) + "|")
+        header = ["policy", *(f"{100 * b:g} %" for b in budgets), "100 %"]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|---" * len(header) + "|")
         for policy in dict.fromkeys(r["policy"] for r in rows):
             cells = []
             for b in [*budgets, 1.0]:

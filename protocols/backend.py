@@ -22,11 +22,13 @@ import torch
 
 from mpcache.backend import Approximations, Backend
 from protocols import nonlinear as nl
+from protocols import topk
 from protocols.accounting import Meter
 from protocols.compat import import_crypten
 from protocols.dealer import make_dealer
 from protocols.fixed import FixedOperand, extend_fixed, fixed_product, make_fixed
 from protocols.runtime import CLIENT, Party
+from protocols.topk import TopkConfig
 
 PHASE_OF_WEIGHT = {
     "q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "attn-out",
@@ -57,7 +59,7 @@ class MPCBackend(Backend):
 
     def __init__(self, party: Party, approx: Approximations | None = None, mask_reuse: bool = True,
                  reveal_logits: bool = False, meter: Meter | None = None, cache_slots: int = 256,
-                 debug_logits: bool = False):
+                 debug_logits: bool = False, topk_config: TopkConfig | None = None):
         self.crypten = import_crypten()
         from crypten import communicator
 
@@ -65,6 +67,7 @@ class MPCBackend(Backend):
         self.rank = party.rank
         self.approx = approx or Approximations(exact=False)
         self.mask_reuse = mask_reuse
+        self.topk_config = topk_config or TopkConfig()
         self.reveal_logits = reveal_logits
         self.debug_logits = debug_logits  # tests: also reveal logits to the client, token stays secure
         self.comm = communicator.get()
@@ -172,24 +175,16 @@ class MPCBackend(Backend):
             return super().rope(x, cos, sin)
 
     # --- selection -------------------------------------------------------------------------------------
-    def topk(self, scores, k: int):
-        """Secret one-hot [H, k, n] of the k largest entries per row, by k rounds of argmax
-        (each picked entry is pushed far below the rest). Rows come in descending score order."""
+    def topk(self, scores, k: int, forced: torch.Tensor | None = None, method: str | None = None):
+        """Secret one-hot [H, k, n] of the k largest entries per row, rows in ascending position
+        order; equal scores: the lower index wins; public ``forced`` items [n] or [H, n] are always
+        kept (inside k). The construction follows ``self.topk_config`` (``protocols.topk``);
+        ``method`` overrides it for one call."""
         with self.meter.phase("selection"):
-            n = scores.shape[-1]
-            rows = []
-            current = scores
-            for _ in range(k):
-                _, idx = nl.tree_max(current, with_index=True)  # [H, 1]
-                onehot = self._index_to_onehot(idx, n)
-                rows.append(onehot.unsqueeze(1))
-                current = current - onehot * 1e4
-            return self.crypten.cat(rows, dim=1)
-
-    def _index_to_onehot(self, idx, n: int):
-        """One-hot [H, n] of a secret index [H, 1]: n equality tests (CrypTen's 2PC eq)."""
-        diff = idx - torch.arange(n, dtype=torch.float32)
-        return diff.eq(0)
+            config = self.topk_config
+            if method is not None:
+                config = TopkConfig(method, config.value_bits, config.allpairs_max_pairs)
+            return topk.select(scores, k, forced, config)
 
     def gather(self, selection, x):
         with self.meter.phase("selection"):

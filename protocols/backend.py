@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -183,7 +183,7 @@ class MPCBackend(Backend):
         with self.meter.phase("selection"):
             config = self.topk_config
             if method is not None:
-                config = TopkConfig(method, config.value_bits, config.allpairs_max_pairs)
+                config = replace(config, method=method)
             return topk.select(scores, k, forced, config)
 
     def gather(self, selection, x):

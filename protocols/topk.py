@@ -13,9 +13,9 @@ A construction turns the keys into secret *keep bits* (exactly k ones per row):
   down by the public 2^62, below every unpicked key. The baseline; k * log n layers.
 - ``allpairs``: one layer of n(n-1)/2 comparisons, rank_i = #keys above key_i (local sums),
   keep = [rank < k] (one more layer of n). Fewest rounds; bytes grow with n^2.
-- ``bisect``: the k-th largest key, bit by bit from the top: each step compares the n keys with
-  one secret candidate and the count with k (two layers). Needs a public bound on the scores
-  (``value_bits``); ~ value_bits + 16 + log2 n steps of n comparisons.
+- ``bisect``: the k-th largest key, r bits per step from the top: each step compares the n keys
+  with 2^r - 1 secret candidates and the counts with k (two layers). Needs a public bound on the
+  scores (``value_bits``); (value_bits + 16 + log2 n + 2) / r steps of (2^r - 1) n comparisons.
 - ``network``: a bitonic sorting network on the keys (log n (log n + 1) / 2 layers of n/2
   compare-exchanges); the key at sorted position k-1 is the threshold.
 
@@ -46,6 +46,7 @@ class TopkConfig:
 
     method: str = "auto"
     value_bits: int = 12  # bisect: scores must satisfy |s| < 2^value_bits
+    radix_bits: int = 2  # bisect: bits of the threshold found per step (2^r - 1 candidates at once)
     allpairs_max_pairs: int = 1 << 17  # auto: all-pairs up to this many comparisons per call
 
     def __post_init__(self):
@@ -139,18 +140,21 @@ def keep_allpairs(key, k: int) -> torch.Tensor:
     return nl.ltz(_ring(rank - _public(torch.full_like(rank, k)))).share
 
 
-def keep_bisect(key, k: int, value_bits: int, scale_bits: int = 16) -> torch.Tensor:
-    """The k-th largest key t, bit by bit: t is the largest value with #{key >= t} >= k."""
-    n = key.shape[-1]
+def keep_bisect(key, k: int, value_bits: int, scale_bits: int = 16, radix_bits: int = 1) -> torch.Tensor:
+    """The k-th largest key t, ``radix_bits`` bits per step from the top: t is the largest value
+    with #{key >= t} >= k. A step compares the keys with the 2^r - 1 candidates t + c 2^j at once
+    (one layer), then the counts with k (one layer); the digit is the number of candidates that
+    keep >= k (counts fall as the candidate rises)."""
+    n, r = key.shape[-1], radix_bits
     bits = value_bits + scale_bits + max(1, math.ceil(math.log2(n))) + 2  # keys in (-2^(bits-2), 2^(bits-2))
-    offset = -(1 << (bits - 1))
-    t = _public(torch.full(key.shape[:-1] + (1,), offset, dtype=torch.long))
-    kk = _public(torch.full(key.shape[:-1] + (1,), k, dtype=torch.long))
-    for j in range(bits - 1, -1, -1):
-        candidate = t + _public(torch.full_like(t, 1 << j))
-        count = _ge(key, candidate).sum(-1, keepdim=True)
-        enough = _ge(_ring(count), kk)
-        t = t + enough * (1 << j)
+    bits = -(-bits // r) * r
+    t = _public(torch.full(key.shape[:-1] + (1,), -(1 << (bits - 1)), dtype=torch.long))
+    steps = torch.arange(1, 1 << r, dtype=torch.long).view(-1, *([1] * key.dim()))  # [2^r - 1, 1, 1]
+    for j in range(bits - r, -1, -r):
+        candidates = t + _public(steps << j)  # [2^r - 1, H, 1]
+        counts = _ge(key, candidates).sum(-1, keepdim=True)
+        enough = _ge(_ring(counts), _public(torch.full_like(counts, k)))
+        t = t + enough.sum(0) * (1 << j)
     return _ge(key, t)
 
 
@@ -226,7 +230,7 @@ def select(scores, k: int, forced: torch.Tensor | None = None, config: TopkConfi
         keep = keep_allpairs(key, k) if 0 < k < n else _public(torch.full_like(key.share, int(k > 0)))
     elif method == "bisect":
         scale_bits = round(math.log2(scores.encoder.scale))
-        keep = keep_bisect(key, k, config.value_bits, scale_bits)
+        keep = keep_bisect(key, k, config.value_bits, scale_bits, config.radix_bits)
     else:
         keep = keep_network(key, k)
     return compact(keep, k)

@@ -54,7 +54,7 @@ def calibrate(backend: MPCBackend, heads: int) -> dict:
     return {"bytes_per_compare": c.online_bytes / (heads * 4096), "rounds_per_layer": c.rounds}
 
 
-def estimate(method: str, heads: int, n: int, k: int, cal: dict) -> dict:
+def estimate(method: str, heads: int, n: int, k: int, cal: dict, radix_bits: int = 1) -> dict:
     """Comparisons and sequential comparison layers of the selection step (compaction apart)."""
     log2n = max(1, math.ceil(math.log2(n)))
     if method == "argmax":
@@ -62,8 +62,8 @@ def estimate(method: str, heads: int, n: int, k: int, cal: dict) -> dict:
     elif method == "allpairs":
         compares, layers = n * (n - 1) // 2 + n, 2
     elif method == "bisect":
-        steps = TopkConfig().value_bits + 16 + log2n + 2
-        compares, layers = steps * (n + 1) + n, 2 * steps + 1
+        steps = -(-(TopkConfig().value_bits + 16 + log2n + 2) // radix_bits)
+        compares, layers = steps * ((1 << radix_bits) - 1) * (n + 1) + n, 2 * steps + 1
     else:
         size = 1 << log2n
         compares, layers = size // 2 * log2n * (log2n + 1) // 2 + n, log2n * (log2n + 1) // 2 + 1
@@ -88,11 +88,12 @@ def run(party: Party, args) -> int:
         scores = crypten.cryptensor(values, src=0)
         for k in args.k or default_ks(n):
             k = min(k, n)
-            for method in methods:
-                est = estimate(method, args.heads, n, k, cal)
+            for method, radix in variants(methods, args.bisect_radix):
+                est = estimate(method, args.heads, n, k, cal, radix or 1)
+                config = TopkConfig(method, radix_bits=radix or 1)
                 record = {"kind": "topk", "n": n, "k": k, "heads": args.heads, "method": method,
-                          "dealer": party.dealer, "estimate": est, "calibration": cal,
-                          "value_bits": TopkConfig().value_bits,
+                          "label": label(method, radix), "radix_bits": radix, "dealer": party.dealer,
+                          "estimate": est, "calibration": cal, "value_bits": config.value_bits,
                           "versions": {"torch": torch.__version__, "python": platform.python_version()},
                           "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 if est["online_bytes"] > args.max_bytes or est["rounds"] > args.max_rounds:
@@ -100,12 +101,25 @@ def run(party: Party, args) -> int:
                                          f"{est['rounds']:.0f} rounds > limits {args.max_bytes / 1e9:.2f} GB"
                                          f" / {args.max_rounds} rounds")
                 else:
+                    backend.topk_config = config
                     cost, onehot = measure(backend, scores, k, method)
                     picked = reveal(onehot).round().argmax(-1)
                     record.update(cost.to_dict(NETWORKS))
                     record["correct"] = bool(torch.equal(picked, PlainBackend().topk(values, k)))
                 emit(party, args.json, record)
     return 0
+
+
+def variants(methods: list[str], radixes: list[int]) -> list[tuple[str, int | None]]:
+    """(method, bisection radix bits or None): the bisection once per radix."""
+    out: list[tuple[str, int | None]] = []
+    for m in methods:
+        out += [(m, r) for r in radixes] if m == "bisect" else [(m, None)]
+    return out
+
+
+def label(method: str, radix: int | None) -> str:
+    return f"{method}/r{radix}" if radix else method
 
 
 def emit(party: Party, path: str, record: dict) -> None:
@@ -116,11 +130,11 @@ def emit(party: Party, path: str, record: dict) -> None:
     print(row(record), flush=True)
 
 
-HEADER = f"{'n':>5} {'k':>5} {'method':<9} {'MB':>10} {'rounds':>8} {'compute s':>9} {'lan s':>8} {'ok':>3}"
+HEADER = f"{'n':>5} {'k':>5} {'method':<10} {'MB':>10} {'rounds':>8} {'compute s':>9} {'lan s':>8} {'ok':>3}"
 
 
 def row(r: dict) -> str:
     if "skipped" in r:
-        return f"{r['n']:>5} {r['k']:>5} {r['method']:<9} skipped: {r['skipped']}"
-    return (f"{r['n']:>5} {r['k']:>5} {r['method']:<9} {r['online_bytes'] / 1e6:>10.2f} {r['rounds']:>8.0f} "
+        return f"{r['n']:>5} {r['k']:>5} {r['label']:<10} skipped: {r['skipped']}"
+    return (f"{r['n']:>5} {r['k']:>5} {r['label']:<10} {r['online_bytes'] / 1e6:>10.2f} {r['rounds']:>8.0f} "
             f"{r['compute_s']:>9.2f} {r['lan_s']:>8.2f} {'yes' if r['correct'] else 'NO':>3}")

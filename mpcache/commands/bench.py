@@ -45,9 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--k", type=_ints, default=None,
                    help="k values (default: n/2, n/5, 8 and, for n >= 1024, the static stage's 0.1 n)")
     t.add_argument("--methods", type=_methods, default=None, help="comma list (default: all)")
+    t.add_argument("--bisect-radix", type=_ints, default=[1, 2],
+                   help="bits found per bisection step, one record each (default 1,2)")
     t.add_argument("--heads", type=int, default=1, help="rows H of the scores [H, n]")
     t.add_argument("--max-bytes", type=float, default=1e9, help="skip a construction estimated above this")
-    t.add_argument("--max-rounds", type=int, default=20000, help="skip a construction estimated above this")
+    t.add_argument("--max-rounds", type=int, default=10000, help="skip a construction estimated above this")
     t.add_argument("--dealer", choices=["tfp", "ttp"], default="tfp")
     t.add_argument("--timeout", type=float, default=600, help="seconds a party waits for the other")
     t.add_argument("--json", required=True, help="file to append the records to")

@@ -2,8 +2,11 @@
 plaintext set (one tie rule: equal scores, the lower index wins; forced items always in), k distinct
 rows in ascending position order."""
 
+import json
+
 import pytest
 import torch
+from test_mpc_cli import mpcache
 from test_mpc_two_party import run_parties
 
 from mpcache.backend import PlainBackend
@@ -56,3 +59,20 @@ def test_every_construction_selects_the_plaintext_set_in_order_under_mpc(tmp_pat
             assert ((onehot == 0) | (onehot == 1)).all() and (onehot.sum(-1) == 1).all(), method
             picked = onehot.argmax(-1)
             assert torch.equal(picked, expected), f"{method}: {picked.tolist()} vs {expected.tolist()}"
+
+
+def test_bench_topk_measures_and_skips_what_would_blow_up(tmp_path):
+    out = tmp_path / "topk.jsonl"
+    proc = mpcache("bench", "topk", "--sizes", "4,32", "--k", "2", "--methods", "allpairs",
+                   "--max-bytes", "50000", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ran, skipped = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (ran["n"], ran["k"], ran["method"]) == (4, 2, "allpairs") and ran["correct"] is True
+    assert ran["online_bytes"] > 0 and ran["rounds"] > 0 and ran["lan_s"] > ran["compute_s"]
+    assert skipped["n"] == 32 and "estimated" in skipped["skipped"] and "online_bytes" not in skipped
+    assert "allpairs" in proc.stdout and "skipped" in proc.stdout
+
+
+def test_bench_topk_bad_method_is_one_line_exit_2(tmp_path):
+    proc = mpcache("bench", "topk", "--methods", "sorting", "--json", str(tmp_path / "x.jsonl"), timeout=60)
+    assert proc.returncode == 2 and "--methods" in proc.stderr

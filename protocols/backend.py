@@ -59,7 +59,7 @@ class MPCBackend(Backend):
 
     def __init__(self, party: Party, approx: Approximations | None = None, mask_reuse: bool = True,
                  reveal_logits: bool = False, meter: Meter | None = None, cache_slots: int = 256,
-                 debug_logits: bool = False, topk_config: TopkConfig | None = None):
+                 debug_logits: bool = False):
         self.crypten = import_crypten()
         from crypten import communicator
 
@@ -67,7 +67,6 @@ class MPCBackend(Backend):
         self.rank = party.rank
         self.approx = approx or Approximations(exact=False)
         self.mask_reuse = mask_reuse
-        self.topk_config = topk_config or TopkConfig()
         self.reveal_logits = reveal_logits
         self.debug_logits = debug_logits  # tests: also reveal logits to the client, token stays secure
         self.comm = communicator.get()
@@ -175,6 +174,8 @@ class MPCBackend(Backend):
             return super().rope(x, cos, sin)
 
     # --- selection -------------------------------------------------------------------------------------
+    topk_config = TopkConfig()  # protocols.topk.choose by (n, k); assign another to force one method
+
     def topk(self, scores, k: int, forced: torch.Tensor | None = None, method: str | None = None):
         """Secret one-hot [H, k, n] of the k largest entries per row, rows in ascending position
         order; equal scores: the lower index wins; public ``forced`` items [n] or [H, n] are always

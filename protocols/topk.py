@@ -14,8 +14,9 @@ A construction turns the keys into secret *keep bits* (exactly k ones per row):
 - ``allpairs``: one layer of n(n-1)/2 comparisons, rank_i = #keys above key_i (local sums),
   keep = [rank < k] (one more layer of n). Fewest rounds; bytes grow with n^2.
 - ``bisect``: the k-th largest key, r bits per step from the top: each step compares the n keys
-  with 2^r - 1 secret candidates and the counts with k (two layers). Needs a public bound on the
-  scores (``value_bits``); (value_bits + 16 + log2 n + 2) / r steps of (2^r - 1) n comparisons.
+  with 2^r - 1 secret candidates and the counts with k (two layers). Scores are first clamped to a
+  public bound |s| < 2^value_bits (beyond it, clamped scores tie and the lower index wins; still
+  exactly k); (value_bits + 16 + log2 n + 2) / r steps of (2^r - 1) n comparisons.
 - ``network``: a bitonic sorting network on the keys (log n (log n + 1) / 2 layers of n/2
   compare-exchanges); the key at sorted position k-1 is the threshold.
 
@@ -39,7 +40,7 @@ PUSH_DOWN = 1 << 62  # picked keys (argmax) fall below every key, never wrap (2^
 PAD_KEY = -(1 << 61)  # bitonic padding: below every key
 
 
-@dataclass
+@dataclass(frozen=True)
 class TopkConfig:
     """How ``MPCBackend.topk`` selects. ``method='auto'`` follows :func:`choose` (measured rule,
     docs/topk.md); a named method forces that construction (benchmarks, tests)."""
@@ -80,11 +81,25 @@ def _ge(a, b_share: torch.Tensor) -> torch.Tensor:
     return _public(torch.ones_like(b_share)) - nl.ltz(_ring(a.share - b_share)).share
 
 
-def keys(scores, forced: torch.Tensor | None = None):
-    """Distinct ring keys [H, n] (see the module doc); ``forced`` is a public bool [n] or [H, n]."""
+def clamp_ring(x, bits: int) -> torch.Tensor:
+    """Share of the ring value of x clamped to [-2^bits, 2^bits - 1]: one layer of 2n comparisons
+    and one of products (min(x, hi) = x - (x - hi) [x > hi], likewise for lo)."""
+    hi, lo = (1 << bits) - 1, -(1 << bits)
+    over = x.share - _public(torch.full_like(x.share, hi))  # > 0: above the range
+    under = _public(torch.full_like(x.share, lo)) - x.share  # > 0: below the range
+    stacked = torch.stack([over, under])
+    outside = _ge(_ring(stacked), _public(torch.ones_like(stacked)))  # [excess >= 1]
+    fix = nl._ring_mul(_ring(stacked), _ring(outside))  # excess where outside, else 0
+    return x.share - fix[0] + fix[1]
+
+
+def keys(scores, forced: torch.Tensor | None = None, bound_bits: int | None = None):
+    """Distinct ring keys [H, n] (see the module doc); ``forced`` is a public bool [n] or [H, n].
+    With ``bound_bits`` the ring values are clamped to |.| <= 2^bound_bits first (bisection)."""
     n = scores.shape[-1]
     below = torch.arange(n - 1, -1, -1, dtype=torch.long)  # n-1-i: the lower index wins a tie
-    share = scores.share * n + _public(below).expand(scores.shape)
+    ring = scores.share if bound_bits is None else clamp_ring(scores, bound_bits)
+    share = ring * n + _public(below).expand(scores.shape)
     if forced is not None:
         f = forced.to(torch.bool).expand(scores.shape)
         share = torch.where(f, _public((FORCED_KEY + below).expand(scores.shape)), share)
@@ -223,13 +238,13 @@ def select(scores, k: int, forced: torch.Tensor | None = None, config: TopkConfi
     heads, n = scores.shape[0], scores.shape[-1]
     check_topk(scores.shape, k, forced)
     method = choose(heads, n, k, config)
-    key = keys(scores, forced)
+    scale_bits = round(math.log2(scores.encoder.scale))
+    key = keys(scores, forced, config.value_bits + scale_bits if method == "bisect" else None)
     if method == "argmax":
         keep = keep_argmax(key, k)
     elif method == "allpairs":
         keep = keep_allpairs(key, k) if 0 < k < n else _public(torch.full_like(key.share, int(k > 0)))
     elif method == "bisect":
-        scale_bits = round(math.log2(scores.encoder.scale))
         keep = keep_bisect(key, k, config.value_bits, scale_bits, config.radix_bits)
     else:
         keep = keep_network(key, k)

@@ -97,6 +97,8 @@ def topk_cases() -> list[dict]:
         {"scores": torch.randint(-2, 2, (2, 10), generator=gen).float(), "k": 4, "forced": forced_rows},
         {"scores": torch.full((1, 8), 0.25), "k": 3, "forced": None},
         {"scores": spread, "k": 9, "forced": None},
+        # beyond bisection's bound 2^12 (clamped there, the set is still the plaintext one)
+        {"scores": torch.tensor([[5000.0, 0.5, 9000.0, -7000.0, 1.0, 0.25]]), "k": 3, "forced": None},
     ]
 
 

@@ -205,19 +205,22 @@ def keep_network(key, k: int) -> torch.Tensor:
 def compact(keep: torch.Tensor, k: int, out_bits: int = 16):
     """One-hot [H, k, n] (at ``out_bits`` fractional bits) of the kept items in ascending position.
 
-    The kept item with prefix count p_i = sum_{j<=i} keep_j goes to row p_i - 1. With
-    v_i = keep_i * p_i (one product; 0 for a dropped item), row r is the one-hot [v == r + 1]:
-    v is converted to binary once, its L = ceil(log2(k+1)) low bits back to arithmetic, and the
-    one-hot over 2^L values is built as a product tree (level j: 2^j products; L-1 rounds,
-    ~2^L products per item). That is one comparison-sized conversion per item plus ~2k products,
-    instead of k equality tests per item.
+    The kept item with prefix count p_i = sum_{j<=i} keep_j goes to row p_i - 1. With exactly k
+    kept, p_i of a kept item lies in the public window [lo_i, lo_i + w - 1], lo_i =
+    max(1, k - (n-1-i)), w = min(k, n-k+1). So v_i = keep_i * (p_i - lo_i + 1) (one product; 0 for
+    a dropped item) is in 0..w, and item i goes to row lo_i - 2 + v_i. v is converted to binary
+    once, its L = ceil(log2(w+1)) low bits back to arithmetic, and the one-hot over 2^L values is a
+    product tree (level j: 2^j products; L-1 rounds). Per item: one comparison-sized conversion
+    plus < 2w products, instead of k equality tests (each costing a comparison).
     """
     from crypten.mpc.ptype import ptype as Ptype
 
-    crypten = nl._crypten()
-    prefix = keep.cumsum(-1)
-    v = _ring(nl._ring_mul(_ring(keep), _ring(prefix)))
-    levels = max(1, math.ceil(math.log2(k + 1)))
+    n = keep.shape[-1]
+    lo = torch.clamp(k - (n - 1 - torch.arange(n)), min=1)  # [n]
+    w = min(k, n - k + 1)
+    shifted = keep.cumsum(-1) - _public(lo - 1).expand(keep.shape)
+    v = _ring(nl._ring_mul(_ring(keep), _ring(shifted)))
+    levels = max(1, math.ceil(math.log2(w + 1)))
     binary = v._to_ptype(Ptype.binary)
     binary.share = torch.stack([(binary.share >> j) & 1 for j in range(levels)])
     bits = binary._to_ptype(Ptype.arithmetic, precision=0, bits=1).share  # [L, H, n]
@@ -227,9 +230,12 @@ def compact(keep: torch.Tensor, k: int, out_bits: int = 16):
         b = bits[j].unsqueeze(-1).expand(onehot.shape).contiguous()
         prod = nl._ring_mul(_ring(onehot), _ring(b))
         onehot = torch.cat([onehot - prod, prod], dim=-1)
-    rows = onehot[..., 1 : k + 1].transpose(-1, -2).contiguous()  # [H, k, n]
-    del crypten
-    return nl._mpc_from_share(rows * (1 << out_bits), out_bits)
+    rows = lo[:, None] - 2 + torch.arange(1, w + 1)[None, :]  # [n, w]: row of entry v = 1..w
+    valid = rows < k
+    cols = torch.arange(n)[:, None].expand(n, w)
+    out = torch.zeros(keep.shape[:-1] + (k, n), dtype=torch.long)
+    out[..., rows[valid], cols[valid]] = onehot[..., 1 : w + 1][..., valid]
+    return nl._mpc_from_share(out * (1 << out_bits), out_bits)
 
 
 def select(scores, k: int, forced: torch.Tensor | None = None, config: TopkConfig | None = None):

@@ -83,7 +83,8 @@ def check_selection(party, out: str) -> int:
 
 def topk_cases() -> list[dict]:
     """Scores [H, n], k and forced masks: random, tied (few distinct values), all equal, forced
-    items per row and shared, a negative and a large score."""
+    items per row and shared, as many forced as k, k = n, k = n - 1, scores beyond the bisection's
+    bound."""
     import torch
 
     gen = torch.Generator().manual_seed(3)
@@ -97,6 +98,8 @@ def topk_cases() -> list[dict]:
         {"scores": torch.randint(-2, 2, (2, 10), generator=gen).float(), "k": 4, "forced": forced_rows},
         {"scores": torch.full((1, 8), 0.25), "k": 3, "forced": None},
         {"scores": spread, "k": 9, "forced": None},
+        {"scores": torch.randn(1, 5, generator=gen), "k": 2, "forced": torch.tensor([0, 1, 0, 1, 0]) > 0},
+        {"scores": torch.randn(1, 4, generator=gen), "k": 4, "forced": None},
         # beyond bisection's bound 2^12 (clamped there, the set is still the plaintext one)
         {"scores": torch.tensor([[5000.0, 0.5, 9000.0, -7000.0, 1.0, 0.25]]), "k": 3, "forced": None},
     ]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from mpcache.cache import KVCache
 from mpcache.errors import UserError
 from mpcache.models.transformer import Transformer
+from mpcache.policies.base import Policy
 
 
 @dataclass
@@ -40,12 +41,14 @@ def generate(
     max_new_tokens: int,
     eos_ids: tuple[int, ...] = (),
     on_token: Callable[[int], None] | None = None,
+    policy: Policy | None = None,
 ) -> GenerationResult:
-    """Greedy generation. ``on_token`` is called with each new token id as it is produced."""
+    """Greedy generation with ``policy`` (default: the model's). ``on_token`` is called with each
+    new token id as it is produced."""
     check_lengths(len(prompt_ids), max_new_tokens, model.config.max_positions)
     backend = model.backend
     result = GenerationResult(prompt_len=len(prompt_ids))
-    cache = model.new_cache()
+    cache = model.new_cache(policy)
     start = time.perf_counter()
     logits = model.forward(prompt_ids, cache)
     token = backend.next_token(logits)

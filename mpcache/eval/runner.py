@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -19,11 +20,16 @@ from mpcache.policies.base import Policy, PromptInfo
 
 
 class _Recorder(Policy):
-    """Full cache during prefill; keeps what the policies get from the prompt."""
+    """Full cache during prefill; keeps what the policies get from the prompt (with the window rows
+    of attention the most demanding of ``policies`` reads)."""
 
-    def __init__(self) -> None:
+    def __init__(self, policies: Sequence[Policy] = ()) -> None:
         super().__init__()
+        self.policies = list(policies)
         self.prompts: list[PromptInfo] = []
+
+    def prompt_rows(self, prompt_len: int) -> int:
+        return max((p.prompt_rows(prompt_len) for p in self.policies), default=0)
 
     def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
         self.prompts.append(prompt)
@@ -46,21 +52,19 @@ class RunResult:
     seconds: float = 0.0
 
 
-def prefill(model: Transformer, ids: list[int]) -> Prefilled:
-    recorder = _Recorder()
-    model.policy = recorder
-    cache = model.new_cache()
+def prefill(model: Transformer, ids: list[int], policies: Sequence[Policy] = ()) -> Prefilled:
+    """Full-cache prefill that records each layer's prompt info for ``policies`` (fresh instances
+    of the policies that will run from it; others recompute the window attention they need)."""
+    recorder = _Recorder(policies)
+    cache = model.new_cache(recorder)
     start = time.perf_counter()
     logits = model.forward(ids, cache)
+    cache.policy = None
     return Prefilled(cache, recorder.prompts, logits, time.perf_counter() - start)
 
 
 def _start(model: Transformer, pre: Prefilled, policy: Policy) -> KVCache:
-    cache = pre.cache.fork()
-    model.policy = policy
-    for i, prompt in enumerate(pre.prompts):
-        policy.after_prefill(i, prompt, cache.layers[i], model.backend)
-    return cache
+    return pre.cache.start(policy, pre.prompts, model.backend)
 
 
 def _finish(result: RunResult, cache: KVCache, policy: Policy, start: float) -> RunResult:

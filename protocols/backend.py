@@ -88,6 +88,14 @@ class MPCBackend(Backend):
     def _fixed(self, x, fixed: FixedOperand, kind: str):
         return self._from_ring(fixed_product(self.dealer, self.rank, x._tensor.share, fixed, kind))
 
+    def share_from_server(self, value: torch.Tensor | None, shape):
+        """Secret-share a plaintext tensor the server holds (the client passes None; shapes are
+        public). No traffic: pseudo-random zero shares plus the server's value."""
+        if self.rank == 0 and tuple(value.shape) != tuple(shape):
+            raise RuntimeError(f"server tensor of shape {tuple(value.shape)}, expected {tuple(shape)}")
+        plain = value.float().contiguous() if self.rank == 0 else torch.zeros(shape)
+        return self._share(plain, src=0)
+
     # --- data movement -------------------------------------------------------------------------------
     def weight(self, tensor: torch.Tensor, name: str = "") -> SecretWeight:
         with self.meter.phase("setup"):

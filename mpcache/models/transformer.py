@@ -120,7 +120,7 @@ class Transformer:
         out = b.matmul(probs, values)  # [Hkv, g*n, d]
         if prefill:
             rows = min(n, policy.prompt_rows(n))  # the window rows the policy reads: kept, not recomputed
-            window = probs.reshape(cfg.num_kv_heads, g, n, n)[:, :, n - rows :] if rows else None
+            window = probs.reshape(cfg.num_kv_heads, g, n, n)[:, :, n - rows :].clone() if rows else None
             with b.phase("static-eviction"):
                 policy.after_prefill(i, PromptInfo(q, b.sum(probs, 1), cfg.num_layers, window), lc, b)
         elif n == 1:

@@ -19,7 +19,7 @@ def main() -> int:
     p.add_argument("--dealer", default="tfp")
     p.add_argument("--prompt", default="Hello MPC world")
     p.add_argument("--new-tokens", type=int, default=4)
-    p.add_argument("--policy", default="full", help="KV-cache policy NAME[:KEY=VALUE...]")
+    p.add_argument("--policy", default="full", help="NAME[:KEY=VALUE...][@BUDGET], comma-separated")
     p.add_argument("--budget", type=float, default=1.0)
     p.add_argument("--prompt-len", type=int, default=0, help="a seeded prompt of N ids (instead of --prompt)")
     p.add_argument("--prefill", choices=["mpc", "plaintext"], default="mpc")
@@ -57,19 +57,22 @@ def main() -> int:
 
         from mpcache.policies import parse_spec
 
-        policy = parse_spec(args.policy, args.budget)
-        run = private_generate(pm, ids, args.new_tokens, on_token, policy=policy, prefill=args.prefill)
-        phases = {}
-        for step in run.steps:
-            for name, cost in step.items():
-                phases[name] = phases.get(name, 0) + cost.online_bytes
-        if party.is_client:
+        runs = []
+        for item in args.policy.split(","):  # NAME[:KEY=VALUE...][@BUDGET], one run each
+            spec, _, budget = item.partition("@")
+            policy = parse_spec(spec, float(budget) if budget else args.budget)
+            logits.clear()
+            run = private_generate(pm, ids, args.new_tokens, on_token, policy=policy, prefill=args.prefill)
+            phases = {}
+            for step in run.steps:
+                for name, cost in step.items():
+                    phases[name] = phases.get(name, 0) + cost.online_bytes
             cache = run.result.cache
-            Path(args.out).write_text(json.dumps(
-                {"prompt_ids": ids, "tokens": run.result.new_ids, "logits": logits,
-                 "cache_lengths": [lc.length for lc in cache.layers],
-                 "mean_attended": cache.mean_attended(), "phase_bytes": phases}
-            ))
+            runs.append({"policy": item, "tokens": run.result.new_ids, "logits": list(logits),
+                         "cache_lengths": [lc.length for lc in cache.layers],
+                         "mean_attended": cache.mean_attended(), "phase_bytes": phases})
+        if party.is_client:
+            Path(args.out).write_text(json.dumps({"prompt_ids": ids, **runs[0], "runs": runs}))
         return 0
 
     return runtime.run_party(body)

@@ -232,8 +232,8 @@ class MPCBackend(Backend):
     def argmin(self, scores):
         """One-hot [H, 1, n] of each row's minimum (the first one on ties): one tournament."""
         with self.meter.phase("selection"):
-            _, idx = nl.tree_max(scores * -1.0, with_index=True)
-            return self._index_to_onehot(idx, scores.shape[-1]).unsqueeze(1)
+            _, idx = nl.tree_max(scores * -1.0, with_index=True)  # [H, 1]
+            return (idx - torch.arange(scores.shape[-1], dtype=torch.float32)).eq(0).unsqueeze(1)
 
     def drop(self, selection, x):
         """x [H, n, m] without the row picked by the one-hot ``selection`` [H, 1, n], order kept:

@@ -43,7 +43,7 @@ def build(party: Party, model_spec: str, approx: Approximations | None = None, m
         model.weights = {n: torch.empty(shapes[n], device="meta") for n in sorted(shapes)}
     backend = MPCBackend(party, approx, mask_reuse=mask_reuse, reveal_logits=reveal_logits,
                          debug_logits=debug_logits)
-    _check_same(backend, (model_spec, model.config.to_dict(), mask_reuse, reveal_logits, debug_logits,
+    check_same(backend, (model_spec, model.config.to_dict(), mask_reuse, reveal_logits, debug_logits,
                           party.dealer))
     transformer = Transformer(model.config, model.weights, backend)
     if party.is_server:
@@ -51,7 +51,8 @@ def build(party: Party, model_spec: str, approx: Approximations | None = None, m
     return PrivateModel(party, model, transformer, backend, total(backend.meter.snapshot()))
 
 
-def _check_same(backend: MPCBackend, settings) -> None:
+def check_same(backend: MPCBackend, settings) -> None:
+    """Both parties must run with the same settings: the client compares them with the server's."""
     theirs = backend.comm.broadcast_obj(settings if backend.rank == 0 else None, 0)
     if backend.rank != 0 and theirs != settings:
         raise RuntimeFault(f"the parties disagree on the run settings: server {theirs}, client {settings}")

@@ -48,9 +48,8 @@ def check_runs(record: dict, prompt_len: int, new_tokens: int) -> None:
         assert run["mean_attended"] < 0.5 * prompt_len, run["policy"]
         name = run["policy"].split(":")[0].split("@")[0]
         phases = run["phase_bytes"]
-        # One-time static stage (Quest: its page bounds) / per-step selection traffic exactly where
-        # the policy has one;
-        # StreamingLLM's public slices cost nothing.
+        # One-time static stage (Quest: its page bounds) and per-step selection traffic exactly
+        # where the policy has them; StreamingLLM's public slices cost nothing.
         assert (phases.get("static-eviction", 0) > 0) == (name in ("snapkv", "h2o", "quest", "mpcache")), run
         assert (phases.get("selection", 0) > 0) == (name in ("h2o", "quest", "mpcache")), run
 

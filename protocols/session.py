@@ -15,7 +15,8 @@ import torch
 from mpcache.backend import Approximations
 from mpcache.generate import GenerationResult, decode, generate
 from mpcache.models import Transformer, load_model
-from mpcache.models.loading import LoadedModel, expected_shapes
+from mpcache.models.config import expected_shapes
+from mpcache.models.loading import LoadedModel
 from mpcache.policies.base import Policy
 from protocols.accounting import Cost, StepLog, total
 from protocols.backend import MPCBackend

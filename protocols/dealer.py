@@ -36,6 +36,15 @@ def apply(kind: str, a: torch.Tensor, b: torch.Tensor, b_t: torch.Tensor | None 
     raise ValueError(f"unknown product kind {kind!r}")
 
 
+def wants_transposed(kind: str, a_shape, b: torch.Tensor, view: tuple | None = None) -> bool:
+    """Whether a product uses the contiguous transpose of a large 2-D fixed operand (the embedding
+    table): worth its memory for many rows (a prefill), not for one token's row."""
+    rows = 1
+    for n in tuple(a_shape)[:-1]:
+        rows *= n
+    return view is None and kind == "matmul" and b.dim() == 2 and b.shape[0] > 4096 and rows > 1
+
+
 def viewed(b: torch.Tensor, view: tuple | None) -> torch.Tensor:
     """``b`` seen through ``view`` = (shape, stride, offset) (see ``FixedOperand.viewed``)."""
     if view is None:
@@ -116,7 +125,7 @@ class LocalDealer:
             a = _random_ring(a_shape)
             b = viewed(self.masks[key], view)
             b_t = None
-            if view is None and kind == "matmul" and b.dim() == 2 and b.shape[0] > 4096:  # embedding
+            if wants_transposed(kind, a_shape, b, view):  # the embedding table, many rows
                 if key not in self.masks_t:
                     self.masks_t[key] = b.t().contiguous()
                 b_t = self.masks_t[key]
@@ -218,7 +227,7 @@ def run_ttp_server(on_connected=None) -> None:
         def fixed_triple(self, key, kind, a_shape, view=None):
             a = self._get_additive_PRSS(a_shape)
             b, b_t = viewed(self.masks[key], view), None
-            if view is None and kind == "matmul" and b.dim() == 2 and b.shape[0] > 4096:
+            if wants_transposed(kind, a_shape, b, view):
                 b_t = self.masks_t.setdefault(key, b.t().contiguous())
             c = apply(kind, a, b, b_t)
             return c - self._get_additive_PRSS(c.size(), remove_rank=True)

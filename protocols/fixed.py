@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from protocols.dealer import apply
+from protocols.dealer import apply, wants_transposed
 
 
 def _comm():
@@ -48,9 +48,10 @@ class FixedOperand:
         return FixedOperand(self.key, _strided(self.mask_share, view), _strided(self.opened, view),
                             self.name, view=view)
 
-    def for_kind(self, kind: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Contiguous transposes for a "matmul" by a large 2-D operand (the embedding table)."""
-        if kind != "matmul" or self.opened.dim() != 2 or self.opened.shape[0] <= 4096:
+    def for_kind(self, kind: str, a_shape=(2, 1)) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Contiguous transposes for a "matmul" of many rows by a large 2-D operand (the embedding
+        table; see ``dealer.wants_transposed``)."""
+        if not wants_transposed(kind, a_shape, self.opened, self.view):
             return None, None
         if self.transposed is None:
             self.transposed = (self.mask_share.t().contiguous(), self.opened.t().contiguous())
@@ -93,5 +94,5 @@ def fixed_product(dealer, rank: int, x_share: torch.Tensor, fixed: FixedOperand,
     a_share, c_share = dealer.triple(fixed.key, kind, x_share.shape, fixed.shape, fixed.view)
     d = open_ring(x_share - a_share)
     left = a_share + d if rank == 0 else a_share  # party 0 adds the public d∘e
-    b_t, e_t = fixed.for_kind(kind)
+    b_t, e_t = fixed.for_kind(kind, x_share.shape)
     return c_share + apply(kind, d, fixed.mask_share, b_t) + apply(kind, left, fixed.opened, e_t)

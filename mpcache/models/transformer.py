@@ -110,7 +110,7 @@ class Transformer:
         probs = b.softmax(b.matmul_t(grouped, keys), mask)
         out = b.matmul(probs, values)  # [Hkv, g*n, d]
         if prefill:
-            self.policy.after_prefill(i, PromptInfo(q, b.sum(probs, 1), cfg.num_layers), lc, b)
+            self.policy.after_prefill(i, PromptInfo(q, b.sum(probs, 1), cfg.num_layers, cfg), lc, b)
         elif n == 1:
             self.policy.observe(i, probs, lc, b)
         return out.reshape(cfg.num_heads, n, d).transpose(0, 1).reshape(n, cfg.num_heads * d)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 
+_IDS: dict[tuple[int, str], list[int]] = {}  # tokenized once per tokenizer and split
+
 
 def topics() -> list[tuple[str, str]]:
     from pydoc_data.topics import topics as table
@@ -19,10 +21,11 @@ def topics() -> list[tuple[str, str]]:
 
 def sequences(tokenizer, seq_len: int, split: str, seed: int, limit: int | None = None) -> list[list[int]]:
     """Non-overlapping ``seq_len``-token windows of the split's documents, shuffled with ``seed``."""
-    docs = [text for i, (_, text) in enumerate(topics()) if (i % 8 == 7) == (split == "val")]
-    ids: list[int] = []
-    for text in docs:
-        ids += tokenizer.encode(text.strip() + "\n\n")
+    key = (id(tokenizer), split)
+    if key not in _IDS:
+        docs = [text for i, (_, text) in enumerate(topics()) if (i % 8 == 7) == (split == "val")]
+        _IDS[key] = tokenizer.encode("\n\n".join(text.strip() for text in docs))
+    ids = _IDS[key]
     windows = [ids[i : i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)]
     random.Random(f"{split}:{seed}").shuffle(windows)
     return windows[:limit] if limit else windows

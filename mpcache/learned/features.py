@@ -6,10 +6,12 @@ public angles, so the pre-RoPE values are recovered exactly by rotating back (no
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from mpcache.models.config import ModelConfig
-
+if TYPE_CHECKING:
+    from mpcache.models.config import ModelConfig
 
 def unrope(x: torch.Tensor, positions: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     """Inverse of ``Backend.rope`` for x [H, T, d] at ``positions`` [T]."""

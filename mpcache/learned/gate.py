@@ -15,12 +15,14 @@ loss = KL(p_full || p_gated) + lam * (r* - mean(1 - sigmoid(g)))^2.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
 from mpcache.learned import features
-from mpcache.models.config import ModelConfig
 
+if TYPE_CHECKING:
+    from mpcache.models.config import ModelConfig
 
 class Gates(torch.nn.Module):
     def __init__(self, config: ModelConfig, heads: int = 2, dim: int = 32, seed: int = 0, bias: float = 3.0):

@@ -4,9 +4,9 @@
 Label (as the authors' data generation): for the "prompt" tokens k of a sequence,
 S[h, k] = max over "answer" queries p and the query heads of KV head h's group of q_p.k_k / sqrt(d)
 (pre-softmax logits, post-RoPE). Loss: SmoothL1(pred, S) + 0.0025 * MSE of adjacent predictions.
-Scaled-down recipe for CPU (SEED-POLICIES.md 2b): 512-token sequences (prompt 384, answer 128) of a
-generic English corpus, one sequence per step, AdamW 5e-4 (0.9, 0.95), 10% warmup then linear decay,
-clip by value 0.5, fp32, hidden 128.
+Scaled-down recipe for a shared CPU (SEED-POLICIES.md 2b, halved again): 96 steps, one 256-token
+sequence each (prompt 192, answer 64) of a generic English corpus, AdamW 5e-4 (0.9, 0.95), 10%
+warmup then linear decay, clip by value 0.5, fp32, hidden 128.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from mpcache.learned import corpus, features, loop, store
-from mpcache.models.config import ModelConfig
+
+if TYPE_CHECKING:
+    from mpcache.models.config import ModelConfig
 
 KIND = "locret"
 
@@ -43,13 +46,13 @@ class RetainingHeads(torch.nn.Module):
 
 @dataclass
 class LocretTrainConfig:
-    seq_len: int = 512
-    prompt_len: int = 384  # labels come from the queries after it
-    steps: int = 128
+    seq_len: int = 256
+    prompt_len: int = 192  # labels come from the queries after it
+    steps: int = 96
     hidden: int = 128
     lr: float = 5e-4
     smooth: float = 0.0025
-    val_sequences: int = 4
+    val_sequences: int = 2
     seed: int = 0
 
 

@@ -64,7 +64,7 @@ def train(kind: str, path: Path, module: torch.nn.Module, cfg: LoopConfig,
         opt.step()
         sched.step()
         elapsed += time.perf_counter() - t0
-        losses.append(round(float(loss), 5))
+        losses.append(round(float(loss.detach()), 5))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         bar.update(1)
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:

@@ -11,12 +11,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from mpcache.errors import UserError
-from mpcache.models.config import ModelConfig
 
+if TYPE_CHECKING:
+    from mpcache.models.config import ModelConfig
 
 def cache_root() -> Path:
     return Path(os.environ.get("MPCACHE_CACHE", Path.home() / ".cache" / "mpcache"))

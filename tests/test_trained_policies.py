@@ -44,7 +44,8 @@ def _run(loaded, policy, ids, steps, backend=None):
         return k, v
 
     policy.decode_kv = spy
-    result = generate(Transformer(loaded.config, loaded.weights, backend or PlainBackend(), policy), ids, steps + 1)
+    model = Transformer(loaded.config, loaded.weights, backend or PlainBackend(), policy)
+    result = generate(model, ids, steps + 1)
     return seen, result.cache
 
 
@@ -86,14 +87,16 @@ def test_budget_exact_and_question_kept(tiny, prompt, name):
 
 def test_locret_keeps_the_top_scored_tokens(tiny, prompt):
     """At prefill (decode eviction off, no stabilizers, one chunk) the kept prefix = top-CIS tokens."""
-    policy = make_policy("locret", 0.1, weights="untrained", stabilizers=0.0, decode_evict=False, chunk=10_000)
+    policy = make_policy("locret", 0.1, weights="untrained", stabilizers=0.0, decode_evict=False,
+                         chunk=10_000)
     _, cache = _run(tiny, policy, prompt, 1)
     full = _full_keys(tiny, prompt)
     b = math.ceil(0.1 * T)
     local = min(32, b // 4)
     pre = runner.prefill(Transformer(tiny.config, tiny.weights, PlainBackend()), prompt)  # the prompt q
     for layer, (lc, ref) in enumerate(zip(cache.layers, full.layers, strict=True)):
-        cis = policy._cis(layer, tiny.config, pre.prompts[layer].q, ref.k[:, :T], ref.v[:, :T], torch.arange(T))
+        q = pre.prompts[layer].q
+        cis = policy._cis(layer, tiny.config, q, ref.k[:, :T], ref.v[:, :T], torch.arange(T))
         top = cis[:, : T - local].topk(b - local, dim=1).indices.sort(1).values
         want = ref.k.gather(1, top[..., None].expand(-1, -1, ref.k.shape[-1]))
         assert torch.allclose(lc.k[:, : b - local], want, atol=1e-5)
@@ -139,7 +142,8 @@ def test_loop_resumes_to_the_same_weights(tmp_path):
                 raise KeyboardInterrupt
             return ((module(data) - 1.0) ** 2).mean()
 
-        return loop.train("toy", path, module, loop.LoopConfig(20, 0.05, checkpoint_every=5), step, {"m": 1}, False)
+        cfg = loop.LoopConfig(20, 0.05, checkpoint_every=5)
+        return loop.train("toy", path, module, cfg, step, {"m": 1}, False)
 
     ref = make()
     run(ref, tmp_path / "ref.pt")

@@ -16,8 +16,8 @@ KIND = "attention-gate"
 
 @dataclass
 class GateTrainConfig:
-    seq_len: int = 256
-    steps: int = 60
+    seq_len: int = 192
+    steps: int = 48
     heads: int = 2
     dim: int = 32
     lr: float = 1e-3

@@ -177,3 +177,25 @@ def test_gate_training_moves_towards_the_target_rate(tiny, tmp_path, monkeypatch
     meta = train_gates(tiny, "tiny", cfg, progress=False)
     assert meta["losses"][-1] < meta["losses"][0]
     assert meta["val_after"]["natural_eviction_rate"] > meta["val_before"]["natural_eviction_rate"] + 0.2
+
+
+def test_eval_trains_missing_weights_first_and_says_so(tiny, tmp_path, monkeypatch, capsys):
+    from mpcache.commands import train as train_command
+
+    monkeypatch.setenv("MPCACHE_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_train(kind, loaded, seed=0, progress=True, **_):
+        calls.append((kind, seed))
+        path = make_policy(kind, 0.5, seed=seed).weights_path(loaded.config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        return {}
+
+    monkeypatch.setattr(train_command, "train", fake_train)
+    specs = ["full", "locret", "attention-gate:seed=2", "locret:weights=untrained", "lazyeviction"]
+    train_command.ensure_trained(specs, tiny, progress=False)
+    assert calls == [("locret", 0), ("attention-gate", 2)]
+    assert "training them now" in capsys.readouterr().err
+    train_command.ensure_trained(specs, tiny, progress=False)  # weights there now: nothing to do
+    assert len(calls) == 2

@@ -16,8 +16,8 @@ KIND = "attention-gate"
 
 @dataclass
 class GateTrainConfig:
-    seq_len: int = 192
-    steps: int = 48
+    seq_len: int = 128
+    steps: int = 24
     heads: int = 2
     dim: int = 32
     lr: float = 1e-3

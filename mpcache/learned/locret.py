@@ -4,7 +4,7 @@
 Label (as the authors' data generation): for the "prompt" tokens k of a sequence,
 S[h, k] = max over "answer" queries p and the query heads of KV head h's group of q_p.k_k / sqrt(d)
 (pre-softmax logits, post-RoPE). Loss: SmoothL1(pred, S) + 0.0025 * MSE of adjacent predictions.
-Scaled-down recipe for a shared CPU (SEED-POLICIES.md 2b, halved again): 96 steps, one 256-token
+Scaled-down recipe for a shared CPU (SEED-POLICIES.md 2b, cut 10x): 48 steps, one 256-token
 sequence each (prompt 192, answer 64) of a generic English corpus, AdamW 5e-4 (0.9, 0.95), 10%
 warmup then linear decay, clip by value 0.5, fp32, hidden 128.
 """
@@ -48,7 +48,7 @@ class RetainingHeads(torch.nn.Module):
 class LocretTrainConfig:
     seq_len: int = 256
     prompt_len: int = 192  # labels come from the queries after it
-    steps: int = 96
+    steps: int = 48
     hidden: int = 128
     lr: float = 5e-4
     smooth: float = 0.0025

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from mpcache import approx
+from mpcache.errors import UserError
 
 Tensor = Any  # torch.Tensor in plaintext, a CrypTen tensor under MPC
 
@@ -101,11 +102,16 @@ class Backend:
         return x * cos + rotated * sin
 
     # --- selection (policies) -----------------------------------------------------------------
-    def topk(self, scores: Tensor, k: int) -> Tensor:
+    def topk(self, scores: Tensor, k: int, forced: torch.Tensor | None = None) -> Tensor:
         """Select the ``k`` largest entries of each row of ``scores`` [H, n]; ``k`` is public.
 
+        Exactly k distinct items per row. Tie rule (both backends): equal scores, the lower index
+        wins. ``forced``: a public bool mask [n] or [H, n] of items always selected, counted
+        inside k (e.g. the attention-sink and newest clusters); at most k per row.
+
         Returns a *selection*: in plaintext a LongTensor of indices [H, k] in ascending order (so
-        gathered tokens keep their cache order); under MPC a secret one-hot matrix [H, k, n].
+        gathered tokens keep their cache order); under MPC a secret one-hot matrix [H, k, n] whose
+        rows are in the same ascending position order.
         """
         raise NotImplementedError
 
@@ -178,8 +184,13 @@ class PlainBackend(Backend):
         a = self.approx
         return approx.softmax(scores, mask, a.exp_iterations, a.reciprocal_iterations, a.softmax_clip)
 
-    def topk(self, scores: torch.Tensor, k: int) -> torch.Tensor:
-        return torch.topk(scores, k, dim=-1).indices.sort(dim=-1).values
+    def topk(self, scores: torch.Tensor, k: int, forced: torch.Tensor | None = None) -> torch.Tensor:
+        check_topk(scores.shape, k, forced)
+        key = scores.float()
+        if forced is not None:
+            key = torch.where(forced.to(torch.bool), torch.inf, key)
+        order = torch.sort(-key, dim=-1, stable=True).indices  # stable: equal scores, lower index first
+        return order[..., :k].sort(dim=-1).values
 
     def gather(self, selection: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if selection.shape[0] != x.shape[0]:
@@ -197,3 +208,19 @@ class PlainBackend(Backend):
 
     def reveal(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+def check_topk(shape, k: int, forced: torch.Tensor | None) -> None:
+    """Shapes and counts of a top-k call (public), checked the same way by both backends."""
+    if len(shape) != 2:
+        raise UserError(f"topk takes scores [H, n], got shape {tuple(shape)}")
+    n = shape[-1]
+    if not 1 <= k <= n:
+        raise UserError(f"topk: k = {k} must be in 1..{n} (the number of items)")
+    if forced is not None:
+        rows_ok = forced.dim() == 1 or (forced.dim() == 2 and forced.shape[0] in (1, shape[0]))
+        if forced.shape[-1] != n or not rows_ok:
+            raise UserError(f"topk: forced mask of shape {tuple(forced.shape)} for scores {tuple(shape)}")
+        most = int(forced.to(torch.long).sum(-1).max())
+        if most > k:
+            raise UserError(f"topk: {most} forced items do not fit in k = {k}")

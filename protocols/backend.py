@@ -16,17 +16,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from mpcache.backend import Approximations, Backend
 from protocols import nonlinear as nl
+from protocols import topk
 from protocols.accounting import Meter
 from protocols.compat import import_crypten
 from protocols.dealer import make_dealer
 from protocols.fixed import FixedOperand, extend_fixed, fixed_product, make_fixed
 from protocols.runtime import CLIENT, Party
+from protocols.topk import TopkConfig
 
 PHASE_OF_WEIGHT = {
     "q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "attn-out",
@@ -172,24 +174,18 @@ class MPCBackend(Backend):
             return super().rope(x, cos, sin)
 
     # --- selection -------------------------------------------------------------------------------------
-    def topk(self, scores, k: int):
-        """Secret one-hot [H, k, n] of the k largest entries per row, by k rounds of argmax
-        (each picked entry is pushed far below the rest). Rows come in descending score order."""
-        with self.meter.phase("selection"):
-            n = scores.shape[-1]
-            rows = []
-            current = scores
-            for _ in range(k):
-                _, idx = nl.tree_max(current, with_index=True)  # [H, 1]
-                onehot = self._index_to_onehot(idx, n)
-                rows.append(onehot.unsqueeze(1))
-                current = current - onehot * 1e4
-            return self.crypten.cat(rows, dim=1)
+    topk_config = TopkConfig()  # protocols.topk.choose by (n, k); assign another to force one method
 
-    def _index_to_onehot(self, idx, n: int):
-        """One-hot [H, n] of a secret index [H, 1]: n equality tests (CrypTen's 2PC eq)."""
-        diff = idx - torch.arange(n, dtype=torch.float32)
-        return diff.eq(0)
+    def topk(self, scores, k: int, forced: torch.Tensor | None = None, method: str | None = None):
+        """Secret one-hot [H, k, n] of the k largest entries per row, rows in ascending position
+        order; equal scores: the lower index wins; public ``forced`` items [n] or [H, n] are always
+        kept (inside k). The construction follows ``self.topk_config`` (``protocols.topk``);
+        ``method`` overrides it for one call."""
+        with self.meter.phase("selection"):
+            config = self.topk_config
+            if method is not None:
+                config = replace(config, method=method)
+            return topk.select(scores, k, forced, config)
 
     def gather(self, selection, x):
         with self.meter.phase("selection"):

@@ -199,3 +199,10 @@ def test_eval_trains_missing_weights_first_and_says_so(tiny, tmp_path, monkeypat
     assert "training them now" in capsys.readouterr().err
     train_command.ensure_trained(specs, tiny, progress=False)  # weights there now: nothing to do
     assert len(calls) == 2
+
+
+def test_locret_sinks_option_keeps_the_first_tokens(tiny, prompt):
+    full = _full_keys(tiny, prompt)
+    _, cache = _run(tiny, make_policy("locret", 0.1, weights="untrained", sinks=4), prompt, 6)
+    for lc, ref in zip(cache.layers, full.layers, strict=True):
+        assert torch.allclose(lc.k[:, :4], ref.k[:, :4], atol=1e-5)

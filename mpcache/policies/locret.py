@@ -63,6 +63,7 @@ class LocretPolicy(Policy):
     weights: str = ""  # PATH; "" = trained heads for this model (seed ``seed``); "untrained" = random
     seed: int = 0
     hidden: int = 128  # only for weights=untrained
+    sinks: int = 0  # first tokens always kept (NOT in Locret; our option, see the README)
 
     name = "locret"
 
@@ -107,16 +108,18 @@ class LocretPolicy(Policy):
         t, config = cache.length, prompt.config
         b = self.budget_tokens(t)
         cis = self._cis(layer, config, prompt.q, cache.k, cache.v, torch.arange(t))
+        sinks = min(self.sinks, b // 4)
         local = min(self.local_len, b // 4)
         keep = b - local
         stab = max(0, min(round(self.stabilizers * b), keep - 1))
         if t > b:
-            kept = chunked_keep(cis[:, : t - local], keep, max(1, min(self.chunk, keep // 2)), stab)
+            forced = torch.where(torch.arange(t) < sinks, torch.inf, cis)  # sinks survive every cut
+            kept = chunked_keep(forced[:, : t - local], keep, max(1, min(self.chunk, keep // 2)), stab)
             idx = torch.cat([kept, torch.arange(t - local, t).expand(kept.shape[0], -1)], 1)
             cache.k = cache.k.gather(1, idx[..., None].expand(-1, -1, cache.k.shape[-1]))
             cache.v = cache.v.gather(1, idx[..., None].expand(-1, -1, cache.v.shape[-1]))
             cis = cis.gather(1, idx)
-        cache.state.update(cis=cis, b=b, stab=max(0, min(stab, b - 1)), config=config)
+        cache.state.update(cis=cis, b=b, stab=max(0, min(stab, b - 1 - sinks)), config=config, sinks=sinks)
 
     def decode_kv(self, layer: int, q: Tensor, cache: LayerCache, backend: Backend) -> tuple[Tensor, Tensor]:
         st = cache.state
@@ -129,7 +132,8 @@ class LocretPolicy(Policy):
             st["cis"] = torch.cat([st["cis"], fresh], 1)
         while self.decode_evict and cache.length > st["b"]:
             n = cache.length
-            drop = st["cis"][:, : n - st["stab"]].argmin(1)  # [Hkv]: lowest CIS outside the stabilizers
+            lo = st["sinks"]  # kept entries are in position order: the sinks come first
+            drop = st["cis"][:, lo : n - st["stab"]].argmin(1) + lo  # lowest CIS outside sinks/stabilizers
             keep = torch.ones(cache.k.shape[0], n, dtype=torch.bool)
             keep[torch.arange(keep.shape[0]), drop] = False
             idx = keep.nonzero()[:, 1].view(keep.shape[0], n - 1)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mpcache.commands import bench, generate, plot
+from mpcache.commands import bench, chat, generate, plot
 from mpcache.commands import eval as eval_command
 from mpcache.errors import UserError
 
-COMMANDS = [generate, eval_command, bench, plot]
+COMMANDS = [generate, eval_command, bench, chat, plot]
 
 
 def build_parser() -> argparse.ArgumentParser:

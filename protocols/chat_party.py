@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from protocols import runtime
@@ -132,6 +132,9 @@ def serve(args) -> int:
             start = time.perf_counter()
             turn = private_turn(pm, conv, None, n, max_new)
             turns += 1
+            # Party 0's counts are the ones reported (only it talks to the TTP dealer): the client
+            # shows these, so both lines agree.
+            peer.send({"op": "cost", "turn": asdict(turn.cost), "prefill": asdict(turn.prefill)})
             say(turn_line(turns, turn, conv, time.perf_counter() - start))
 
 
@@ -213,12 +216,14 @@ def chat(args) -> int:
                             lambda t: None if t in tok.eos_token_ids else printer.push(t))
         seconds = time.perf_counter() - start
         print(flush=True)
+        counted = peer.get()  # the server's counts of this turn (see serve)
+        turn = replace(turn, cost=Cost(**counted["turn"]), prefill=Cost(**counted["prefill"]))
         totals.turns += 1
         totals.tokens += len(ids) + len(turn.result.new_ids)
         totals.cost = totals.cost + turn.cost
         say(turn_line(totals.turns, turn, conv, seconds))
         if args.json:
-            _record(args, totals.turns, turn, seconds, conv)
+            _record(args, totals.turns, turn, seconds, conv, ids)
 
 
 def read_message() -> str | None:
@@ -247,14 +252,15 @@ def stats_line(totals: Totals, conv) -> str:
             f"{conv.cache_tokens} tokens, position {conv.position}/{conv.model.config.max_positions}]")
 
 
-def _record(args, k: int, turn, seconds: float, conv) -> None:
+def _record(args, k: int, turn, seconds: float, conv, ids: list[int]) -> None:
     from protocols.accounting import NETWORKS
 
     rec = {"turn": k, "model": args.model, "dealer": args.dealer, "policy": args.policy,
            "budget": args.budget, "prompt_tokens": turn.result.prompt_len,
            "answer_tokens": len(turn.result.new_ids), "seconds": seconds,
            "cache_tokens": turn.result.cache_tokens, "position": conv.position,
-           "turn_cost": turn.cost.to_dict(NETWORKS), "prefill_cost": turn.prefill.to_dict(NETWORKS)}
+           "turn_cost": turn.cost.to_dict(NETWORKS), "prefill_cost": turn.prefill.to_dict(NETWORKS),
+           "ids": ids, "answer_ids": turn.result.new_ids}  # the client's own file: its tokens are its own
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:

@@ -14,6 +14,7 @@ import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from protocols import runtime
@@ -212,8 +213,7 @@ def chat(args) -> int:
         sys.stdout.write("assistant> ")
         sys.stdout.flush()
         start = time.perf_counter()
-        turn = private_turn(pm, conv, ids, len(ids), max_new,
-                            lambda t: None if t in tok.eos_token_ids else printer.push(t))
+        turn = private_turn(pm, conv, ids, len(ids), max_new, partial(_show, tok, printer))
         seconds = time.perf_counter() - start
         print(flush=True)
         counted = peer.get()  # the server's counts of this turn (see serve)
@@ -224,6 +224,11 @@ def chat(args) -> int:
         say(turn_line(totals.turns, turn, conv, seconds))
         if args.json:
             _record(args, totals.turns, turn, seconds, conv, ids)
+
+
+def _show(tok, printer, token: int) -> None:
+    if token not in tok.eos_token_ids:
+        printer.push(token)
 
 
 def read_message() -> str | None:

@@ -86,7 +86,8 @@ def mismatch(server: dict, other: dict) -> str | None:
                 f"{describe(other)}")
     want = other.get("expect_digest")
     if want and not server["digest"].startswith(want):
-        return f"model mismatch: the server's weights digest is {server['digest'][:16]}, the client expects {want}"
+        return (f"model mismatch: the server's weights digest is {server['digest'][:16]}, the client "
+                f"expects {want}")
     for key, words in CHECKED.items():
         if key != "arch" and server[key] != other[key]:
             return f"{words} mismatch: server --{key} {server[key]}, client --{key} {other[key]}"
@@ -124,7 +125,7 @@ def connect(host: str, port: int, hello: dict, timeout_s: float) -> tuple[Channe
     while True:
         try:
             reply = channel.recv(timeout=1.0)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             tick("waiting for an answer from")
             continue
         if reply is None:
@@ -164,7 +165,7 @@ class Lobby:
         while not needed <= set(self.seated):
             try:
                 conn, peer = self.sock.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             self._greet(Channel(conn), peer, needed)
         for channel in self.seated.values():
@@ -196,9 +197,10 @@ class Lobby:
         self.seated[role] = channel
         say(f"[server: {role} connected from {peer[0]}]")
         missing = needed - set(self.seated)
+        status = f"connected to the server; waiting for the {' and the '.join(sorted(missing))}"
         for other in self.seated.values():
             if missing:
-                other.try_send({"status": f"connected to the server; waiting for the {' and the '.join(sorted(missing))}"})
+                other.try_send({"status": status})
 
     def _refuse_forever(self) -> None:
         self.sock.settimeout(None)

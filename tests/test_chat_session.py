@@ -6,8 +6,8 @@ the whole conversation decodes.
 """
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys

@@ -240,6 +240,8 @@ def run_party(body: Callable[[], int], role: str | None = None) -> int:
     except RuntimeFault as exc:
         exit_now(f"mpcache: {role}: {exc}", FAULT_EXIT)
     except UserError as exc:
+        if int(os.environ.get("LOCAL_RANK", "0")) > 0:  # local parties share a terminal: say it once
+            os._exit(2)
         exit_now(f"mpcache: error: {exc}", 2)
     except KeyboardInterrupt:
         exit_now(f"mpcache: {role}: interrupted (Ctrl-C)", 130)

@@ -32,11 +32,11 @@ def say(message: str) -> None:
 
 
 class Channel:
-    """JSON lines over a socket."""
+    """JSON lines over a socket (own buffer: a timed-out read must leave the stream usable)."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        self.file = sock.makefile("rb")
+        self.buffer = b""
         self.lock = threading.Lock()
 
     def send(self, obj: dict) -> None:
@@ -51,11 +51,15 @@ class Channel:
             pass
 
     def recv(self, timeout: float | None = None) -> dict | None:
-        """The next message, or None when the peer closed the connection."""
+        """The next message, or None when the peer closed the connection; TimeoutError after
+        ``timeout`` seconds without a whole line (what arrived so far is kept)."""
         self.sock.settimeout(timeout)
-        line = self.file.readline()
-        if not line:
-            return None
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
         return json.loads(line)
 
     def close(self) -> None:

@@ -45,7 +45,8 @@ def launch_local(script_args: list[str], nproc: int, timeout_s: float | None = N
     port = free_port()
     print(f"[starting {nproc} local parties; rendezvous on 127.0.0.1:{port}]", file=sys.stderr, flush=True)
     try:
-        return subprocess.run(torchrun_command(script_args, nproc, port), env=env, timeout=timeout_s).returncode
+        command = torchrun_command(script_args, nproc, port)
+        return subprocess.run(command, env=env, timeout=timeout_s).returncode
     except subprocess.TimeoutExpired:
         print(f"mpcache: the parties did not finish within {timeout_s:.0f} s", file=sys.stderr)
         return 3

@@ -107,6 +107,7 @@ def test_model_mismatch_stops_both(port):
     assert code_s == 3 and "model mismatch" in last_line(err_s)
 
 
+@pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
 def test_second_client_is_refused_and_the_first_goes_on(port):
     server = party("server", port, "--dealer", "tfp")
     first = party("client", port, "--dealer", "tfp", "--max-new-tokens", "2", stdin=subprocess.PIPE)
@@ -120,6 +121,7 @@ def test_second_client_is_refused_and_the_first_goes_on(port):
     assert finish(server)[0] == 0
 
 
+@pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
 def test_bad_prompts_are_refused_and_the_chat_goes_on(port):
     server = party("server", port, "--dealer", "tfp", "--max-new-tokens", "2")
     client = party("client", port, "--dealer", "tfp", "--max-new-tokens", "5", "--max-prompt-tokens", "40",
@@ -136,6 +138,7 @@ def test_bad_prompts_are_refused_and_the_chat_goes_on(port):
     assert finish(server)[0] == 0
 
 
+@pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
 @pytest.mark.parametrize("who", ["client", "server"])
 def test_ctrl_c_mid_turn_ends_both_within_2_s(port, who):
     server = party("server", port, "--dealer", "tfp")
@@ -154,6 +157,7 @@ def test_ctrl_c_mid_turn_ends_both_within_2_s(port, who):
     assert code_o == 3 and f"the {who} stopped" in last_line(err_o)
 
 
+@pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
 def test_killed_peer_is_reported_at_once(port):
     server = party("server", port, "--dealer", "tfp")
     client = party("client", port, "--dealer", "tfp", "--max-new-tokens", "48", stdin=subprocess.PIPE)
@@ -169,6 +173,7 @@ def test_killed_peer_is_reported_at_once(port):
                                                           or "other party died" in last_line(err))
 
 
+@pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
 def test_turn_two_continues_the_secret_cache_like_a_plaintext_run(port, tmp_path):
     """Turn 2 feeds only its own tokens on top of the secret cache, and decodes what plaintext
     decodes over the concatenated conversation (turn 1 prompt + answer + turn 2)."""
@@ -190,3 +195,27 @@ def test_turn_two_continues_the_secret_cache_like_a_plaintext_run(port, tmp_path
     model = Transformer(m.config, m.weights, PlainBackend(Approximations(exact=False)))
     conversation = t1["ids"] + t1["answer_ids"][:-1] + t2["ids"]
     assert generate(model, conversation, 4).new_ids == t2["answer_ids"]
+
+
+@pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
+def test_streaming_budget_bounds_the_secret_cache_like_plaintext(port, tmp_path):
+    """With --budget 16 the secret cache is cut to 4 sink + 12 recent tokens before turn 2 (a public
+    slice); turn 2 then decodes what the plaintext Conversation with the same bound decodes."""
+    from mpcache.chat import Conversation
+
+    record = tmp_path / "turns.jsonl"
+    server = party("server", port, "--dealer", "tfp", "--budget", "16")
+    client = party("client", port, "--dealer", "tfp", "--budget", "16", "--max-new-tokens", "3",
+                   "--json", str(record), stdin=subprocess.PIPE)
+    client.stdin.write(b"Hello MPC world\nAgain\n/quit\n")
+    client.stdin.close()
+    code, _, err = finish(client, 180)
+    assert code == 0, err
+    finish(server, 30)
+    t1, t2 = [json.loads(line) for line in record.read_text().splitlines()]
+    assert t2["cache_tokens"] == 16 + len(t2["ids"]) + 3 - 1  # bounded, then this turn's tokens
+    m = load_model("random:tiny")
+    conv = Conversation(Transformer(m.config, m.weights, PlainBackend(Approximations(exact=False))),
+                        "streaming", 16)
+    assert conv.turn(t1["ids"], 3).new_ids == t1["answer_ids"]
+    assert conv.turn(t2["ids"], 3).new_ids == t2["answer_ids"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from mpcache.cache import KVCache
 from mpcache.errors import UserError
+from mpcache.generate import decode
 from mpcache.models.transformer import Transformer
 
 CHAT_POLICIES = ("streaming", "full")
@@ -138,19 +139,9 @@ class Conversation:
         self.bound()
         b = self.model.backend
         start = time.perf_counter()
-        new: list[int] = []
         token = b.next_token(self.model.forward(list(ids), self.cache))
-        stopped = False
-        while True:
-            new.append(token)
-            if on_token is not None:
-                on_token(token)
-            if b.agree_stop(token in eos_ids):  # under MPC: one public bit from the client
-                stopped = True
-                break
-            if len(new) >= max_new_tokens:
-                break
-            token = b.next_token(self.model.forward([token], self.cache))
+        new, stopped = decode(self.model, self.cache, token, max_new_tokens, eos_ids, on_token)
+        token = new[-1]
         self.turns += 1
         self.last_token = token  # produced but not yet fed: the next turn starts with it
         return TurnResult(new, len(ids), time.perf_counter() - start, self.cache_tokens, stopped)

@@ -26,7 +26,8 @@ def series_label(r: dict) -> str:
     policy = "full cache" if r["policy"] == "full" or budget >= 1 else f"{r['policy']} at {budget:.0%}"
     dealer = "TTP dealer" if r["dealer"] == "ttp" else "TFP (server deals)"
     reuse = "" if r.get("mask_reuse", True) else ", no mask reuse"
-    return f"{policy}, {dealer}{reuse}"
+    prefill = " (plaintext prefill: cost only)" if r.get("prefill_mode") == "plaintext" else ""
+    return f"{policy}, {dealer}{reuse}{prefill}"
 
 
 PANELS = [  # (column title, y label, value of a cost dict, plaintext reference key or None)

@@ -9,6 +9,7 @@ are plain torch tensors.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +125,31 @@ class Backend:
         """
         raise NotImplementedError
 
+    def argmin(self, scores: Tensor) -> Tensor:
+        """A selection of each row's minimum of ``scores`` [H, n] (the first one on ties):
+        indices [H, 1] in plaintext, a secret one-hot [H, 1, n] under MPC (one tournament)."""
+        raise NotImplementedError
+
+    def drop(self, selection: Tensor, x: Tensor) -> Tensor:
+        """``x`` [H, n, m] without the one row per head picked by ``selection`` (from ``argmin``),
+        the others in order -> [H, n-1, m] (H2O's one-token eviction: a shift, not a top-k)."""
+        raise NotImplementedError
+
+    def compose(self, outer: Tensor, inner: Tensor, m: int) -> Tensor:
+        """Two-level selection -> one: ``outer`` picks k1 of C clusters, ``inner`` picks k2 among the
+        k1*m children of the picked clusters (in their gathered order). Returns the selection of
+        those k2 children among all C*m children (ascending when both inputs are)."""
+        raise NotImplementedError
+
+    def fix(self, x: Tensor) -> Tensor:
+        """Mark ``x`` (a cache rebuilt by eviction) as a fixed operand: under MPC its mask is opened
+        once, here, so later products with it or its views open only the other operand."""
+        return x
+
+    def phase(self, name: str) -> AbstractContextManager:
+        """Account everything inside to phase ``name`` (MPC; a no-op in plaintext)."""
+        return nullcontext()
+
     # --- outputs -------------------------------------------------------------------------------
     def agree_stop(self, stop: bool) -> bool:
         """Make the client's stop decision (EOS seen) public: the number of tokens is public."""
@@ -196,6 +222,16 @@ class PlainBackend(Backend):
         if selection.shape[0] != x.shape[0]:
             selection = selection.expand(x.shape[0], -1)
         return torch.gather(x, 1, selection[..., None].expand(-1, -1, x.shape[-1]))
+
+    def argmin(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores.argmin(-1, keepdim=True)
+
+    def drop(self, selection: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        keep = torch.ones(x.shape[:2], dtype=torch.bool).scatter_(1, selection, False)
+        return x[keep].reshape(x.shape[0], x.shape[1] - 1, *x.shape[2:])
+
+    def compose(self, outer: torch.Tensor, inner: torch.Tensor, m: int) -> torch.Tensor:
+        return torch.gather(outer, 1, inner // m) * m + inner % m
 
     def amax(self, x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
         return x.amax(dim, keepdim=keepdim)

@@ -19,6 +19,10 @@ def main() -> int:
     p.add_argument("--dealer", default="tfp")
     p.add_argument("--prompt", default="Hello MPC world")
     p.add_argument("--new-tokens", type=int, default=4)
+    p.add_argument("--policy", default="full", help="NAME[:KEY=VALUE...][@BUDGET], comma-separated")
+    p.add_argument("--budget", type=float, default=1.0)
+    p.add_argument("--prompt-len", type=int, default=0, help="a seeded prompt of N ids (instead of --prompt)")
+    p.add_argument("--prefill", choices=["mpc", "plaintext"], default="mpc")
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--hang-after-setup", action="store_true", help="fault test: sleep forever")
     p.add_argument("--check-selection", action="store_true", help="run topk + gather on fixed inputs")
@@ -44,21 +48,44 @@ def main() -> int:
             import time
 
             time.sleep(3600)
-        ids = pm.model.tokenizer.encode(args.prompt) if party.is_client else None
+        if args.prompt_len:
+            ids = seeded_prompt(args.prompt_len, pm.model.config.vocab_size)
+        else:
+            ids = pm.model.tokenizer.encode(args.prompt)
+        ids = ids if party.is_client else None
         logits = []
 
         def on_token(token, cost):
-            if party.is_client:
+            if party.is_client and pm.backend.last_logits is not None:
                 logits.append(pm.backend.last_logits.tolist())
 
-        run = private_generate(pm, ids, args.new_tokens, on_token)
+        from mpcache.policies import parse_spec
+
+        runs = []
+        for item in args.policy.split(","):  # NAME[:KEY=VALUE...][@BUDGET], one run each
+            spec, _, budget = item.partition("@")
+            policy = parse_spec(spec, float(budget) if budget else args.budget)
+            logits.clear()
+            run = private_generate(pm, ids, args.new_tokens, on_token, policy=policy, prefill=args.prefill)
+            phases = {}
+            for step in run.steps:
+                for name, cost in step.items():
+                    phases[name] = phases.get(name, 0) + cost.online_bytes
+            cache = run.result.cache
+            runs.append({"policy": item, "tokens": run.result.new_ids, "logits": list(logits),
+                         "cache_lengths": [lc.length for lc in cache.layers],
+                         "mean_attended": cache.mean_attended(), "phase_bytes": phases})
         if party.is_client:
-            Path(args.out).write_text(json.dumps(
-                {"prompt_ids": ids, "tokens": run.result.new_ids, "logits": logits}
-            ))
+            Path(args.out).write_text(json.dumps({"prompt_ids": ids, **runs[0], "runs": runs}))
         return 0
 
     return runtime.run_party(body)
+
+
+def seeded_prompt(length: int, vocab: int) -> list[int]:
+    import torch
+
+    return torch.randint(0, min(vocab, 256), (length,), generator=torch.Generator().manual_seed(3)).tolist()
 
 
 def check_selection(party, out: str) -> int:

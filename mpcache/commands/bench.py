@@ -27,8 +27,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (JSON records)")
     bench = p.add_subparsers(dest="bench", required=True)
     m = bench.add_parser("mpc", help="two-party private generation: bytes, rounds, seconds per token")
-    m.add_argument("--policy", default="full", help="KV-cache policy (full: the baseline)")
-    m.add_argument("--budget", type=float, default=1.0)
+    m.add_argument("--policy", default="full",
+                   help="comma list of KV-cache policies NAME[:KEY=VALUE...] (full: the baseline); one "
+                        "record each, same run, same prompt")
+    m.add_argument("--budget", type=float, default=0.1,
+                   help="fraction of the prompt attended per step, for every policy but full")
+    m.add_argument("--prefill", choices=["mpc", "plaintext"], default="mpc",
+                   help="plaintext: a COST BENCHMARK, not a private run (the prompt's KV cache is "
+                        "computed in plaintext and secret-shared; the static stage and decode run in 2PC)")
     m.add_argument("--model", default=DEFAULT_MODEL, help="smollm2 | PATH | random:PRESET")
     m.add_argument("--length", type=_lengths, default=[128], help="prompt length(s), e.g. 128,512")
     m.add_argument("--new-tokens", type=int, default=3, help="generated tokens (>= 2: prefill + decode)")
@@ -98,8 +104,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.new_tokens < 2:
         raise UserError("--new-tokens must be at least 2 (the first token comes from the prefill)")
-    if args.policy != "full" or args.budget != 1.0:
-        raise UserError("under MPC only --policy full (budget 1.0) is implemented so far")
+    from mpcache.policies import POLICIES, parse_spec
+
+    args.policies = [p.strip() for p in args.policy.split(",") if p.strip()]
+    if not args.policies:
+        raise UserError("--policy needs at least one policy")
+    for spec in args.policies:
+        parse_spec(spec, args.budget)  # bad name/option/budget -> UserError before any launch
+        if POLICIES[spec.split(":")[0]].decode_attention is not POLICIES["full"].decode_attention:
+            raise UserError(f"policy {spec!r} runs in plaintext only (its cache is quantized)")
     if not runtime.under_torchrun():
         from mpcache.generate import check_lengths
         from mpcache.models import load_model

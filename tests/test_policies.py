@@ -128,9 +128,9 @@ class CountingBackend(PlainBackend):
         super().__init__()
         self.topk_calls = 0
 
-    def topk(self, scores, k):
+    def topk(self, scores, k, forced=None):
         self.topk_calls += 1
-        return super().topk(scores, k)
+        return super().topk(scores, k, forced)
 
 
 def test_mpcache_roles_follow_the_design_pattern():

@@ -26,19 +26,33 @@ from mpcache.cache import LayerCache
 from mpcache.errors import UserError
 from mpcache.policies.base import Policy, PromptInfo
 from mpcache.policies.clusters import ClusterBounds, forced_bonus
+from mpcache.policies.mpcache_scoring import (
+    GROUP,
+    SCORES,
+    SCORES2,
+    STATIC_HEADS,
+    cluster_scores,
+    static_importance,
+    summaries,
+    token_max_scores,
+)
 from mpcache.policies.window import window_attention
 
 
 @dataclass
 class Summaries:
-    """Cluster summaries c~ = alpha*max + (1-alpha)*min, each computed once when its cluster fills."""
+    """Cluster summaries, each computed once when its cluster fills: c~ = alpha*max + (1-alpha)*min
+    (score = linear), or base = min + (1-alpha)*range and range (score = signed)."""
 
     s1: int
     s2: int
     alpha: float
+    score: str = "linear"
     bounds2: ClusterBounds = field(init=False)
     c2: Tensor | None = None  # [Hkv, C2, d]
     c1: Tensor | None = None  # [Hkv, C1, d]
+    r2: Tensor | None = None  # ranges (signed score only)
+    r1: Tensor | None = None
     count1: int = 0
     computed1: int = 0
 
@@ -51,12 +65,12 @@ class Summaries:
 
     def update(self, keys: Tensor, backend: Backend) -> int:
         """Summarise newly filled clusters of ``keys``; returns the number of full level-1 clusters."""
-        b2, a = self.bounds2, self.alpha
+        b2 = self.bounds2
         before = b2.count
         after = b2.update(keys, backend)
         if after > before:
-            fresh = b2.kmax[:, before:after] * a + b2.kmin[:, before:after] * (1.0 - a)
-            self.c2 = fresh if self.c2 is None else backend.cat([self.c2, fresh], dim=1)
+            c, r = summaries(b2.kmax[:, before:after], b2.kmin[:, before:after], self.alpha, self.score)
+            self.c2, self.r2 = _append(self.c2, c, backend), _append(self.r2, r, backend)
         m = self.s1 // self.s2
         full1 = keys.shape[1] // self.s1
         if full1 > self.count1:
@@ -64,15 +78,22 @@ class Summaries:
             lo, hi = self.count1 * m, full1 * m
             kmax = backend.amax(b2.kmax[:, lo:hi].reshape(h, full1 - self.count1, m, d), 2)
             kmin = backend.amin(b2.kmin[:, lo:hi].reshape(h, full1 - self.count1, m, d), 2)
-            fresh = kmax * a + kmin * (1.0 - a)
-            self.c1 = fresh if self.c1 is None else backend.cat([self.c1, fresh], dim=1)
+            c, r = summaries(kmax, kmin, self.alpha, self.score)
+            self.c1, self.r1 = _append(self.c1, c, backend), _append(self.r1, r, backend)
             self.computed1 += full1 - self.count1
             self.count1 = full1
         return self.count1
 
     def nbytes(self) -> int:
-        extra = sum(t.numel() * t.element_size() for t in (self.c1, self.c2) if hasattr(t, "element_size"))
+        extra = sum(t.numel() * t.element_size() for t in (self.c1, self.c2, self.r1, self.r2)
+                    if hasattr(t, "element_size"))
         return self.bounds2.nbytes() + extra
+
+
+def _append(old: Tensor | None, fresh: Tensor | None, backend: Backend) -> Tensor | None:
+    if fresh is None or old is None:
+        return fresh
+    return backend.cat([old, fresh], dim=1)
 
 
 @dataclass
@@ -105,6 +126,12 @@ class MPCachePolicy(Policy):
     share: bool = True  # cross-layer sharing of selections
     share_skip: int = 2  # layers at each end that always select on their own
     force_ends: bool = True  # always keep the first and last full cluster
+    # Accuracy options (issue 15; the defaults above/below marked "old" reproduce the original):
+    static_heads: str = "mean"  # mean: one kept set per layer (old) | kv: per KV head, max over its group
+    window_free: bool = False  # True: the static window is kept on top of rho*T top tokens (old: inside)
+    score: str = "linear"  # linear: q.c~ (old) | signed: sign-aware alpha mix (alpha=1: Quest's bound)
+    group: str = "sum"  # combine a GQA group's query heads: sum (old) | max
+    score2: str = "summary"  # level 2 scored by: summary (old) | max: max over the cluster's tokens of q.k
 
     name = "mpcache"
 
@@ -113,6 +140,11 @@ class MPCachePolicy(Policy):
             raise UserError(f"mpcache: s1 ({self.s1}) must be a multiple of s2 ({self.s2})")
         if self.importance not in ("max", "sum"):
             raise UserError(f"mpcache: importance must be max or sum, got {self.importance!r}")
+        for key, allowed in (("static_heads", STATIC_HEADS), ("score", SCORES), ("group", GROUP),
+                             ("score2", SCORES2)):
+            value = getattr(self, key)
+            if value not in allowed:
+                raise UserError(f"mpcache: {key} must be one of {', '.join(allowed)}, got {value!r}")
         for key in ("rho", "r1", "r2", "window", "alpha"):
             value = getattr(self, key)
             if value is not None and not 0.0 < value <= 1.0 and not (key == "alpha" and value == 0):
@@ -149,7 +181,7 @@ class MPCachePolicy(Policy):
         role = self.role(layer, prompt.num_layers)
         cache.state.update(role=role, n_budget=self.budget_tokens(t), leader=layer - (role == "follower"))
         window = math.ceil((self.long_window if t > self.long_prompt else self.window) * t)
-        keep = min(t, math.ceil(self.kept_fraction() * t - 1e-9))
+        keep = min(t, math.ceil(self.kept_fraction() * t - 1e-9) + (window if self.window_free else 0))
         window = min(window, keep)
         if role == "follower":
             sel = self._static_sel[layer - 1]
@@ -157,10 +189,8 @@ class MPCachePolicy(Policy):
             sel = None if keep >= t else "window"
         else:
             probs = window_attention(prompt.q, cache.k, window, backend)  # [Hkv, g, W, T]
-            attn = backend.sum(backend.sum(probs, 0), 0) * (1.0 / prompt.q.shape[0])  # head mean [W, T]
-            prefix = attn[:, : t - window]
-            score = backend.amax(prefix, 0) if self.importance == "max" else backend.sum(prefix, 0)
-            sel = backend.topk(score.reshape(1, t - window), keep - window)  # shared by all heads
+            score = static_importance(probs, t - window, self.static_heads, self.importance, backend)
+            sel = backend.topk(score, keep - window)  # [1 or Hkv, keep - window]
         self._static_sel[layer] = sel
         if isinstance(sel, str):  # keep exactly the window
             cache.k, cache.v = cache.k[:, t - window :], cache.v[:, t - window :]
@@ -169,7 +199,7 @@ class MPCachePolicy(Policy):
             cache.k = backend.cat([backend.gather(sel, cache.k[:, :cut]), cache.k[:, cut:]], dim=1)
             cache.v = backend.cat([backend.gather(sel, cache.v[:, :cut]), cache.v[:, cut:]], dim=1)
         if role != "follower" and self.dynamic:
-            cache.state["summaries"] = Summaries(self.s1, self.s2, self.alpha)
+            cache.state["summaries"] = Summaries(self.s1, self.s2, self.alpha, self.score)
             cache.state["summaries"].update(cache.k, backend)
 
     def decode_kv(self, layer: int, q: Tensor, cache: LayerCache, backend: Backend) -> tuple[Tensor, Tensor]:
@@ -198,21 +228,30 @@ class MPCachePolicy(Policy):
         m = self.s1 // self.s2
         hkv, _, d = cache.k.shape
         tail = n - full1 * self.s1
-        qs = backend.sum(q.reshape(hkv, q.shape[0] // hkv, d), 1, keepdim=True)  # [Hkv, 1, d] (GQA)
+        qg = q.reshape(hkv, q.shape[0] // hkv, d)  # [Hkv, g, d] (GQA)
         ends = 2 if self.force_ends and full1 > 1 else int(self.force_ends)
         # Level 1: linear score against the summaries, keep the top r1 (plus first and last).
         sel1, k1 = None, full1
         if self.hierarchy:
             k1 = min(full1, max(ends, math.ceil(self.level1_fraction() * full1 - 1e-9)))
             if k1 < full1:
-                s1 = backend.matmul(qs, summaries.c1.transpose(1, 2)).reshape(hkv, full1)
+                s1 = self._scores(qg, summaries.c1, summaries.r1, backend)
                 sel1 = backend.topk(s1 + forced_bonus(full1, self.force_ends, self.force_ends), k1)
-        # Level 2: score every full child once (one matmul), keep the children of sel1, take the top k2.
-        c2 = summaries.c2[:, : full1 * m]
-        s2 = backend.matmul(qs, c2.transpose(1, 2)).reshape(hkv, full1 * m)
-        s2 = s2 + forced_bonus(full1 * m, self.force_ends, self.force_ends)
-        if sel1 is not None:
-            s2 = backend.gather(sel1, s2.reshape(hkv, full1, m)).reshape(hkv, k1 * m)
+        # Level 2: score the children of sel1 (summary: every full child in one matmul, then gather;
+        # max: the max of q.k over each child's tokens, computed for the kept level-1 clusters only).
+        bonus = forced_bonus(full1 * m, self.force_ends, self.force_ends)
+        if self.score2 == "max":
+            keys = cache.k[:, : full1 * self.s1].reshape(hkv, full1, self.s1 * d)
+            if sel1 is not None:
+                keys = backend.gather(sel1, keys)
+                bonus = backend.gather(sel1, bonus.expand(hkv, -1).reshape(hkv, full1, m)).reshape(hkv, -1)
+            keys = keys.reshape(hkv, k1 * self.s1, d)
+            s2 = token_max_scores(qg, keys, self.s2, self.group, backend) + bonus
+        else:
+            r2 = None if summaries.r2 is None else summaries.r2[:, : full1 * m]
+            s2 = self._scores(qg, summaries.c2[:, : full1 * m], r2, backend) + bonus
+            if sel1 is not None:
+                s2 = backend.gather(sel1, s2.reshape(hkv, full1, m)).reshape(hkv, k1 * m)
         if self.r2 is not None:
             k2 = math.floor(self.r2 * full1 * m + 1e-9)
         else:
@@ -220,6 +259,9 @@ class MPCachePolicy(Policy):
         k2 = min(k1 * m, max(k2, ends if self.force_ends else 1, 1))
         sel2 = backend.topk(s2, k2) if k2 < k1 * m else None
         return Selection(cache.appended, full1, sel1, k1, sel2, k2)
+
+    def _scores(self, qg: Tensor, base: Tensor, rng: Tensor | None, backend: Backend) -> Tensor:
+        return cluster_scores(qg, base, rng, self.alpha, self.group, backend)
 
     def _apply(self, choice: Selection | None, cache: LayerCache, backend: Backend) -> tuple[Tensor, Tensor]:
         """Gather the chosen clusters' tokens (whole clusters: one gather per level) plus the tail."""

@@ -125,3 +125,12 @@ def test_unknown_option_values_are_user_errors():
     for key, value in (("static_heads", "all"), ("score", "cosine"), ("group", "mean"), ("score2", "x")):
         with pytest.raises(UserError, match=key):
             make_policy("mpcache", 0.1, **{key: value})
+
+
+def test_maxnorm_lets_each_query_head_rank_its_own_best_cluster_first():
+    from mpcache.policies.mpcache_scoring import combine
+
+    s = torch.tensor([[[1.0, 5.0, 2.0], [10.0, 11.0, 30.0]]])  # head 0 prefers cluster 1, head 1 cluster 2
+    assert combine(s, "sum", BACKEND).tolist() == [[11.0, 16.0, 32.0]]  # head 1's scale dominates
+    assert combine(s, "max", BACKEND).tolist() == [[10.0, 11.0, 30.0]]
+    assert combine(s, "maxnorm", BACKEND).tolist() == [[-4.0, 0.0, 0.0]]  # both favourites on top

@@ -130,7 +130,7 @@ class MPCachePolicy(Policy):
     static_heads: str = "mean"  # mean: one kept set per layer (old) | kv: per KV head, max over its group
     window_free: bool = False  # True: the static window is kept on top of rho*T top tokens (old: inside)
     score: str = "linear"  # linear: q.c~ (old) | signed: sign-aware alpha mix (alpha=1: Quest's bound)
-    group: str = "sum"  # combine a GQA group's query heads: sum (old) | max
+    group: str = "sum"  # GQA group's query heads combined by: sum (old) | max | maxnorm (see scoring)
     score2: str = "summary"  # level 2 scored by: summary (old) | max: max over the cluster's tokens of q.k
 
     name = "mpcache"

@@ -19,7 +19,7 @@ from mpcache.backend import Backend, Tensor
 
 STATIC_HEADS = ("mean", "kv")
 SCORES = ("linear", "signed")
-GROUP = ("sum", "max")
+GROUP = ("sum", "max", "maxnorm")
 SCORES2 = ("summary", "max")
 
 
@@ -60,7 +60,7 @@ def cluster_scores(
     """Scores [Hkv, C] of the clusters for the decode queries ``q`` [Hkv, g, d].
 
     ``base``/``rng`` [Hkv, C, d] from :func:`summaries`. ``group`` combines the query heads of a KV
-    head: sum (one matmul with the summed query when linear) or max over them."""
+    head: sum (one matmul with the summed query when linear), max, or maxnorm (see :func:`combine`)."""
     hkv, g, _ = q.shape
     if rng is None and group == "sum":
         qs = backend.sum(q, 1, keepdim=True)
@@ -68,7 +68,17 @@ def cluster_scores(
     s = backend.matmul(q, base.transpose(1, 2))  # [Hkv, g, C]
     if rng is not None and alpha != 0.5:
         s = s + backend.matmul(relu(q, backend), rng.transpose(1, 2)) * (2.0 * alpha - 1.0)
-    return backend.sum(s, 1) if group == "sum" else backend.amax(s, 1)
+    return combine(s, group, backend)
+
+
+def combine(s: Tensor, group: str, backend: Backend) -> Tensor:
+    """[Hkv, g, C] per query head -> [Hkv, C]: sum, max, or maxnorm (max over the heads of each
+    head's score minus its best cluster's, so every head's favourite clusters rank first)."""
+    if group == "sum":
+        return backend.sum(s, 1)
+    if group == "maxnorm":
+        s = s - backend.amax(s, 2, keepdim=True)
+    return backend.amax(s, 1)
 
 
 def token_max_scores(q: Tensor, keys: Tensor, size: int, group: str, backend: Backend) -> Tensor:
@@ -77,4 +87,4 @@ def token_max_scores(q: Tensor, keys: Tensor, size: int, group: str, backend: Ba
     hkv, g, _ = q.shape
     logits = backend.matmul(q, keys.transpose(1, 2))  # [Hkv, g, n]
     best = backend.amax(logits.reshape(hkv, g, keys.shape[1] // size, size), 3)
-    return backend.sum(best, 1) if group == "sum" else backend.amax(best, 1)
+    return combine(best, group, backend)

@@ -126,6 +126,7 @@ class MPCachePolicy(Policy):
     share: bool = True  # cross-layer sharing of selections
     share_skip: int = 2  # layers at each end that always select on their own
     force_ends: bool = True  # always keep the first and last full cluster
+    force_last: bool = True  # with force_ends: False keeps only the first (the tail holds the newest)
     # Accuracy options (issue 15; the defaults above/below marked "old" reproduce the original):
     static_heads: str = "mean"  # mean: one kept set per layer (old) | kv: per KV head, max over its group
     window_free: bool = False  # True: the static window is kept on top of rho*T top tokens (old: inside)
@@ -229,17 +230,18 @@ class MPCachePolicy(Policy):
         hkv, _, d = cache.k.shape
         tail = n - full1 * self.s1
         qg = q.reshape(hkv, q.shape[0] // hkv, d)  # [Hkv, g, d] (GQA)
-        ends = 2 if self.force_ends and full1 > 1 else int(self.force_ends)
+        first, last = self.force_ends, self.force_ends and self.force_last
+        ends = min(full1, first + last)
         # Level 1: linear score against the summaries, keep the top r1 (plus first and last).
         sel1, k1 = None, full1
         if self.hierarchy:
             k1 = min(full1, max(ends, math.ceil(self.level1_fraction() * full1 - 1e-9)))
             if k1 < full1:
                 s1 = self._scores(qg, summaries.c1, summaries.r1, backend)
-                sel1 = backend.topk(s1 + forced_bonus(full1, self.force_ends, self.force_ends), k1)
+                sel1 = backend.topk(s1 + forced_bonus(full1, first, last), k1)
         # Level 2: score the children of sel1 (summary: every full child in one matmul, then gather;
         # max: the max of q.k over each child's tokens, computed for the kept level-1 clusters only).
-        bonus = forced_bonus(full1 * m, self.force_ends, self.force_ends)
+        bonus = forced_bonus(full1 * m, first, last)
         if self.score2 == "max":
             keys = cache.k[:, : full1 * self.s1].reshape(hkv, full1, self.s1 * d)
             if sel1 is not None:
@@ -256,7 +258,7 @@ class MPCachePolicy(Policy):
             k2 = math.floor(self.r2 * full1 * m + 1e-9)
         else:
             k2 = (n_budget - tail) // self.s2
-        k2 = min(k1 * m, max(k2, ends if self.force_ends else 1, 1))
+        k2 = min(k1 * m, max(k2, ends, 1))
         sel2 = backend.topk(s2, k2) if k2 < k1 * m else None
         return Selection(cache.appended, full1, sel1, k1, sel2, k2)
 

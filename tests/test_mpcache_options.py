@@ -134,3 +134,24 @@ def test_maxnorm_lets_each_query_head_rank_its_own_best_cluster_first():
     assert combine(s, "sum", BACKEND).tolist() == [[11.0, 16.0, 32.0]]  # head 1's scale dominates
     assert combine(s, "max", BACKEND).tolist() == [[10.0, 11.0, 30.0]]
     assert combine(s, "maxnorm", BACKEND).tolist() == [[-4.0, 0.0, 0.0]]  # both favourites on top
+
+
+@pytest.mark.parametrize("force_last", [True, False])
+def test_force_last_false_forces_only_the_sink_cluster(force_last):
+    length, g = 256, 3
+    gen = torch.Generator().manual_seed(7)
+    k, v = torch.randn(2, 3, length, 8, generator=gen)
+    q = torch.randn(9, 1, 8, generator=gen)
+    for h in range(3):  # the last full level-2 cluster scores far below every other one
+        noise = 0.1 * torch.rand(16, 8, generator=gen)
+        k[h, length - 16 :] = -10.0 * q[h * g : (h + 1) * g, 0].sum(0) - noise
+    policy = make_policy("mpcache", 0.25, static=False, share=False, hierarchy=False, score2="max",
+                         force_last=force_last)
+    cache = LayerCache()
+    cache.append(k, v, BACKEND)
+    policy.after_prefill(0, PromptInfo(None, None, num_layers=1), cache, BACKEND)
+    keys, _ = policy.decode_kv(0, q, cache, BACKEND)
+    for h in range(3):
+        rows = set(_rows(k[h], keys[h]))
+        assert set(range(16)) <= rows  # the sink cluster is always kept
+        assert (set(range(length - 16, length)) <= rows) == force_last

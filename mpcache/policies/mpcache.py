@@ -12,6 +12,13 @@ Setting ``r2`` directly uses k2 = floor(r2 * C2) instead (DESIGN's definition; C
 clusters), which can exceed the budget by the tail.
 
 Always kept: the first and the last full cluster at both levels (sink and recency) and the tail.
+
+Accuracy options (issue 15; each keeps the original behaviour as one of its values, see
+mpcache_scoring.py): ``static_heads`` (mean | kv: per-KV-head static eviction, max over the group),
+``window_free`` (the static window kept besides rho*T), ``score`` (linear | signed: sign-aware alpha
+mix, Quest's bound at alpha=1), ``group`` (sum | max | maxnorm over a GQA group's query heads),
+``score2`` (summary | max: a level-2 cluster scored by the max of q.k over its tokens, no exp),
+``force_last`` (False: only the sink cluster is forced).
 Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secret; this file uses
 Backend ops only (matmul, sum, amax/amin, topk, gather, cat, + and * with public constants).
 """

@@ -17,15 +17,16 @@ BACKEND = PlainBackend()
 
 
 def _static_cache(static_heads: str, window_free: bool = False):
-    """T=40, window 8, 2 KV heads x 2 query heads. Token 3 (a) is attended by three query heads,
-    token 7 (j) by one head of KV head 1 only; one non-window token is kept."""
+    """T=40, window 8, 2 KV heads x 2 query heads. Token 3 (a) is attended by both heads of KV head 0,
+    token 7 (j) by one head of KV head 1 only (its other head attends evenly); one non-window token
+    is kept."""
     t, d = 40, 8
     gen = torch.Generator().manual_seed(0)
     k = torch.randn(2, t, d, generator=gen) * 0.01
     k[:, 3, 0] = 10.0  # a
     k[:, 7, 1] = 10.0  # j
     q = torch.zeros(4, t, d)
-    q[0, :, 0] = q[1, :, 0] = q[3, :, 0] = 10.0  # heads 0, 1 (KV 0) and 3 (KV 1) look at a
+    q[0, :, 0] = q[1, :, 0] = 10.0  # heads 0, 1 (KV 0) look at a; head 3 (KV 1) at nothing
     q[2, :, 1] = 10.0  # head 2 (KV 1) looks at j
     policy = make_policy("mpcache", 0.1, rho=9 / 40, dynamic=False, share=False,
                          static_heads=static_heads, window_free=window_free)

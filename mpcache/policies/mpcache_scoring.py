@@ -64,10 +64,10 @@ def cluster_scores(
     hkv, g, _ = q.shape
     if rng is None and group == "sum":
         qs = backend.sum(q, 1, keepdim=True)
-        return backend.matmul(qs, base.transpose(1, 2)).reshape(hkv, -1)
-    s = backend.matmul(q, base.transpose(1, 2))  # [Hkv, g, C]
+        return backend.matmul_t(qs, base).reshape(hkv, -1)
+    s = backend.matmul_t(q, base)  # [Hkv, g, C]
     if rng is not None and alpha != 0.5:
-        s = s + backend.matmul(relu(q, backend), rng.transpose(1, 2)) * (2.0 * alpha - 1.0)
+        s = s + backend.matmul_t(relu(q, backend), rng) * (2.0 * alpha - 1.0)
     return combine(s, group, backend)
 
 
@@ -85,6 +85,6 @@ def token_max_scores(q: Tensor, keys: Tensor, size: int, group: str, backend: Ba
     """Scores [Hkv, n/size] of contiguous clusters of ``size`` keys [Hkv, n, d]: the max over each
     cluster's tokens of q.k (a matmul, then comparisons; no exp), combined over the group by sum or max."""
     hkv, g, _ = q.shape
-    logits = backend.matmul(q, keys.transpose(1, 2))  # [Hkv, g, n]
+    logits = backend.matmul_t(q, keys)  # [Hkv, g, n]
     best = backend.amax(logits.reshape(hkv, g, keys.shape[1] // size, size), 3)
     return combine(best, group, backend)

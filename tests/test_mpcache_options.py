@@ -156,3 +156,25 @@ def test_force_last_false_forces_only_the_sink_cluster(force_last):
         rows = set(_rows(k[h], keys[h]))
         assert set(range(16)) <= rows  # the sink cluster is always kept
         assert (set(range(length - 16, length)) <= rows) == force_last
+
+
+# The options under 2PC (random:tiny, plaintext prefill): same tokens and cache lengths as the
+# plaintext simulation of the MPC numerics, selection traffic where expected (~90 s).
+MPC_SPECS = [
+    "mpcache:s1=16:s2=8:static_heads=kv:window_free=true:score=signed:alpha=1:group=maxnorm@0.1",
+    "mpcache:s1=16:s2=8:static=false:hierarchy=false:score2=max:group=maxnorm:share=false@0.1",
+    "mpcache:s1=16:s2=8:share_skip=0:score2=max:group=max:force_last=false@0.1",
+]
+
+
+@pytest.mark.slow
+def test_options_under_mpc_match_plaintext(tmp_path):
+    from tests.test_mpc_policies import check_runs, needs_ordered_topk
+    from tests.test_mpc_two_party import run_parties
+
+    if needs_ordered_topk.args[0]:
+        pytest.skip(needs_ordered_topk.kwargs["reason"])
+    record = run_parties(tmp_path, "--policy", ",".join(MPC_SPECS), "--prompt-len", "256",
+                         "--prefill", "plaintext", "--new-tokens", "3", "--timeout", "300", timeout=1500)
+    assert [r["policy"] for r in record["runs"]] == MPC_SPECS
+    check_runs(record, 256, 3)

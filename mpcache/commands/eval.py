@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     if longest > model.config.max_positions:
         raise UserError(f"--length {max(lengths)} plus the answer exceeds the model's "
                         f"{model.config.max_positions} positions")
+    from mpcache.commands.train import ensure_trained
+
+    ensure_trained(policies, model, not args.no_progress)
     transformer = Transformer(model.config, model.weights, PlainBackend())
     total = len(lengths) * args.samples * len(cfg.runs())
     with tqdm(total=total, desc=f"eval {args.task}", unit="run", disable=args.no_progress,

@@ -12,6 +12,13 @@ Setting ``r2`` directly uses k2 = floor(r2 * C2) instead (DESIGN's definition; C
 clusters), which can exceed the budget by the tail.
 
 Always kept: the first and the last full cluster at both levels (sink and recency) and the tail.
+
+Accuracy options (issue 15; each keeps the original behaviour as one of its values, see
+mpcache_scoring.py): ``static_heads`` (mean | kv: per-KV-head static eviction, max over the group),
+``window_free`` (the static window kept besides rho*T), ``score`` (linear | signed: sign-aware alpha
+mix, Quest's bound at alpha=1), ``group`` (sum | max | maxnorm over a GQA group's query heads),
+``score2`` (summary | max: a level-2 cluster scored by the max of q.k over its tokens, no exp),
+``force_last`` (False: only the sink cluster is forced).
 Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secret; this file uses
 Backend ops only (matmul, sum, amax/amin, topk, gather, cat, + and * with public constants).
 """
@@ -26,19 +33,33 @@ from mpcache.cache import LayerCache
 from mpcache.errors import UserError
 from mpcache.policies.base import Policy, PromptInfo
 from mpcache.policies.clusters import ClusterBounds, ends_mask, gather_clusters, max_and_min, top
+from mpcache.policies.mpcache_scoring import (
+    GROUP,
+    SCORES,
+    SCORES2,
+    STATIC_HEADS,
+    cluster_scores,
+    static_importance,
+    summaries,
+    token_max_scores,
+)
 from mpcache.policies.static import StaticChoice, choose, evict
 
 
 @dataclass
 class Summaries:
-    """Cluster summaries c~ = alpha*max + (1-alpha)*min, each computed once when its cluster fills."""
+    """Cluster summaries, each computed once when its cluster fills: c~ = alpha*max + (1-alpha)*min
+    (score = linear), or base = min + (1-alpha)*range and range (score = signed)."""
 
     s1: int
     s2: int
     alpha: float
+    score: str = "linear"
     bounds2: ClusterBounds = field(init=False)
     c2: Tensor | None = None  # [Hkv, C2, d]
     c1: Tensor | None = None  # [Hkv, C1, d]
+    r2: Tensor | None = None  # ranges (signed score only)
+    r1: Tensor | None = None
     count1: int = 0
     computed1: int = 0
 
@@ -51,12 +72,12 @@ class Summaries:
 
     def update(self, keys: Tensor, backend: Backend) -> int:
         """Summarise newly filled clusters of ``keys``; returns the number of full level-1 clusters."""
-        b2, a = self.bounds2, self.alpha
+        b2 = self.bounds2
         before = b2.count
         after = b2.update(keys, backend)
         if after > before:
-            fresh = b2.kmax[:, before:after] * a + b2.kmin[:, before:after] * (1.0 - a)
-            self.c2 = fresh if self.c2 is None else backend.cat([self.c2, fresh], dim=1)
+            c, r = summaries(b2.kmax[:, before:after], b2.kmin[:, before:after], self.alpha, self.score)
+            self.c2, self.r2 = _append(self.c2, c, backend), _append(self.r2, r, backend)
         m = self.s1 // self.s2
         full1 = keys.shape[1] // self.s1
         if full1 > self.count1:
@@ -64,15 +85,22 @@ class Summaries:
             lo, hi = self.count1 * m, full1 * m
             kmax, _ = max_and_min(b2.kmax[:, lo:hi].reshape(h, full1 - self.count1, m, d), 2, backend)
             _, kmin = max_and_min(b2.kmin[:, lo:hi].reshape(h, full1 - self.count1, m, d), 2, backend)
-            fresh = kmax * a + kmin * (1.0 - a)
-            self.c1 = fresh if self.c1 is None else backend.cat([self.c1, fresh], dim=1)
+            c, r = summaries(kmax, kmin, self.alpha, self.score)
+            self.c1, self.r1 = _append(self.c1, c, backend), _append(self.r1, r, backend)
             self.computed1 += full1 - self.count1
             self.count1 = full1
         return self.count1
 
     def nbytes(self) -> int:
-        extra = sum(t.numel() * t.element_size() for t in (self.c1, self.c2) if hasattr(t, "element_size"))
+        extra = sum(t.numel() * t.element_size() for t in (self.c1, self.c2, self.r1, self.r2)
+                    if hasattr(t, "element_size"))
         return self.bounds2.nbytes() + extra
+
+
+def _append(old: Tensor | None, fresh: Tensor | None, backend: Backend) -> Tensor | None:
+    if fresh is None or old is None:
+        return fresh
+    return backend.cat([old, fresh], dim=1)
 
 
 @dataclass
@@ -104,6 +132,13 @@ class MPCachePolicy(Policy):
     share: bool = True  # cross-layer sharing of selections
     share_skip: int = 2  # layers at each end that always select on their own
     force_ends: bool = True  # always keep the first and last full cluster
+    force_last: bool = True  # with force_ends: False keeps only the first (the tail holds the newest)
+    # Accuracy options (issue 15; the defaults above/below marked "old" reproduce the original):
+    static_heads: str = "mean"  # mean: one kept set per layer (old) | kv: per KV head, max over its group
+    window_free: bool = False  # True: the static window is kept on top of rho*T top tokens (old: inside)
+    score: str = "linear"  # linear: q.c~ (old) | signed: sign-aware alpha mix (alpha=1: Quest's bound)
+    group: str = "sum"  # GQA group's query heads combined by: sum (old) | max | maxnorm (see scoring)
+    score2: str = "summary"  # level 2 scored by: summary (old) | max: max over the cluster's tokens of q.k
 
     name = "mpcache"
 
@@ -112,6 +147,11 @@ class MPCachePolicy(Policy):
             raise UserError(f"mpcache: s1 ({self.s1}) must be a multiple of s2 ({self.s2})")
         if self.importance not in ("max", "sum"):
             raise UserError(f"mpcache: importance must be max or sum, got {self.importance!r}")
+        for key, allowed in (("static_heads", STATIC_HEADS), ("score", SCORES), ("group", GROUP),
+                             ("score2", SCORES2)):
+            value = getattr(self, key)
+            if value not in allowed:
+                raise UserError(f"mpcache: {key} must be one of {', '.join(allowed)}, got {value!r}")
         for key in ("rho", "r1", "r2", "window", "alpha"):
             value = getattr(self, key)
             if value is not None and not 0.0 < value <= 1.0 and not (key == "alpha" and value == 0):
@@ -146,7 +186,7 @@ class MPCachePolicy(Policy):
     def _static_sizes(self, t: int) -> tuple[int, int]:
         """(window, keep) of the static stage for a prompt of t tokens (public)."""
         window = math.ceil((self.long_window if t > self.long_prompt else self.window) * t)
-        keep = min(t, math.ceil(self.kept_fraction() * t - 1e-9))
+        keep = min(t, math.ceil(self.kept_fraction() * t - 1e-9) + (window if self.window_free else 0))
         return min(window, keep), keep
 
     def prompt_rows(self, prompt_len: int) -> int:
@@ -167,15 +207,13 @@ class MPCachePolicy(Policy):
         else:
             # Importance from the window rows prefill computed anyway (no second softmax).
             probs = prompt.window_probs(window, cache.k, backend)  # [Hkv, g, W, T]
-            attn = backend.sum(backend.sum(probs, 0), 0) * (1.0 / prompt.q.shape[0])  # head mean [W, T]
-            prefix = attn[:, : t - window]
-            score = backend.amax(prefix, 0) if self.importance == "max" else backend.sum(prefix, 0)
-            choice = choose(score.reshape(1, t - window), keep - window, backend)  # shared by all heads
+            score = static_importance(probs, t - window, self.static_heads, self.importance, backend)
+            choice = choose(score, keep - window, backend)  # [1 or Hkv, ...]: per layer or per KV head
         self._static_sel[layer] = choice
         if choice is not None:
             evict(cache, choice, backend)
         if role != "follower" and self.dynamic:
-            cache.state["summaries"] = Summaries(self.s1, self.s2, self.alpha)
+            cache.state["summaries"] = Summaries(self.s1, self.s2, self.alpha, self.score)
             cache.state["summaries"].update(cache.k, backend)
 
     def decode_kv(self, layer: int, q: Tensor, cache: LayerCache, backend: Backend) -> tuple[Tensor, Tensor]:
@@ -204,25 +242,33 @@ class MPCachePolicy(Policy):
         m = self.s1 // self.s2
         hkv, _, d = cache.k.shape
         tail = n - full1 * self.s1
-        qs = backend.sum(q.reshape(hkv, q.shape[0] // hkv, d), 1, keepdim=True)  # [Hkv, 1, d] (GQA)
-        ends = 2 if self.force_ends and full1 > 1 else int(self.force_ends)
+        qg = q.reshape(hkv, q.shape[0] // hkv, d)  # [Hkv, g, d] (GQA)
+        ends = min(full1, self.force_ends + (self.force_ends and self.force_last))
         # Level 1: linear score against the summaries, keep the top r1 (plus first and last).
         sel1, k1 = None, full1
         if self.hierarchy:
             k1 = min(full1, max(ends, math.ceil(self.level1_fraction() * full1 - 1e-9)))
             if k1 < full1:
-                s1 = backend.matmul_t(qs, summaries.c1).reshape(hkv, full1)
+                s1 = self._scores(qg, summaries.c1, summaries.r1, backend)
                 sel1 = top(backend, s1, k1, self._forced(full1, hkv))
-        # Level 2: score every full child once (one matmul), keep the children of sel1 (in position
-        # order, so the first and last child stay at the ends), take the top k2.
-        s2 = backend.matmul_t(qs, summaries.c2[:, : full1 * m]).reshape(hkv, full1 * m)
-        if sel1 is not None:
-            s2 = backend.gather(sel1, s2.reshape(hkv, full1, m)).reshape(hkv, k1 * m)
+        # Level 2: score the children of sel1 (kept in position order, so the first and last child stay
+        # at the ends), take the top k2. summary: every full child in one matmul, then gather; max: the
+        # max of q.k over each child's tokens, computed inside the kept level-1 clusters only.
+        if self.score2 == "max":
+            keys = cache.k[:, : full1 * self.s1].reshape(hkv, full1, self.s1 * d)
+            if sel1 is not None:
+                keys = backend.gather(sel1, keys)
+            s2 = token_max_scores(qg, keys.reshape(hkv, k1 * self.s1, d), self.s2, self.group, backend)
+        else:
+            r2 = None if summaries.r2 is None else summaries.r2[:, : full1 * m]
+            s2 = self._scores(qg, summaries.c2[:, : full1 * m], r2, backend)
+            if sel1 is not None:
+                s2 = backend.gather(sel1, s2.reshape(hkv, full1, m)).reshape(hkv, k1 * m)
         if self.r2 is not None:
             k2 = math.floor(self.r2 * full1 * m + 1e-9)
         else:
             k2 = (n_budget - tail) // self.s2
-        k2 = min(k1 * m, max(k2, ends if self.force_ends else 1, 1))
+        k2 = min(k1 * m, max(k2, ends, 1))
         if k2 >= k1 * m:  # every child of the level-1 picks: gather whole level-1 clusters
             return None if sel1 is None else Selection(cache.appended, sel1, full1, self.s1, k1)
         sel2 = top(backend, s2, k2, self._forced(k1 * m, hkv))
@@ -231,7 +277,11 @@ class MPCachePolicy(Policy):
         return Selection(cache.appended, sel2, full1 * m, self.s2, k2)
 
     def _forced(self, count: int, heads: int):
-        return ends_mask(count, self.force_ends, self.force_ends, heads) if self.force_ends else None
+        last = self.force_ends and self.force_last
+        return ends_mask(count, self.force_ends, last, heads) if self.force_ends else None
+
+    def _scores(self, qg: Tensor, base: Tensor, rng: Tensor | None, backend: Backend) -> Tensor:
+        return cluster_scores(qg, base, rng, self.alpha, self.group, backend)
 
     def _apply(self, choice: Selection | None, cache: LayerCache, backend: Backend) -> tuple[Tensor, Tensor]:
         """Gather the chosen clusters' tokens (one gather of the cluster-major cache) plus the tail."""

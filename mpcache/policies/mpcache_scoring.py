@@ -1,0 +1,90 @@
+"""MPCache's scoring helpers (accuracy options of :class:`MPCachePolicy`), Backend ops only.
+
+- Static importance: which prompt tokens the observation window attends to, either averaged over
+  all heads of the layer (one kept set per layer, the original) or per KV head (the max over the
+  query heads of its group, so one retrieval head pointing at a token is enough to keep it).
+- Cluster similarity: the original linear score q.c~ with c~ = alpha*max + (1-alpha)*min, or the
+  sign-aware mix: per channel alpha*max + (1-alpha)*min where q_c >= 0 and alpha*min +
+  (1-alpha)*max where q_c < 0. With alpha = 1 that is Quest's upper bound sum_c max(q_c*max_c,
+  q_c*min_c). It equals q.(min + (1-alpha)*range) + (2*alpha-1)*relu(q).range: two matmuls with
+  per-cluster summaries computed once, plus one relu (a comparison per channel of q) per step.
+- Level-2 token max (score2 = max): a level-2 cluster's score is the max over its tokens of q.k,
+  computed only inside the level-1 clusters kept (a matmul over r1 of the cache plus comparisons;
+  still no exp or softmax over the cache).
+"""
+
+from __future__ import annotations
+
+from mpcache.backend import Backend, Tensor
+
+STATIC_HEADS = ("mean", "kv")
+SCORES = ("linear", "signed")
+GROUP = ("sum", "max", "maxnorm")
+SCORES2 = ("summary", "max")
+
+
+def static_importance(probs: Tensor, cut: int, heads: str, importance: str, backend: Backend) -> Tensor:
+    """Importance of the first ``cut`` prompt tokens from window probabilities [Hkv, g, W, T].
+
+    heads = mean: one row [1, cut] (head mean, then max or sum over window rows);
+    heads = kv: one row per KV head [Hkv, cut] (max over the group's query heads and window rows,
+    or for importance = sum: the window sum, then the max over the group)."""
+    prefix = probs[..., :cut]
+    if heads == "mean":
+        attn = backend.sum(backend.sum(prefix, 0), 0) * (1.0 / (probs.shape[0] * probs.shape[1]))
+        score = backend.amax(attn, 0) if importance == "max" else backend.sum(attn, 0)
+        return score.reshape(1, cut)
+    hkv, g, w, _ = prefix.shape
+    if importance == "max":
+        return backend.amax(prefix.reshape(hkv, g * w, cut), 1)
+    return backend.amax(backend.sum(prefix, 2), 1)
+
+
+def relu(x: Tensor, backend: Backend) -> Tensor:
+    """max(x, 0) elementwise, as a max over a stacked pair (one secret comparison per entry)."""
+    return backend.amax(backend.cat([x[None], x[None] * 0.0], dim=0), 0)
+
+
+def summaries(kmax: Tensor, kmin: Tensor, alpha: float, score: str) -> tuple[Tensor, Tensor | None]:
+    """Per-cluster summaries (computed once per cluster): linear -> (c~, None); signed ->
+    (min + (1-alpha)*range, range)."""
+    if score == "linear":
+        return kmax * alpha + kmin * (1.0 - alpha), None
+    rng = kmax - kmin
+    return kmin + rng * (1.0 - alpha), rng
+
+
+def cluster_scores(
+    q: Tensor, base: Tensor, rng: Tensor | None, alpha: float, group: str, backend: Backend
+) -> Tensor:
+    """Scores [Hkv, C] of the clusters for the decode queries ``q`` [Hkv, g, d].
+
+    ``base``/``rng`` [Hkv, C, d] from :func:`summaries`. ``group`` combines the query heads of a KV
+    head: sum (one matmul with the summed query when linear), max, or maxnorm (see :func:`combine`)."""
+    hkv, g, _ = q.shape
+    if rng is None and group == "sum":
+        qs = backend.sum(q, 1, keepdim=True)
+        return backend.matmul_t(qs, base).reshape(hkv, -1)
+    s = backend.matmul_t(q, base)  # [Hkv, g, C]
+    if rng is not None and alpha != 0.5:
+        s = s + backend.matmul_t(relu(q, backend), rng) * (2.0 * alpha - 1.0)
+    return combine(s, group, backend)
+
+
+def combine(s: Tensor, group: str, backend: Backend) -> Tensor:
+    """[Hkv, g, C] per query head -> [Hkv, C]: sum, max, or maxnorm (max over the heads of each
+    head's score minus its best cluster's, so every head's favourite clusters rank first)."""
+    if group == "sum":
+        return backend.sum(s, 1)
+    if group == "maxnorm":
+        s = s - backend.amax(s, 2, keepdim=True)
+    return backend.amax(s, 1)
+
+
+def token_max_scores(q: Tensor, keys: Tensor, size: int, group: str, backend: Backend) -> Tensor:
+    """Scores [Hkv, n/size] of contiguous clusters of ``size`` keys [Hkv, n, d]: the max over each
+    cluster's tokens of q.k (a matmul, then comparisons; no exp), combined over the group by sum or max."""
+    hkv, g, _ = q.shape
+    logits = backend.matmul_t(q, keys)  # [Hkv, g, n]
+    best = backend.amax(logits.reshape(hkv, g, keys.shape[1] // size, size), 3)
+    return combine(best, group, backend)

@@ -1,0 +1,180 @@
+"""MPCache's accuracy options (issue 15): each does what it says, on hand-made keys and queries."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mpcache.backend import PlainBackend
+from mpcache.cache import LayerCache
+from mpcache.policies import make_policy
+from mpcache.policies.base import PromptInfo
+from mpcache.policies.mpcache_scoring import cluster_scores, relu, summaries, token_max_scores
+
+BACKEND = PlainBackend()
+
+
+def _static_cache(static_heads: str, window_free: bool = False):
+    """T=40, window 8, 2 KV heads x 2 query heads. Token 3 (a) is attended by both heads of KV head 0,
+    token 7 (j) by one head of KV head 1 only (its other head attends evenly); one non-window token
+    is kept."""
+    t, d = 40, 8
+    gen = torch.Generator().manual_seed(0)
+    k = torch.randn(2, t, d, generator=gen) * 0.01
+    k[:, 3, 0] = 10.0  # a
+    k[:, 7, 1] = 10.0  # j
+    q = torch.zeros(4, t, d)
+    q[0, :, 0] = q[1, :, 0] = 10.0  # heads 0, 1 (KV 0) look at a; head 3 (KV 1) at nothing
+    q[2, :, 1] = 10.0  # head 2 (KV 1) looks at j
+    policy = make_policy("mpcache", 0.1, rho=9 / 40, dynamic=False, share=False,
+                         static_heads=static_heads, window_free=window_free)
+    cache = LayerCache()
+    cache.append(k, k.clone(), BACKEND)
+    policy.after_prefill(0, PromptInfo(q, None, num_layers=1), cache, BACKEND)
+    return k, cache
+
+
+def _rows(full: torch.Tensor, kept: torch.Tensor) -> list[int]:
+    return [int((full == row).all(-1).nonzero()[0]) for row in kept]
+
+
+def test_per_kv_head_static_keeps_a_token_one_head_attends():
+    k, mean = _static_cache("mean")
+    assert [_rows(k[h], mean.k[h, :1]) for h in range(2)] == [[3], [3]]  # head mean: a everywhere
+    k, per_head = _static_cache("kv")
+    assert [_rows(k[h], per_head.k[h, :1]) for h in range(2)] == [[3], [7]]  # KV head 1 keeps j
+    for cache in (mean, per_head):  # the window (last 8 tokens) is kept as is
+        assert cache.length == 9 and torch.equal(cache.k[:, 1:], k[:, 32:])
+
+
+def test_window_free_keeps_rho_tokens_besides_the_window():
+    k, cache = _static_cache("kv", window_free=True)
+    assert cache.length == 9 + 8  # ceil(rho*T) top tokens + the window
+    assert {3, 7} <= set(_rows(k[1], cache.k[1, :9])) and torch.equal(cache.k[:, 9:], k[:, 32:])
+
+
+def test_signed_score_ranks_an_outlier_cluster_first():
+    # q is negative in channel 0. Cluster 0: every token gives q.k = 0.5. Cluster 1: q.k = -0.4
+    # for all tokens but one outlier with q.k = 1 (the true best token).
+    q = torch.tensor([[[-1.0, 0.0]]])
+    keys = torch.zeros(1, 32, 2)
+    keys[0, :16, 0] = -0.5
+    keys[0, 16:, 0] = 0.4
+    keys[0, 20, 0] = -1.0
+    kmax, kmin = keys.reshape(1, 2, 16, 2).amax(2), keys.reshape(1, 2, 16, 2).amin(2)
+    linear = cluster_scores(q, *summaries(kmax, kmin, 0.6, "linear"), 0.6, "sum", BACKEND)
+    signed = cluster_scores(q, *summaries(kmax, kmin, 0.8, "signed"), 0.8, "sum", BACKEND)
+    assert linear.argmax().item() == 0 and signed.argmax().item() == 1
+    assert token_max_scores(q, keys, 16, "sum", BACKEND).argmax().item() == 1
+
+
+def test_signed_score_is_quests_bound_at_alpha_1_and_the_midpoint_at_one_half():
+    gen = torch.Generator().manual_seed(3)
+    kmax, kmin = torch.randn(2, 2, 5, 8, generator=gen).sort(0).values.flip(0)
+    q = torch.randn(2, 3, 8, generator=gen)  # 2 KV heads x 3 query heads
+    bound = torch.maximum(q[:, :, None] * kmax[:, None], q[:, :, None] * kmin[:, None]).sum(-1)  # [2,3,5]
+    got = cluster_scores(q, *summaries(kmax, kmin, 1.0, "signed"), 1.0, "sum", BACKEND)
+    assert torch.allclose(got, bound.sum(1), atol=1e-5)
+    got = cluster_scores(q, *summaries(kmax, kmin, 1.0, "signed"), 1.0, "max", BACKEND)
+    assert torch.allclose(got, bound.amax(1), atol=1e-5)
+    mid = cluster_scores(q, *summaries(kmax, kmin, 0.5, "signed"), 0.5, "sum", BACKEND)
+    lin = cluster_scores(q, *summaries(kmax, kmin, 0.5, "linear"), 0.5, "sum", BACKEND)
+    assert torch.allclose(mid, lin, atol=1e-5)
+    assert torch.equal(relu(q, BACKEND), q.clamp(min=0))
+
+
+def _decode_once(length: int, budget: float, **options):
+    gen = torch.Generator().manual_seed(length)
+    k, v = torch.randn(2, 3, length, 8, generator=gen)
+    q = torch.randn(9, 1, 8, generator=gen)
+    policy = make_policy("mpcache", budget, static=False, share=False, **options)
+    cache = LayerCache()
+    cache.append(k, v, BACKEND)
+    policy.after_prefill(0, PromptInfo(None, None, num_layers=1), cache, BACKEND)
+    keys, _ = policy.decode_kv(0, q, cache, BACKEND)
+    return k, q, keys
+
+
+@pytest.mark.parametrize("options", [{}, {"score": "signed", "alpha": 1.0}, {"score2": "max"},
+                                     {"score2": "max", "hierarchy": False, "group": "max"}])
+def test_forced_clusters_are_inside_the_budget(options):
+    length, budget = 413, 0.2  # n = 83 >= s1 + 2*s2: room for the forced clusters and the tail
+    k, _, keys = _decode_once(length, budget, **options)
+    assert keys.shape[1] <= math.ceil(budget * length)
+    full = length // 32 * 32
+    for h in range(3):  # sink cluster, last full cluster and the tail are among the attended keys
+        rows = _rows(k[h], keys[h])
+        assert set(range(16)) | set(range(full - 16, length)) <= set(rows)
+
+
+def test_level2_token_max_picks_the_clusters_with_the_best_single_key():
+    length = 256
+    k, q, keys = _decode_once(length, 0.25, score2="max", hierarchy=False, force_ends=False)
+    g = 3
+    for h in range(3):
+        logits = q[h * g : (h + 1) * g, 0] @ k[h].T  # [g, n]
+        best = logits.reshape(g, length // 16, 16).amax(-1).sum(0)
+        chosen = sorted(torch.topk(best, 4).indices.tolist())
+        assert _rows(k[h], keys[h]) == [16 * c + i for c in chosen for i in range(16)]
+
+
+def test_unknown_option_values_are_user_errors():
+    from mpcache.errors import UserError
+
+    for key, value in (("static_heads", "all"), ("score", "cosine"), ("group", "mean"), ("score2", "x")):
+        with pytest.raises(UserError, match=key):
+            make_policy("mpcache", 0.1, **{key: value})
+
+
+def test_maxnorm_lets_each_query_head_rank_its_own_best_cluster_first():
+    from mpcache.policies.mpcache_scoring import combine
+
+    s = torch.tensor([[[1.0, 5.0, 2.0], [10.0, 11.0, 30.0]]])  # head 0 prefers cluster 1, head 1 cluster 2
+    assert combine(s, "sum", BACKEND).tolist() == [[11.0, 16.0, 32.0]]  # head 1's scale dominates
+    assert combine(s, "max", BACKEND).tolist() == [[10.0, 11.0, 30.0]]
+    assert combine(s, "maxnorm", BACKEND).tolist() == [[-4.0, 0.0, 0.0]]  # both favourites on top
+
+
+@pytest.mark.parametrize("force_last", [True, False])
+def test_force_last_false_forces_only_the_sink_cluster(force_last):
+    length, g = 256, 3
+    gen = torch.Generator().manual_seed(7)
+    k, v = torch.randn(2, 3, length, 8, generator=gen)
+    q = torch.randn(9, 1, 8, generator=gen)
+    for h in range(3):  # the last full level-2 cluster scores far below every other one
+        noise = 0.1 * torch.rand(16, 8, generator=gen)
+        k[h, length - 16 :] = -10.0 * q[h * g : (h + 1) * g, 0].sum(0) - noise
+    policy = make_policy("mpcache", 0.25, static=False, share=False, hierarchy=False, score2="max",
+                         force_last=force_last)
+    cache = LayerCache()
+    cache.append(k, v, BACKEND)
+    policy.after_prefill(0, PromptInfo(None, None, num_layers=1), cache, BACKEND)
+    keys, _ = policy.decode_kv(0, q, cache, BACKEND)
+    for h in range(3):
+        rows = set(_rows(k[h], keys[h]))
+        assert set(range(16)) <= rows  # the sink cluster is always kept
+        assert (set(range(length - 16, length)) <= rows) == force_last
+
+
+# The options under 2PC (random:tiny, plaintext prefill): same tokens and cache lengths as the
+# plaintext simulation of the MPC numerics, selection traffic where expected (~90 s).
+MPC_SPECS = [
+    "mpcache:s1=16:s2=8:static_heads=kv:window_free=true:score=signed:alpha=1:group=maxnorm@0.1",
+    "mpcache:s1=16:s2=8:static=false:hierarchy=false:score2=max:group=maxnorm:share=false@0.1",
+    "mpcache:s1=16:s2=8:share_skip=0:score2=max:group=max:force_last=false@0.1",
+]
+
+
+@pytest.mark.slow
+def test_options_under_mpc_match_plaintext(tmp_path):
+    from tests.test_mpc_policies import check_runs, needs_ordered_topk
+    from tests.test_mpc_two_party import run_parties
+
+    if needs_ordered_topk.args[0]:
+        pytest.skip(needs_ordered_topk.kwargs["reason"])
+    record = run_parties(tmp_path, "--policy", ",".join(MPC_SPECS), "--prompt-len", "256",
+                         "--prefill", "plaintext", "--new-tokens", "3", "--timeout", "300", timeout=1500)
+    assert [r["policy"] for r in record["runs"]] == MPC_SPECS
+    check_runs(record, 256, 3)

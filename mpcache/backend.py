@@ -24,7 +24,8 @@ class Approximations:
     """Which non-linear approximations to use. ``exact`` everywhere means plain torch math.
 
     The MPC backend always approximates; PlainBackend uses these to simulate the MPC numerics so
-    their accuracy effect can be measured in plaintext.
+    their accuracy effect can be measured in plaintext. Named presets (:meth:`preset`): ``v1`` (the
+    first construction, the defaults below) and ``fast`` (fewer rounds; see ``PRESETS``).
     """
 
     exact: bool = True
@@ -33,7 +34,43 @@ class Approximations:
     softmax_clip: float = 0.0  # if > 0, scores below max - clip are dropped (MPC-friendly mask)
     inv_sqrt_iterations: int = 3  # Newton steps for RMSNorm's 1/sqrt(variance), after range reduction
     sigmoid_iterations: int = 3  # Newton steps for 1/(1 + exp(-|x|)) in SiLU
+    # Initial guess of the Newton iterations on the reduced range: "chord" (the secant line) or
+    # "minimax" (the linear guess with the least relative error: fewer steps for the same accuracy).
+    initial_guess: str = "chord"
+    # Secret comparisons: "crypten" (CrypTen's binary adder circuit, ~8 rounds) or "dealer" (the
+    # dealer's one-hot digit tables, 1 + ceil(log2(digits)) rounds; protocols/digits.py).
+    comparison: str = "crypten"
+    # Max / argmax tournaments: elements compared per group in one comparison layer ("arity" 2 is
+    # the binary tree; 4 compares all pairs of 4 at once and picks the winner by a product tree).
+    max_arity: int = 2
     # The formulas are in mpcache/approx.py (plaintext) and protocols/nonlinear.py (MPC).
+
+    @classmethod
+    def preset(cls, name: str) -> Approximations:
+        """``exact``, ``v1`` or ``fast`` (see ``PRESETS``)."""
+        if name not in PRESETS:
+            from mpcache.errors import UserError
+
+            raise UserError(f"unknown approximation preset {name!r} (choose {', '.join(PRESETS)})")
+        return cls(**PRESETS[name])
+
+    @property
+    def name(self) -> str:
+        """The preset these settings equal, else "custom"."""
+        for key, values in PRESETS.items():
+            if self == Approximations(**values):
+                return key
+        return "custom"
+
+
+PRESETS: dict[str, dict] = {
+    "exact": {},
+    "v1": {"exact": False},
+    # Chosen by `mpcache bench ops`: dealer comparisons, minimax initial guesses with fewer Newton
+    # steps (max relative error 5e-6 reciprocal, 2e-4 inverse square root, 1e-5 sigmoid's 1/(1+u)).
+    "fast": {"exact": False, "comparison": "dealer", "initial_guess": "minimax",
+             "reciprocal_iterations": 3, "inv_sqrt_iterations": 2, "sigmoid_iterations": 2},
+}
 
 
 class Backend:
@@ -161,14 +198,16 @@ class PlainBackend(Backend):
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         if not self.approx.exact:
-            return approx.rms_norm(x, weight, eps, self.approx.inv_sqrt_iterations)
+            return approx.rms_norm(x, weight, eps, self.approx.inv_sqrt_iterations,
+                                   self.approx.initial_guess)
         variance = x.pow(2).mean(-1, keepdim=True)
         return x * torch.rsqrt(variance + eps) * weight
 
     def silu(self, x: torch.Tensor) -> torch.Tensor:
         if self.approx.exact:
             return torch.nn.functional.silu(x)
-        return x * approx.sigmoid(x, self.approx.exp_iterations, self.approx.sigmoid_iterations)
+        a = self.approx
+        return x * approx.sigmoid(x, a.exp_iterations, a.sigmoid_iterations, a.initial_guess)
 
     def softmax(self, scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.approx.exact:
@@ -176,7 +215,8 @@ class PlainBackend(Backend):
                 scores = scores.masked_fill(~mask, float("-inf"))
             return torch.softmax(scores, dim=-1)
         a = self.approx
-        return approx.softmax(scores, mask, a.exp_iterations, a.reciprocal_iterations, a.softmax_clip)
+        return approx.softmax(scores, mask, a.exp_iterations, a.reciprocal_iterations, a.softmax_clip,
+                              a.initial_guess)
 
     def topk(self, scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.topk(scores, k, dim=-1).indices.sort(dim=-1).values

@@ -70,6 +70,7 @@ class MPCBackend(Backend):
         self.comm = communicator.get()
         self.meter = meter or Meter(self.comm)
         self.dealer = _MeteredDealer(make_dealer(party.dealer, party.rank), self.meter)
+        self.numerics = nl.Numerics(self.approx, self.dealer)
         if party.dealer == "ttp":
             _meter_ttp_requests(self.meter)
         # Cached operands masked once, by the storage of their share (LRU; strong refs keep the
@@ -153,19 +154,18 @@ class MPCBackend(Backend):
     # --- non-linear -----------------------------------------------------------------------------------
     def rms_norm(self, x, weight: SecretWeight, eps: float):
         with self.meter.phase("norm"):
-            h = nl.rms_norm(x, eps, self.approx.inv_sqrt_iterations)
+            h = nl.rms_norm(x, eps, self.numerics)
             if weight.fixed is not None:
                 return self._fixed(h, weight.fixed, "mul")
             return h * weight.secret
 
     def silu(self, x):
         with self.meter.phase("silu"):
-            return nl.silu(x, self.approx.exp_iterations, self.approx.sigmoid_iterations)
+            return nl.silu(x, self.numerics)
 
     def softmax(self, scores, mask: torch.Tensor | None = None):
         with self.meter.phase("softmax"):
-            a = self.approx
-            return nl.softmax(scores, mask, a.exp_iterations, a.reciprocal_iterations, a.softmax_clip)
+            return nl.softmax(scores, mask, self.numerics)
 
     def rope(self, x, cos: torch.Tensor, sin: torch.Tensor):
         with self.meter.phase("rope"):
@@ -209,7 +209,7 @@ class MPCBackend(Backend):
             if self.debug_logits:
                 plain = reveal(last, dst=CLIENT)
                 self.last_logits = plain[0] if self.rank == CLIENT else None
-            _, idx = nl.tree_max(last, with_index=True)
+            _, idx = nl.tree_max(last, with_index=True, nm=self.numerics)
             value = reveal(idx, dst=CLIENT)
             return int(round(value.item())) if self.rank == CLIENT else -1
 

@@ -47,14 +47,20 @@ def log(party: Party, message: str) -> None:
 
 
 def run(party: Party, args) -> int:
-    approx = Approximations(exact=False)
+    from protocols.nonlinear import Numerics
+
+    presets = getattr(args, "approx_presets", None) or ["v1"]
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.mask_reuse]
     log(party, DEALER_NOTE[party.dealer])
     for mask_reuse in modes:
         log(party, f"setting up {args.model} (mask reuse {'on' if mask_reuse else 'off'})")
-        pm = build(party, args.model, approx, mask_reuse=mask_reuse)
+        pm = build(party, args.model, Approximations.preset(presets[0]), mask_reuse=mask_reuse)
         log(party, f"setup done in {pm.setup.compute_s:.1f} s, {pm.setup.online_bytes / 1e6:.1f} MB")
-        for length in args.length:
+        runs = [(length, name) for name in presets for length in args.length]
+        for length, name in runs:
+            approx = Approximations.preset(name)  # the same shared weights, other numerics
+            pm.backend.approx, pm.backend.numerics = approx, Numerics(approx, pm.backend.dealer)
+            log(party, f"L={length}, approximations {name}")
             prompt = synthetic_prompt(length, pm.model.config.vocab_size) if party.is_client else None
 
             def progress(token, step, length=length):
@@ -65,6 +71,7 @@ def run(party: Party, args) -> int:
             start = time.perf_counter()
             out = private_generate(pm, prompt, args.new_tokens, progress)
             record = make_record(party, args, pm, out.steps, length, mask_reuse, approx)
+            record["approx"] = name
             record["wall_s"] = time.perf_counter() - start
             if party.is_server:
                 pre_s, tok_s = plaintext_seconds(args.model, length, args.new_tokens)

@@ -51,6 +51,14 @@ def _random_ring(shape, generator=None) -> torch.Tensor:
     return generate_random_ring_element(tuple(shape), generator=generator)
 
 
+class _Pending:
+    """What a party keeps between dealing comparison material and using it (protocols/digits.py)."""
+
+    def __init__(self, spec, **parts):
+        self.spec = spec
+        self.__dict__.update(parts)
+
+
 class LocalDealer:
     """TFP: party 0 is the dealer."""
 
@@ -103,6 +111,41 @@ class LocalDealer:
             return self._share(a, a_shape), self._share(c, c_shape)
         return self._share(None, a_shape), self._share(None, c_shape)
 
+    def _shared_gen(self):
+        """The generator both parties hold (party 0's "next" is party 1's "prev")."""
+        from crypten import generators
+
+        return generators["next" if self.rank == 0 else "prev"][torch.device("cpu")]
+
+    def cmp_begin(self, shape, spec):
+        """Shares of a fresh r (party 0 knows r: it is the dealer)."""
+        shared = _random_ring(shape, self._shared_gen())
+        if self.rank == 0:
+            mine = _random_ring(shape)
+            return _Pending(spec, r=mine + shared), mine
+        return _Pending(spec), shared
+
+    def cmp_select(self, pending, c_digits):
+        """Shares of e_d, g_d, m e_d, m g_d [..., D] and m at the public digits of c.
+
+        Party 1's share of table d is the line a + b*u (a, b from the shared generator): its entry
+        and suffix sums at c are closed forms; party 0 holds the rest."""
+        from protocols.digits import digits_of, suffix_counts
+
+        spec, gen = pending.spec, self._shared_gen()
+        shape = tuple(c_digits.shape)
+        a, b, ma, mb = (_random_ring(shape, gen) for _ in range(4))
+        m1 = _random_ring(shape[:-1], gen)
+        n, total = suffix_counts(c_digits, spec.digit_bits)
+        theirs = [a + b * c_digits, a * n + b * total, ma + mb * c_digits, ma * n + mb * total]
+        if self.rank == 1:
+            return (*theirs, m1)
+        r_d = digits_of(pending.r, spec)
+        m = (pending.r >> (spec.width - 1)) & 1
+        e, g = (r_d == c_digits).to(torch.int64), (r_d > c_digits).to(torch.int64)
+        values = [e, g, e * m[..., None], g * m[..., None]]
+        return (*[v - t for v, t in zip(values, theirs, strict=True)], m - m1)
+
 
 class TTPDealer:
     """CrypTen's trusted third party, extended by :class:`FixedMaskServer` requests."""
@@ -138,6 +181,29 @@ class TTPDealer:
     def forget(self, key: int) -> None:
         if self.rank == 0:
             self._request("fixed_forget", key)
+
+    def cmp_begin(self, shape, spec):
+        """Shares of r and of the one-hot digit tables (party 0 receives its table shares)."""
+        from protocols.digits import tables_at  # noqa: F401  (used in cmp_select)
+
+        r = _random_ring(shape, self._gen())
+        tshape = (*shape, spec.digits, 1 << spec.digit_bits)
+        if self.rank == 0:
+            flat = self._request("cmp_tables", tuple(shape), spec.digits, spec.digit_bits, spec.width)
+            n = int(torch.tensor(tshape).prod())
+            tables = flat[:n].view(tshape), flat[n : 2 * n].view(tshape), flat[2 * n :].view(shape)
+        else:
+            gen = self._gen()
+            tables = _random_ring(tshape, gen), _random_ring(tshape, gen), _random_ring(shape, gen)
+        return _Pending(spec, tables=tables), r
+
+    def cmp_select(self, pending, c_digits):
+        from protocols.digits import tables_at
+
+        onehot, m_onehot, m = pending.tables
+        e, g = tables_at(onehot, c_digits)
+        me, mg = tables_at(m_onehot, c_digits)
+        return e, g, me, mg, m
 
     def triple(self, key: int, kind: str, a_shape, b_shape) -> tuple[torch.Tensor, torch.Tensor]:
         a = _random_ring(a_shape, self._gen())
@@ -187,5 +253,14 @@ def run_ttp_server(on_connected=None) -> None:
                 b_t = self.masks_t.setdefault(key, b.t().contiguous())
             c = apply(kind, a, b, b_t)
             return c - self._get_additive_PRSS(c.size(), remove_rank=True)
+
+        def cmp_tables(self, shape, digits, digit_bits, width):
+            from protocols.digits import DigitSpec, onehot_tables
+
+            r = self._get_additive_PRSS(shape)
+            parts = onehot_tables(r, DigitSpec(0, digits, digit_bits))
+            assert DigitSpec(0, digits, digit_bits).width == width
+            return torch.cat([(p - self._get_additive_PRSS(p.size(), remove_rank=True)).flatten()
+                              for p in parts])
 
     FixedMaskServer()  # serves until party 0 sends "terminate"

@@ -36,8 +36,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="both: one record with and one without mask reuse")
     m.add_argument("--no-mask-reuse", dest="mask_reuse", action="store_const", const="off")
     m.add_argument("--timeout", type=float, default=600, help="seconds a party waits for the other")
+    m.add_argument("--approx", default="v1",
+                   help="approximation preset(s), comma list (v1, fast): one record each, same run")
     m.add_argument("--json", required=True, help="file to append the records to")
     m.set_defaults(run=run)
+    from mpcache.commands import bench_ops
+
+    bench_ops.add_parser(bench)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +50,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.new_tokens < 2:
         raise UserError("--new-tokens must be at least 2 (the first token comes from the prefill)")
+    from mpcache.backend import Approximations
+
+    args.approx_presets = [a.strip() for a in args.approx.split(",") if a.strip()]
+    for name in args.approx_presets:
+        if name == "exact" or Approximations.preset(name).exact:
+            raise UserError("--approx: MPC needs an approximation preset (v1, fast)")
     if args.policy != "full" or args.budget != 1.0:
         raise UserError("under MPC only --policy full (budget 1.0) is implemented so far")
     if not runtime.under_torchrun():

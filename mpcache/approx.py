@@ -37,6 +37,27 @@ def guess(kind: str, initial_guess: str) -> tuple[float, float]:
     return GUESSES[initial_guess][kind]
 
 
+# exp(-y) by the dealer's digit tables (protocols/lut.py): y + EXP_OFFSET at EXP_FRAC_BITS bits.
+EXP_FRAC_BITS = 10
+EXP_OFFSET = 2.0**-6  # > the 2^-8 error of a max or sign from dealer comparisons: y never < 0
+
+
+def exp_table(y: torch.Tensor) -> torch.Tensor:
+    """exp(-y) for 0 <= y < 256 - offset as the digit tables compute it: y quantised (floor) at
+    2^-EXP_FRAC_BITS, evaluated at the middle of its interval."""
+    q = torch.floor((y + EXP_OFFSET) * 2**EXP_FRAC_BITS)
+    return torch.exp(-(q + 0.5) / 2**EXP_FRAC_BITS + EXP_OFFSET)
+
+
+def exp_neg(y: torch.Tensor, iterations: int, method: str) -> torch.Tensor:
+    """exp(-y) for y >= 0 by the named method ("limit" or "table")."""
+    if method == "table":
+        return exp_table(y)
+    if method != "limit":
+        raise ValueError(f"unknown exp method {method!r} (limit or table)")
+    return exp_limit(-y, iterations)
+
+
 def exp_limit(x: torch.Tensor, iterations: int) -> torch.Tensor:
     """exp(x) ~ (1 + x / 2^n)^(2^n): n squarings. Accurate for x <= 0 down to about -2^n."""
     y = 1.0 + x / (2**iterations)
@@ -70,11 +91,11 @@ def inv_sqrt(v: torch.Tensor, iterations: int, initial_guess: str = "chord") -> 
 
 
 def sigmoid(x: torch.Tensor, exp_iterations: int, iterations: int,
-            initial_guess: str = "chord") -> torch.Tensor:
+            initial_guess: str = "chord", exp_method: str = "limit") -> torch.Tensor:
     """sigma(x) from u = exp(-|x|) in (0, 1]: 1/(1+u) by Newton from its chord; sign by comparison."""
     positive = (x > 0).to(x.dtype)
     t = x * (2.0 * positive - 1.0)  # |x|
-    den = 1.0 + exp_limit(-t, exp_iterations)
+    den = 1.0 + exp_neg(t, exp_iterations, exp_method)
     a, b = guess("sigmoid", initial_guess)
     y = a - b * den
     for _ in range(iterations):
@@ -104,14 +125,14 @@ def first_allowed(mask: torch.Tensor) -> torch.Tensor:
 
 def softmax(
     scores: torch.Tensor, mask: torch.Tensor | None, exp_iterations: int, recip_iterations: int,
-    clip: float, initial_guess: str = "chord",
+    clip: float, initial_guess: str = "chord", exp_method: str = "limit",
 ) -> torch.Tensor:
     if mask is not None:
         scores = fill_masked(scores, mask)
     shifted = scores - scores.max(dim=-1, keepdim=True).values
     if clip > 0:
         shifted = shifted.clamp(min=-clip)
-    e = exp_limit(shifted, exp_iterations)
+    e = exp_neg(-shifted, exp_iterations, exp_method)
     if mask is not None:
         e = e * mask
     return e * reciprocal_at_least_one(e.sum(-1, keepdim=True), recip_iterations, initial_guess)

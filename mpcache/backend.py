@@ -30,6 +30,9 @@ class Approximations:
 
     exact: bool = True
     exp_iterations: int = 8  # exp(x) ~ (1 + x / 2^n)^(2^n)
+    # exp(-y), y >= 0 (softmax after the max, SiLU's exp(-|x|)): "limit" (the formula above, n
+    # squarings) or "table" (dealer one-hot tables of two 9-bit digits, y < 256; 2 rounds).
+    exp_method: str = "limit"
     reciprocal_iterations: int = 5  # Newton steps for 1/(softmax denominator), after range reduction
     softmax_clip: float = 0.0  # if > 0, scores below max - clip are dropped (MPC-friendly mask)
     inv_sqrt_iterations: int = 3  # Newton steps for RMSNorm's 1/sqrt(variance), after range reduction
@@ -69,7 +72,8 @@ PRESETS: dict[str, dict] = {
     # Chosen by `mpcache bench ops`: dealer comparisons, minimax initial guesses with fewer Newton
     # steps (max relative error 5e-6 reciprocal, 2e-4 inverse square root, 1e-5 sigmoid's 1/(1+u)).
     "fast": {"exact": False, "comparison": "dealer", "initial_guess": "minimax",
-             "reciprocal_iterations": 3, "inv_sqrt_iterations": 2, "sigmoid_iterations": 2},
+             "reciprocal_iterations": 3, "inv_sqrt_iterations": 2, "sigmoid_iterations": 2,
+             "max_arity": 8, "exp_method": "table"},
 }
 
 
@@ -207,7 +211,8 @@ class PlainBackend(Backend):
         if self.approx.exact:
             return torch.nn.functional.silu(x)
         a = self.approx
-        return x * approx.sigmoid(x, a.exp_iterations, a.sigmoid_iterations, a.initial_guess)
+        return x * approx.sigmoid(x, a.exp_iterations, a.sigmoid_iterations, a.initial_guess,
+                                  a.exp_method)
 
     def softmax(self, scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.approx.exact:
@@ -216,7 +221,7 @@ class PlainBackend(Backend):
             return torch.softmax(scores, dim=-1)
         a = self.approx
         return approx.softmax(scores, mask, a.exp_iterations, a.reciprocal_iterations, a.softmax_clip,
-                              a.initial_guess)
+                              a.initial_guess, a.exp_method)
 
     def topk(self, scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.topk(scores, k, dim=-1).indices.sort(dim=-1).values

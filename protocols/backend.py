@@ -209,7 +209,7 @@ class MPCBackend(Backend):
             if self.debug_logits:
                 plain = reveal(last, dst=CLIENT)
                 self.last_logits = plain[0] if self.rank == CLIENT else None
-            _, idx = nl.tree_max(last, with_index=True, nm=self.numerics)
+            _, idx = nl.row_max(last, with_index=True, nm=self.numerics)
             value = reveal(idx, dst=CLIENT)
             return int(round(value.item())) if self.rank == CLIENT else -1
 

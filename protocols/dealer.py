@@ -117,8 +117,8 @@ class LocalDealer:
 
         return generators["next" if self.rank == 0 else "prev"][torch.device("cpu")]
 
-    def cmp_begin(self, shape, spec):
-        """Shares of a fresh r (party 0 knows r: it is the dealer)."""
+    def cmp_begin(self, shape, spec, with_m: bool = True):
+        """Shares of a fresh r (party 0 knows r: it is the dealer; no tables are needed)."""
         shared = _random_ring(shape, self._shared_gen())
         if self.rank == 0:
             mine = _random_ring(shape)
@@ -145,6 +145,18 @@ class LocalDealer:
         e, g = (r_d == c_digits).to(torch.int64), (r_d > c_digits).to(torch.int64)
         values = [e, g, e * m[..., None], g * m[..., None]]
         return (*[v - t for v, t in zip(values, theirs, strict=True)], m - m1)
+
+    def lut_select(self, pending, c_digits, t0, t1):
+        """Shares of the two-digit exp table entries (protocols/lut.py) at the digits of c."""
+        from protocols import lut
+
+        gen = self._shared_gen()
+        a, b = _random_ring(tuple(c_digits.shape), gen), _random_ring(tuple(c_digits.shape), gen)
+        theirs = lut.line_select(a, b, c_digits, t0, t1)
+        if self.rank == 1:
+            return theirs
+        values = lut.true_select(pending.r, c_digits, t0, t1)
+        return [v - t for v, t in zip(values, theirs, strict=True)]
 
 
 class TTPDealer:
@@ -182,28 +194,37 @@ class TTPDealer:
         if self.rank == 0:
             self._request("fixed_forget", key)
 
-    def cmp_begin(self, shape, spec):
-        """Shares of r and of the one-hot digit tables (party 0 receives its table shares)."""
-        from protocols.digits import tables_at  # noqa: F401  (used in cmp_select)
-
+    def cmp_begin(self, shape, spec, with_m: bool = True):
+        """Shares of r and of the one-hot digit tables (party 0 receives its table shares); the
+        m * onehot tables only ``with_m`` (comparisons)."""
         r = _random_ring(shape, self._gen())
         tshape = (*shape, spec.digits, 1 << spec.digit_bits)
         if self.rank == 0:
-            flat = self._request("cmp_tables", tuple(shape), spec.digits, spec.digit_bits, spec.width)
+            flat = self._request("cmp_tables", tuple(shape), spec.digits, spec.digit_bits, with_m)
             n = int(torch.tensor(tshape).prod())
-            tables = flat[:n].view(tshape), flat[n : 2 * n].view(tshape), flat[2 * n :].view(shape)
+            tables = [flat[:n].view(tshape)]
+            if with_m:
+                tables += [flat[n : 2 * n].view(tshape), flat[2 * n :].view(shape)]
         else:
             gen = self._gen()
-            tables = _random_ring(tshape, gen), _random_ring(tshape, gen), _random_ring(shape, gen)
+            tables = [_random_ring(tshape, gen)]
+            if with_m:
+                tables += [_random_ring(tshape, gen), _random_ring(shape, gen)]
         return _Pending(spec, tables=tables), r
+
+    def lut_select(self, pending, c_digits, t0, t1):
+        from protocols import lut
+
+        return lut.table_select(pending.tables[0], c_digits, t0, t1)
 
     def cmp_select(self, pending, c_digits):
         from protocols.digits import tables_at
 
-        onehot, m_onehot, m = pending.tables
-        e, g = tables_at(onehot, c_digits)
-        me, mg = tables_at(m_onehot, c_digits)
-        return e, g, me, mg, m
+        e, g = tables_at(pending.tables[0], c_digits)
+        if len(pending.tables) == 1:  # an equality test: no m tables were dealt
+            return e, g, None, None, None
+        me, mg = tables_at(pending.tables[1], c_digits)
+        return e, g, me, mg, pending.tables[2]
 
     def triple(self, key: int, kind: str, a_shape, b_shape) -> tuple[torch.Tensor, torch.Tensor]:
         a = _random_ring(a_shape, self._gen())
@@ -254,12 +275,12 @@ def run_ttp_server(on_connected=None) -> None:
             c = apply(kind, a, b, b_t)
             return c - self._get_additive_PRSS(c.size(), remove_rank=True)
 
-        def cmp_tables(self, shape, digits, digit_bits, width):
+        def cmp_tables(self, shape, digits, digit_bits, with_m):
             from protocols.digits import DigitSpec, onehot_tables
 
             r = self._get_additive_PRSS(shape)
             parts = onehot_tables(r, DigitSpec(0, digits, digit_bits))
-            assert DigitSpec(0, digits, digit_bits).width == width
+            parts = parts if with_m else parts[:1]
             return torch.cat([(p - self._get_additive_PRSS(p.size(), remove_rank=True)).flatten()
                               for p in parts])
 

@@ -140,3 +140,13 @@ def onehot_tables(r: torch.Tensor, spec: DigitSpec) -> tuple[torch.Tensor, torch
     onehot = torch.nn.functional.one_hot(d, 1 << spec.digit_bits).to(torch.int64)
     m = (r >> (spec.width - 1)) & 1
     return onehot, onehot * m[..., None, None], m
+
+
+def equals_share(share: torch.Tensor, value: int, bits: int, dealer, rank: int) -> torch.Tensor:
+    """Share (scale 1) of [v == value] for a secret integer v (ring units) known to lie in
+    [0, 2^bits): one opening of v + r, then a one-hot table entry of r mod 2^bits (local)."""
+    spec = DigitSpec(0, 1, bits)
+    handle, r_share = dealer.cmp_begin(tuple(share.shape), spec, with_m=False)
+    c = open_ring(share + r_share)
+    e = dealer.cmp_select(handle, digits_of(c - value, spec))[0]
+    return e[..., 0]

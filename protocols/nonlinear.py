@@ -86,6 +86,16 @@ def ltz(x, nm: Numerics = CRYPTEN, kind: str = "value"):
     return nm.ltz(x, kind)
 
 
+def exp_neg(y, nm: Numerics = CRYPTEN):
+    """exp(-y) for y >= 0 (``approx.exp_neg``): the limit formula, or the dealer's digit tables."""
+    if nm.approx.exp_method == "table" and nm.dealer is not None:
+        from protocols import lut
+
+        in_bits = int(round(math.log2(y._tensor.encoder.scale)))
+        return lut.exp_neg_share(y._tensor.share, nm.dealer, _rank(), in_bits)
+    return exp_limit(-y, nm.approx.exp_iterations)
+
+
 def exp_limit(x, iterations: int):
     y = x.div(2**iterations) + 1.0
     for _ in range(iterations):
@@ -196,7 +206,7 @@ def sigmoid(x, nm: Numerics = CRYPTEN):
     a = nm.approx
     positive = 1 - ltz(x, nm)  # scale 1
     t = x * (positive * 2 - 1)
-    den = exp_limit(-t, a.exp_iterations) + 1.0
+    den = exp_neg(t, nm) + 1.0
     g0, g1 = approx.guess("sigmoid", a.initial_guess)
     y = g0 - den * g1
     for _ in range(a.sigmoid_iterations):
@@ -238,6 +248,53 @@ def tree_max(x, with_index: bool = False, nm: Numerics = CRYPTEN):
     return (x, idx) if with_index else x
 
 
+def group_max(x, with_index: bool = False, nm: Numerics = CRYPTEN):
+    """Max over the last dim by all-pairs comparisons in groups of ``nm.approx.max_arity`` (g):
+    each level is one comparison layer (g(g-1)/2 per group), one equality test per element (the
+    winner beats the g-1 others: [wins == g-1], a dealer table lookup) and one selection product,
+    so the depth is ceil(log_g n) levels instead of ceil(log2 n). Ties go to the lower index."""
+    from protocols import digits
+
+    crypten = _crypten()
+    g_max = nm.approx.max_arity
+    idx = None
+    if with_index:
+        idx = crypten.cryptensor(torch.arange(x.shape[-1], dtype=torch.float32).expand(x.shape).contiguous(),
+                                 src=0)
+    while x.shape[-1] > 1:
+        n = x.shape[-1]
+        g = min(g_max, n)
+        full = n // g * g
+        groups = x[..., :full].reshape(*x.shape[:-1], n // g, g)
+        ii, jj = torch.triu_indices(g, g, 1)
+        below = ltz(groups[..., ii] - groups[..., jj], nm)._tensor.share  # [x_i < x_j], i < j
+        one = 1 if _rank() == 0 else 0
+        wins = torch.zeros(*below.shape[:-1], g, dtype=torch.int64)
+        wins.index_add_(-1, ii, one - below)  # i beats j (ties: the lower index wins)
+        wins.index_add_(-1, jj, below)
+        winner = digits.equals_share(wins, g - 1, max(1, (g - 1).bit_length()), nm.dealer, _rank())
+        onehot = _mpc_from_share(winner, 0)
+        parts = [groups]
+        if with_index:
+            parts.append(idx[..., :full].reshape(groups.shape))
+        picked = (crypten.stack(parts) * onehot.unsqueeze(0)).sum(-1)
+        new_x = picked[0]
+        if full < n:
+            new_x = crypten.cat([new_x, x[..., full:]], dim=-1)
+        if with_index:
+            new_idx = picked[1]
+            idx = crypten.cat([new_idx, idx[..., full:]], dim=-1) if full < n else new_idx
+        x = new_x
+    return (x, idx) if with_index else x
+
+
+def row_max(x, with_index: bool = False, nm: Numerics = CRYPTEN):
+    """The max (and its index) by the configured tournament: binary, or grouped all-pairs."""
+    if nm.approx.max_arity > 2 and nm.approx.comparison == "dealer" and nm.dealer is not None:
+        return group_max(x, with_index, nm)
+    return tree_max(x, with_index, nm)
+
+
 def softmax(scores, mask: torch.Tensor | None, nm: Numerics = CRYPTEN):
     """MPC-safe softmax: masked entries copy the row's first allowed score (so the max is exact and
     nothing explodes in exp), the exp is multiplied by the public mask, the sum is >= 1."""
@@ -249,11 +306,11 @@ def softmax(scores, mask: torch.Tensor | None, nm: Numerics = CRYPTEN):
         share = scores._tensor.share * keep + ref._tensor.share * (1 - keep)
         scores = _mpc_from_share(share)
     a = nm.approx
-    shifted = scores - tree_max(scores, nm=nm)
+    shifted = scores - row_max(scores, nm=nm)
     if a.softmax_clip > 0:  # max(shifted, -clip) = relu(shifted + clip) - clip
         lifted = shifted + a.softmax_clip
         shifted = lifted * (1 - ltz(lifted, nm)) - a.softmax_clip
-    e = exp_limit(shifted, a.exp_iterations)
+    e = exp_neg(-shifted, nm)
     if mask is not None:
         e = _mpc_from_share(e._tensor.share * mask.to(torch.long))
     r = reciprocal_at_least_one_hi(e.sum(-1, keepdim=True), a.reciprocal_iterations, nm)

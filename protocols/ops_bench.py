@@ -108,7 +108,7 @@ def run_op(op: str, impl: str, x, eps: float, numerics: nl.Numerics | None):
     if op.startswith("rmsnorm"):
         return nl.rms_norm(x, eps, numerics)
     if op.startswith("argmax"):
-        return nl.tree_max(x, with_index=True, nm=numerics)[1]
+        return nl.row_max(x, with_index=True, nm=numerics)[1]
     return numerics.ltz(x)
 
 

@@ -40,6 +40,9 @@ class Approximations:
     # Initial guess of the Newton iterations on the reduced range: "chord" (the secant line) or
     # "minimax" (the linear guess with the least relative error: fewer steps for the same accuracy).
     initial_guess: str = "chord"
+    # "newton", or "goldschmidt": the same iterates with independent products per step, and range
+    # reductions' output scales applied in the round that scales the input (protocols/goldschmidt.py).
+    iteration: str = "newton"
     # Secret comparisons: "crypten" (CrypTen's binary adder circuit, ~8 rounds) or "dealer" (the
     # dealer's one-hot digit tables, 1 + ceil(log2(digits)) rounds; protocols/digits.py).
     comparison: str = "crypten"
@@ -73,7 +76,7 @@ PRESETS: dict[str, dict] = {
     # steps (max relative error 5e-6 reciprocal, 2e-4 inverse square root, 1e-5 sigmoid's 1/(1+u)).
     "fast": {"exact": False, "comparison": "dealer", "initial_guess": "minimax",
              "reciprocal_iterations": 3, "inv_sqrt_iterations": 2, "sigmoid_iterations": 2,
-             "max_arity": 8, "exp_method": "table"},
+             "max_arity": 8, "exp_method": "table", "iteration": "goldschmidt"},
 }
 
 

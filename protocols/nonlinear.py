@@ -191,6 +191,10 @@ def rms_norm(x, eps: float, nm: Numerics = CRYPTEN):
     """
     from crypten.mpc.primitives import beaver
 
+    if nm.approx.iteration == "goldschmidt":
+        from protocols import goldschmidt
+
+        return goldschmidt.rms_norm(x, eps, nm)
     x10 = nl_from_ring(_trunc(x._tensor.share, 6), 10)
     squares = _trunc(beaver.square(x10._tensor).share, 4)  # x^2 at 16 bits
     total = squares.sum(-1, keepdim=True)
@@ -215,6 +219,10 @@ def sigmoid(x, nm: Numerics = CRYPTEN):
 
 
 def silu(x, nm: Numerics = CRYPTEN):
+    if nm.approx.iteration == "goldschmidt":
+        from protocols import goldschmidt
+
+        return goldschmidt.silu(x, nm)
     return x * sigmoid(x, nm)
 
 
@@ -313,5 +321,9 @@ def softmax(scores, mask: torch.Tensor | None, nm: Numerics = CRYPTEN):
     e = exp_neg(-shifted, nm)
     if mask is not None:
         e = _mpc_from_share(e._tensor.share * mask.to(torch.long))
+    if a.iteration == "goldschmidt":
+        from protocols import goldschmidt
+
+        return goldschmidt.times_reciprocal(e, e.sum(-1, keepdim=True), nm)
     r = reciprocal_at_least_one_hi(e.sum(-1, keepdim=True), a.reciprocal_iterations, nm)
     return mul_hi(e, r, 16 + HI_BITS)

@@ -19,6 +19,7 @@ def main() -> int:
     p.add_argument("--dealer", default="tfp")
     p.add_argument("--prompt", default="Hello MPC world")
     p.add_argument("--new-tokens", type=int, default=4)
+    p.add_argument("--approx", default="v1", help="approximation preset (mpcache.backend.PRESETS)")
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--hang-after-setup", action="store_true", help="fault test: sleep forever")
     p.add_argument("--check-selection", action="store_true", help="run topk + gather on fixed inputs")
@@ -35,7 +36,9 @@ def main() -> int:
             return check_selection(party, args.out)
         if args.check_mul_hi:
             return check_mul_hi(party, args.out, args.check_mul_hi)
-        pm = build(party, args.model, debug_logits=True)
+        from mpcache.backend import Approximations
+
+        pm = build(party, args.model, Approximations.preset(args.approx), debug_logits=True)
         if args.hang_after_setup and party.is_server:
             import time
 

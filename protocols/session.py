@@ -15,7 +15,8 @@ import torch
 from mpcache.backend import Approximations
 from mpcache.generate import GenerationResult, generate
 from mpcache.models import Transformer, load_model
-from mpcache.models.loading import LoadedModel, expected_shapes
+from mpcache.models.config import expected_shapes
+from mpcache.models.loading import LoadedModel
 from protocols.accounting import Cost, StepLog, total
 from protocols.backend import MPCBackend
 from protocols.runtime import CLIENT, Party, RuntimeFault

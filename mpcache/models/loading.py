@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from mpcache.errors import UserError
-from mpcache.models.config import ModelConfig
+from mpcache.models.config import ModelConfig, expected_shapes
 from mpcache.models.random_presets import PRESETS, random_weights
 from mpcache.models.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 
@@ -85,28 +85,6 @@ def load_folder(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch
     weights = {k: v.float() for k, v in weights.items()}
     check_weights(config, weights, str(folder))
     return config, weights
-
-
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter the transformer reads, with its shape (HF names and layout)."""
-    h, d = config.hidden_size, config.head_dim
-    shapes = {"model.embed_tokens.weight": (config.vocab_size, h), "model.norm.weight": (h,)}
-    if not config.tie_embeddings:
-        shapes["lm_head.weight"] = (config.vocab_size, h)
-    for i in range(config.num_layers):
-        p = f"model.layers.{i}."
-        shapes |= {
-            p + "input_layernorm.weight": (h,),
-            p + "post_attention_layernorm.weight": (h,),
-            p + "self_attn.q_proj.weight": (config.num_heads * d, h),
-            p + "self_attn.k_proj.weight": (config.num_kv_heads * d, h),
-            p + "self_attn.v_proj.weight": (config.num_kv_heads * d, h),
-            p + "self_attn.o_proj.weight": (h, config.num_heads * d),
-            p + "mlp.gate_proj.weight": (config.intermediate_size, h),
-            p + "mlp.up_proj.weight": (config.intermediate_size, h),
-            p + "mlp.down_proj.weight": (h, config.intermediate_size),
-        }
-    return shapes
 
 
 def check_weights(config: ModelConfig, weights: dict[str, torch.Tensor], where: str) -> None:

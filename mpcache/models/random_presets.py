@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mpcache.models.config import ModelConfig
+from mpcache.models.config import ModelConfig, expected_shapes
 
 PRESETS: dict[str, ModelConfig] = {
     # 2 layers, GQA (4 query heads over 2 KV heads): the fast model for CI.
@@ -30,8 +30,6 @@ PRESETS: dict[str, ModelConfig] = {
 
 def random_weights(config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     """Seeded weights with unit-scale activations (std 1/sqrt(fan_in)), HF names and layout."""
-    from mpcache.models.loading import expected_shapes
-
     gen = torch.Generator().manual_seed(seed)
     weights = {}
     for name, shape in expected_shapes(config).items():

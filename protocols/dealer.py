@@ -25,11 +25,19 @@ KINDS = ("matmul", "matmul_t", "mul")
 
 
 def apply(kind: str, a: torch.Tensor, b: torch.Tensor, b_t: torch.Tensor | None = None) -> torch.Tensor:
-    """``a ∘ b`` on ring (int64) tensors; b is the fixed operand. ``b_t``: b transposed, contiguous
-    (torch's int64 matmul is ~6x faster when the reduced dim is contiguous in both operands)."""
+    """``a ∘ b`` on ring (int64) tensors; b is the fixed operand. ``b_t``: b transposed, contiguous.
+
+    torch's int64 matmul has no BLAS: a one-row product by a 2-D operand (every decode step) goes
+    through ``torch.mv`` on the row-major operand, 10-40x faster than ``@`` (measured: x @ W^T for
+    the 49,152 x 576 table 4.0 s vs 0.11 s; 1536 x 576 weights 18 ms vs 0.4 ms)."""
+    one_row = a.dim() >= 1 and b.dim() == 2 and a.numel() == a.shape[-1]
     if kind == "matmul":
+        if one_row and b_t is not None:
+            return torch.mv(b_t, a.reshape(-1)).reshape(*a.shape[:-1], b.shape[-1])
         return a @ b_t.transpose(-1, -2) if b_t is not None else a @ b
     if kind == "matmul_t":
+        if one_row:
+            return torch.mv(b, a.reshape(-1)).reshape(*a.shape[:-1], b.shape[0])
         return a @ b.transpose(-1, -2)
     if kind == "mul":
         return a * b

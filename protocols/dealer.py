@@ -141,9 +141,10 @@ class LocalDealer:
         from protocols.digits import digits_of, suffix_counts
 
         spec, gen = pending.spec, self._shared_gen()
-        shape = tuple(c_digits.shape)
-        a, b, ma, mb = (_random_ring(shape, gen) for _ in range(4))
-        m1 = _random_ring(shape[:-1], gen)
+        # Party 1's shares need no independence of one another (party 0, the dealer, knows every
+        # value anyway): one random line per element serves all tables, and m's share is a.
+        a, b = _random_ring((*c_digits.shape[:-1], 1), gen), _random_ring((*c_digits.shape[:-1], 1), gen)
+        ma, mb, m1 = a, b, a[..., 0]
         n, total = suffix_counts(c_digits, spec.digit_bits)
         theirs = [a + b * c_digits, a * n + b * total, ma + mb * c_digits, ma * n + mb * total]
         if self.rank == 1:

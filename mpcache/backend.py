@@ -46,6 +46,10 @@ class Approximations:
     # Secret comparisons: "crypten" (CrypTen's binary adder circuit, ~8 rounds) or "dealer" (the
     # dealer's one-hot digit tables, 1 + ceil(log2(digits)) rounds; protocols/digits.py).
     comparison: str = "crypten"
+    # Digit width of the dealer comparison (5 or 10): 10 bits = 2 digits, 2 rounds and 80 B per
+    # comparison; 5 bits = 4 digits, 3 rounds, 272 B, but 1/16 of a TTP dealer's table traffic
+    # (2 * 2 * 2^10 vs 2 * 4 * 2^5 entries per comparison; with TFP the tables are never built).
+    cmp_digit_bits: int = 10
     # Max / argmax tournaments: elements compared per group in one comparison layer ("arity" 2 is
     # the binary tree; 4 compares all pairs of 4 at once and picks the winner by a product tree).
     max_arity: int = 2
@@ -78,6 +82,8 @@ PRESETS: dict[str, dict] = {
              "reciprocal_iterations": 3, "inv_sqrt_iterations": 2, "sigmoid_iterations": 2,
              "max_arity": 8, "exp_method": "table", "iteration": "goldschmidt"},
 }
+# fast with 5-bit comparison digits: one more round per comparison, far less TTP dealer traffic.
+PRESETS["fast-lite"] = {**PRESETS["fast"], "cmp_digit_bits": 5}
 
 
 class Backend:

@@ -45,12 +45,16 @@ class DigitSpec:
 
 # Differences of scores, gate inputs and logits (|x| < 4096 at 2^-8 resolution); softmax
 # denominators against powers of 4 (|x| < 2^17 at 2^-3); RMSNorm variances against powers of 4
-# (|x| < 2^24 at full precision).
-SPECS = {
-    "value": DigitSpec(8, 4, 5),
-    "count": DigitSpec(3, 4, 5),
-    "wide": DigitSpec(16, 8, 5),
-}
+# (|x| < 2^24 at full precision). (fractional bits, W - 1)
+KINDS = {"value": (8, 20), "count": (3, 20), "wide": (16, 40)}
+
+
+def spec_for(kind: str, digit_bits: int) -> DigitSpec:
+    """The comparison of ``kind`` with digits of ``digit_bits`` (5 or 10: W - 1 = 20 or 40)."""
+    frac_bits, low_bits = KINDS[kind]
+    if low_bits % digit_bits:
+        raise ValueError(f"digit bits {digit_bits} must divide {low_bits}")
+    return DigitSpec(frac_bits, low_bits // digit_bits, digit_bits)
 
 
 def digits_of(c: torch.Tensor, spec: DigitSpec) -> torch.Tensor:

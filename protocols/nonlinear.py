@@ -66,7 +66,7 @@ class Numerics:
 
     def ltz(self, x, kind: str = "value"):
         """[x < 0] (scale 1). ``kind`` names the input's range for dealer comparisons
-        (``protocols.digits.SPECS``); CrypTen's circuit works on the whole ring."""
+        (``protocols.digits.KINDS``); CrypTen's circuit works on the whole ring."""
         if self.approx.comparison == "crypten" or self.dealer is None:
             return x._ltz()
         if self.approx.comparison != "dealer":
@@ -74,7 +74,8 @@ class Numerics:
         from protocols import digits
 
         in_bits = int(round(math.log2(x._tensor.encoder.scale)))
-        share = digits.ltz_share(x._tensor.share, digits.SPECS[kind], self.dealer, _rank(), in_bits)
+        spec = digits.spec_for(kind, self.approx.cmp_digit_bits)
+        share = digits.ltz_share(x._tensor.share, spec, self.dealer, _rank(), in_bits)
         return _mpc_from_share(share, 0)
 
 

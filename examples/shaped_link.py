@@ -31,9 +31,13 @@ def rate_bits(rate: str) -> float:
 
 
 def bench(args, out: Path, rate: str | None) -> dict:
-    cmd = [sys.executable, "-m", "mpcache", "bench", "mpc", "--model", args.model, "--length",
-           str(args.length), "--new-tokens", "3", "--mask-reuse", args.mask_reuse, "--approx", args.approx,
-           "--json", str(out)]
+    if args.op:  # one operator of `mpcache bench ops`: many bytes, few rounds, little compute
+        cmd = [sys.executable, "-m", "mpcache", "bench", "ops", "--model", args.model, "--impl",
+               args.approx, "--ops", args.op, "--json", str(out)]
+    else:
+        cmd = [sys.executable, "-m", "mpcache", "bench", "mpc", "--model", args.model, "--length",
+               str(args.length), "--new-tokens", "3", "--mask-reuse", args.mask_reuse, "--approx",
+               args.approx, "--json", str(out)]
     if rate is not None:
         shape = (f"ip link set lo up && tc qdisc add dev lo root tbf rate {rate} burst 512kb "
                  f"latency 400ms && exec \"$@\"")
@@ -41,7 +45,11 @@ def bench(args, out: Path, rate: str | None) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed")
-    return json.loads(out.read_text().splitlines()[-1])
+    rec = json.loads(out.read_text().splitlines()[-1])
+    if args.op:
+        return {"decode_per_token": {"compute_s": rec["seconds"], "online_bytes": rec["online_bytes"],
+                                     "rounds": rec["rounds"]}}
+    return rec
 
 
 def main() -> int:
@@ -51,6 +59,8 @@ def main() -> int:
     p.add_argument("--mask-reuse", default="off", help="off: plain Beaver, many bytes (a visible term)")
     p.add_argument("--approx", default="v1")
     p.add_argument("--rates", default="1gbit,100mbit")
+    p.add_argument("--op", help="time one `bench ops` operator instead (e.g. compare1e5 with "
+                   "--approx crypten: 43 MB in 8 rounds), a bandwidth-bound check")
     p.add_argument("--json", help="append one record per rate")
     args = p.parse_args()
     if not (shutil.which("unshare") and shutil.which("tc")):
@@ -68,7 +78,9 @@ def main() -> int:
             rec = bench(args, Path(tmp) / f"{rate}.jsonl", rate)["decode_per_token"]
             estimate = base["compute_s"] + rec["online_bytes"] * 8 / rate_bits(rate)
             rows.append((rate, rec["compute_s"], estimate, rec))
-    print(f"{args.model}, L={args.length}, mask reuse {args.mask_reuse}, per decode token:")
+    what = f"bench ops {args.op} ({args.approx})" if args.op else (
+        f"L={args.length}, mask reuse {args.mask_reuse}, per decode token")
+    print(f"{args.model}, {what}:")
     print("| link | MB | rounds | measured s | estimate s (loopback compute + bytes/rate) |")
     print("|---|---|---|---|---|")
     for name, measured, estimate, rec in rows:

@@ -24,17 +24,33 @@ INV_SQRT_KMIN, INV_SQRT_KMAX = -6, 12
 # "minimax": the line with the least maximal relative error (equioscillation), which saves Newton
 # steps: 1/x on [1/4, 1): 0.22 (chord 0.56); 1/sqrt(x) on [1/4, 1): 0.086 (chord 0.19); 1/d on
 # [1, 2]: 0.059 (chord 0.125).
+# With range_step = 1/4 (thresholds 2^(k/4), reduced range [2^-1/4, 1)) the minimax lines are
+# accurate to 3.7e-3 (1/x) and 1.4e-3 (1/sqrt(x)): one Newton step gives 1.4e-5 and 3.1e-6.
 GUESSES = {
-    "chord": {"recip": (5.0, 4.0), "inv_sqrt": (7.0 / 3.0, 4.0 / 3.0), "sigmoid": (1.5, 0.5)},
-    "minimax": {"recip": (3.9024390243902, 3.1219512195122), "inv_sqrt": (2.133, 1.219),
-                "sigmoid": (1.4117647058824, 0.4705882352941)},
+    ("chord", 2.0): {"recip": (5.0, 4.0), "inv_sqrt": (7.0 / 3.0, 4.0 / 3.0), "sigmoid": (1.5, 0.5)},
+    ("minimax", 2.0): {"recip": (3.9024390243902, 3.1219512195122), "inv_sqrt": (2.133, 1.219),
+                       "sigmoid": (1.4117647058824, 0.4705882352941)},
+    ("minimax", 0.25): {"recip": (2.1810001395415, 1.1847489741789), "inv_sqrt": (1.56708, 0.5685),
+                        "sigmoid": (1.4117647058824, 0.4705882352941)},
 }
 
 
-def guess(kind: str, initial_guess: str) -> tuple[float, float]:
-    if initial_guess not in GUESSES:
-        raise ValueError(f"unknown initial guess {initial_guess!r} (chord or minimax)")
-    return GUESSES[initial_guess][kind]
+def guess(kind: str, initial_guess: str, step: float = 2.0) -> tuple[float, float]:
+    """(a, b) of the initial guess a - b*x on the reduced range [2^-step, 1) (sigmoid: on [1, 2])."""
+    if (initial_guess, step) not in GUESSES:
+        raise ValueError(f"no {initial_guess!r} initial guess for range step {step} "
+                         f"(have {sorted(GUESSES)})")
+    return GUESSES[initial_guess, step][kind]
+
+
+def recip_thresholds(step: float) -> list[float]:
+    """Softmax denominators d >= 1 against 2^(k*step), k = 1 .. up to 2^16 (contexts up to 64k)."""
+    return [2.0 ** (k * step) for k in range(1, round(16 / step) + 1)]
+
+
+def inv_sqrt_powers(step: float) -> tuple[int, int]:
+    """RMSNorm variances against 2^(k*step) for k in [kmin, kmax] (2^-12 .. 2^24)."""
+    return round(2 * INV_SQRT_KMIN / step), round(2 * INV_SQRT_KMAX / step)
 
 
 # exp(-y) by the dealer's digit tables (protocols/lut.py): y + EXP_OFFSET at EXP_FRAC_BITS bits.
@@ -66,28 +82,32 @@ def exp_limit(x: torch.Tensor, iterations: int) -> torch.Tensor:
     return y
 
 
-def reciprocal_at_least_one(d: torch.Tensor, iterations: int, initial_guess: str = "chord") -> torch.Tensor:
-    """1/d for d >= 1: find the level j with 4^j <= d < 4^(j+1), Newton on d / 4^(j+1) in [1/4, 1)."""
-    j = sum((d >= 4.0**k).to(d.dtype) for k in range(1, RECIP_LEVELS + 1))
-    scale = 4.0 ** (j + 1)
+def reciprocal_at_least_one(d: torch.Tensor, iterations: int, initial_guess: str = "chord",
+                            step: float = 2.0) -> torch.Tensor:
+    """1/d for d >= 1: the level j with 2^(j step) <= d < 2^((j+1) step) (4^j with step 2), then
+    Newton on d / 2^((j+1) step) in [2^-step, 1)."""
+    j = sum((d >= t).to(d.dtype) for t in recip_thresholds(step))
+    scale = 2.0 ** ((j + 1) * step)
     dn = d / scale
-    a, b = guess("recip", initial_guess)
+    a, b = guess("recip", initial_guess, step)
     y = a - b * dn
     for _ in range(iterations):
         y = y * (2.0 - dn * y)
     return y / scale
 
 
-def inv_sqrt(v: torch.Tensor, iterations: int, initial_guess: str = "chord") -> torch.Tensor:
-    """1/sqrt(v) for v > 0: v / 4^p lands in [1/4, 1) (p from comparisons with 4^k), Newton there."""
-    ks = range(INV_SQRT_KMIN, INV_SQRT_KMAX + 1)
-    p = INV_SQRT_KMIN + sum((v >= 4.0**k).to(v.dtype) for k in ks)
-    vn = v / 4.0**p
-    a, b = guess("inv_sqrt", initial_guess)
+def inv_sqrt(v: torch.Tensor, iterations: int, initial_guess: str = "chord",
+             step: float = 2.0) -> torch.Tensor:
+    """1/sqrt(v) for v > 0: v / 2^(p step) lands in [2^-step, 1) (p from comparisons with
+    2^(k step); 4^k with step 2), Newton there."""
+    kmin, kmax = inv_sqrt_powers(step)
+    p = kmin + sum((v >= 2.0 ** (k * step)).to(v.dtype) for k in range(kmin, kmax + 1))
+    vn = v / 2.0 ** (p * step)
+    a, b = guess("inv_sqrt", initial_guess, step)
     y = a - b * vn
     for _ in range(iterations):
         y = y * (3.0 - vn * y * y) / 2.0
-    return y / 2.0**p
+    return y / 2.0 ** (p * step / 2)
 
 
 def sigmoid(x: torch.Tensor, exp_iterations: int, iterations: int,
@@ -104,9 +124,9 @@ def sigmoid(x: torch.Tensor, exp_iterations: int, iterations: int,
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, iterations: int,
-             initial_guess: str = "chord") -> torch.Tensor:
+             initial_guess: str = "chord", step: float = 2.0) -> torch.Tensor:
     variance = x.pow(2).mean(-1, keepdim=True) + eps
-    return x * inv_sqrt(variance, iterations, initial_guess) * weight
+    return x * inv_sqrt(variance, iterations, initial_guess, step) * weight
 
 
 def fill_masked(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -125,7 +145,7 @@ def first_allowed(mask: torch.Tensor) -> torch.Tensor:
 
 def softmax(
     scores: torch.Tensor, mask: torch.Tensor | None, exp_iterations: int, recip_iterations: int,
-    clip: float, initial_guess: str = "chord", exp_method: str = "limit",
+    clip: float, initial_guess: str = "chord", exp_method: str = "limit", step: float = 2.0,
 ) -> torch.Tensor:
     if mask is not None:
         scores = fill_masked(scores, mask)
@@ -135,4 +155,4 @@ def softmax(
     e = exp_neg(-shifted, exp_iterations, exp_method)
     if mask is not None:
         e = e * mask
-    return e * reciprocal_at_least_one(e.sum(-1, keepdim=True), recip_iterations, initial_guess)
+    return e * reciprocal_at_least_one(e.sum(-1, keepdim=True), recip_iterations, initial_guess, step)

@@ -43,6 +43,9 @@ class Approximations:
     # "newton", or "goldschmidt": the same iterates with independent products per step, and range
     # reductions' output scales applied in the round that scales the input (protocols/goldschmidt.py).
     iteration: str = "newton"
+    # Range reductions compare with 2^(k * range_step): 2 (powers of 4, reduced range [1/4, 1)) or
+    # 0.25 (quarter octaves, [2^-1/4, 1): the initial guess is good enough for one Newton step).
+    range_step: float = 2.0
     # Secret comparisons: "crypten" (CrypTen's binary adder circuit, ~8 rounds) or "dealer" (the
     # dealer's one-hot digit tables, 1 + ceil(log2(digits)) rounds; protocols/digits.py).
     comparison: str = "crypten"
@@ -76,10 +79,11 @@ class Approximations:
 PRESETS: dict[str, dict] = {
     "exact": {},
     "v1": {"exact": False},
-    # Chosen by `mpcache bench ops`: dealer comparisons, minimax initial guesses with fewer Newton
-    # steps (max relative error 5e-6 reciprocal, 2e-4 inverse square root, 1e-5 sigmoid's 1/(1+u)).
-    "fast": {"exact": False, "comparison": "dealer", "initial_guess": "minimax",
-             "reciprocal_iterations": 3, "inv_sqrt_iterations": 2, "sigmoid_iterations": 2,
+    # Chosen by `mpcache bench ops`: dealer comparisons and exp tables, grouped max, quarter-octave
+    # range reductions with minimax guesses and one Newton step (max relative error 1.4e-5
+    # reciprocal, 3.1e-6 inverse square root), two for sigmoid's 1/(1+u) (1.2e-5).
+    "fast": {"exact": False, "comparison": "dealer", "initial_guess": "minimax", "range_step": 0.25,
+             "reciprocal_iterations": 1, "inv_sqrt_iterations": 1, "sigmoid_iterations": 2,
              "max_arity": 8, "exp_method": "table", "iteration": "goldschmidt"},
 }
 # fast with 5-bit comparison digits: one more round per comparison, far less TTP dealer traffic.
@@ -211,8 +215,8 @@ class PlainBackend(Backend):
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         if not self.approx.exact:
-            return approx.rms_norm(x, weight, eps, self.approx.inv_sqrt_iterations,
-                                   self.approx.initial_guess)
+            a = self.approx
+            return approx.rms_norm(x, weight, eps, a.inv_sqrt_iterations, a.initial_guess, a.range_step)
         variance = x.pow(2).mean(-1, keepdim=True)
         return x * torch.rsqrt(variance + eps) * weight
 
@@ -230,7 +234,7 @@ class PlainBackend(Backend):
             return torch.softmax(scores, dim=-1)
         a = self.approx
         return approx.softmax(scores, mask, a.exp_iterations, a.reciprocal_iterations, a.softmax_clip,
-                              a.initial_guess, a.exp_method)
+                              a.initial_guess, a.exp_method, a.range_step)
 
     def topk(self, scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.topk(scores, k, dim=-1).indices.sort(dim=-1).values

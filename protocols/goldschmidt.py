@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from mpcache import approx
@@ -51,19 +53,30 @@ def ring_mul_many(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.
     return out
 
 
-def level_constant(level: torch.Tensor, exponents: list[int], bits: int) -> torch.Tensor:
-    """Share of 2^exponents[level] at ``bits`` fractional bits: local (public constants x bits)."""
-    consts = torch.tensor([1 << (e + bits) for e in exponents], dtype=torch.int64)
+SCALE_BITS = 32  # fractional bits of a level's output scale (a local constant; 2^-16 .. 2^6 fit)
+
+
+def level_constant(level: torch.Tensor, scales: list[float], bits: int) -> torch.Tensor:
+    """Share of scales[level] at ``bits`` fractional bits: local (public constants x shared bits)."""
+    consts = torch.tensor([round(c * 2.0**bits) for c in scales], dtype=torch.int64)
     return (level * consts).sum(-1, keepdim=True)
 
 
-def _scaled_pair(v, x_share: torch.Tensor, level: torch.Tensor, in_exps: list[int], out_exps: list[int]):
-    """One round: (v * 2^in_exps[level] at 16 bits, x * 2^out_exps[level] at OUT_BITS)."""
-    digits = split_digits(level_constant(level, out_exps, OUT_BITS), OUT_BITS)
+def _scaled_pair(v, x_share: torch.Tensor, level: torch.Tensor, in_scales: list[float],
+                 out_scales: list[float]):
+    """One round: (v * in_scales[level] at 16 bits, x * out_scales[level] at OUT_BITS).
+
+    A scale c = m 2^e (m in [1, 2)) is applied as an exact power of two, then the mantissa at 16
+    bits: every truncated value stays near v c 2^32 <= 2^33."""
+    digits = split_digits(level_constant(level, out_scales, SCALE_BITS), SCALE_BITS)
     stacked = torch.stack([d for d, _ in digits])  # [k, ..., 1]
     v_share = v._tensor.share.expand(*level.shape)
     prod_v, prod_x = ring_mul_many([(v_share, level), (x_share.unsqueeze(0), stacked)])
-    vn = sum(_trunc(prod_v[..., j : j + 1], -e) for j, e in enumerate(in_exps))  # 16 bits
+    vn = 0
+    for j, c in enumerate(in_scales):
+        m, e = math.frexp(c)  # c = m 2^e, m in [1/2, 1)
+        mantissa = round(m * 2.0**17)  # m * 2 at 16 bits
+        vn = vn + _trunc(_trunc(prod_v[..., j : j + 1], 1 - e) * mantissa, 16)
     xs = sum(_trunc(prod_x[i], 16 + f - OUT_BITS) for i, (_, f) in enumerate(digits))
     return _mpc_from_share(vn), xs
 
@@ -79,11 +92,12 @@ def times_hi(xs: torch.Tensor, y) -> torch.Tensor:
 
 def times_reciprocal(e, d, nm: Numerics):
     """e / d for d >= 1 ([..., 1]), e [..., n] (softmax: the exp values over their sum)."""
-    levels = approx.RECIP_LEVELS
-    level = one_hot_levels(d, [4.0**k for k in range(1, levels + 1)], nm, "count")
-    exps = [-2 * (j + 1) for j in range(levels + 1)]
-    dn, es = _scaled_pair(d, e._tensor.share, level, exps, exps)
-    a, b = approx.guess("recip", nm.approx.initial_guess)
+    step = nm.approx.range_step
+    thresholds = approx.recip_thresholds(step)
+    level = one_hot_levels(d, thresholds, nm, "count")
+    scales = [2.0 ** (-(j + 1) * step) for j in range(len(thresholds) + 1)]
+    dn, es = _scaled_pair(d, e._tensor.share, level, scales, scales)
+    a, b = approx.guess("recip", nm.approx.initial_guess, step)
     h = a - dn * b
     g = dn * h
     for step in range(nm.approx.reciprocal_iterations):
@@ -103,11 +117,13 @@ def rms_norm(x, eps: float, nm: Numerics):
     squares = _trunc(beaver.square(x10._tensor).share, 4)
     total = squares.sum(-1, keepdim=True)
     v = _mpc_from_share(total.div(x.shape[-1], rounding_mode="trunc")) + eps
-    kmin, kmax = approx.INV_SQRT_KMIN, approx.INV_SQRT_KMAX
-    level = one_hot_levels(v, [4.0**k for k in range(kmin, kmax + 1)], nm, "wide")
-    powers = [kmin + j for j in range(kmax - kmin + 2)]
-    vn, xs = _scaled_pair(v, x._tensor.share, level, [-2 * p for p in powers], [-p for p in powers])
-    a, b = approx.guess("inv_sqrt", nm.approx.initial_guess)
+    step = nm.approx.range_step
+    kmin, kmax = approx.inv_sqrt_powers(step)
+    level = one_hot_levels(v, [2.0 ** (k * step) for k in range(kmin, kmax + 1)], nm, "wide")
+    powers = [kmin + j for j in range(kmax - kmin + 2)]  # v / 2^(p step) in [2^-step, 1)
+    vn, xs = _scaled_pair(v, x._tensor.share, level, [2.0 ** (-p * step) for p in powers],
+                          [2.0 ** (-p * step / 2) for p in powers])
+    a, b = approx.guess("inv_sqrt", nm.approx.initial_guess, step)
     y0 = a - vn * b
     g, h = vn * y0, y0 * 0.5
     for step in range(nm.approx.inv_sqrt_iterations):

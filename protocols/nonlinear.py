@@ -157,12 +157,18 @@ def mul_hi(x, hi_share: torch.Tensor, hi_bits: int):
     return _mpc_from_share(torch.stack(terms).sum(0))
 
 
+def _newton_step(nm: Numerics) -> float:
+    if nm.approx.range_step != 2.0:
+        raise ValueError("range_step other than 2 (powers of 4) needs iteration='goldschmidt'")
+    return 2.0
+
+
 def reciprocal_at_least_one_hi(d, iterations: int, nm: Numerics = CRYPTEN) -> torch.Tensor:
     """Share of 1/d (d >= 1, [..., 1]) at 16 + HI_BITS fractional bits."""
     levels = approx.RECIP_LEVELS
     level = one_hot_levels(d, [4.0**k for k in range(1, levels + 1)], nm, "count")
     dn = _mpc_from_share(scale_by_level(d, level, [-2 * (j + 1) for j in range(levels + 1)], 16))
-    a, b = approx.guess("recip", nm.approx.initial_guess)
+    a, b = approx.guess("recip", nm.approx.initial_guess, _newton_step(nm))
     y = a - dn * b
     for _ in range(iterations):
         y = y * (2.0 - dn * y)
@@ -175,7 +181,7 @@ def inv_sqrt_hi(v, iterations: int, nm: Numerics = CRYPTEN) -> torch.Tensor:
     level = one_hot_levels(v, [4.0**k for k in range(kmin, kmax + 1)], nm, "wide")
     powers = [kmin + j for j in range(kmax - kmin + 2)]  # v / 4^p in [1/4, 1)
     vn = _mpc_from_share(scale_by_level(v, level, [-2 * p for p in powers], 16))
-    a, b = approx.guess("inv_sqrt", nm.approx.initial_guess)
+    a, b = approx.guess("inv_sqrt", nm.approx.initial_guess, _newton_step(nm))
     y = a - vn * b
     for _ in range(iterations):
         y = y * (3.0 - vn * y.square()) * 0.5

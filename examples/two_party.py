@@ -3,6 +3,8 @@
 
 One machine:
     torchrun --nproc_per_node=2 examples/two_party.py --prompt "What is 2PC?"
+With a KV-cache policy (the selected tokens stay secret; their count is public):
+    torchrun --nproc_per_node=2 examples/two_party.py --policy mpcache --budget 0.1 --prompt "..."
 With a trusted dealer as a third process:
     torchrun --nproc_per_node=3 examples/two_party.py --dealer ttp --prompt "..."
 Two machines (run on each; --node_rank 0 on the server's machine):
@@ -29,6 +31,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--dealer", choices=runtime.DEALERS, default="tfp")
+    p.add_argument("--policy", default="full",
+                   help="KV-cache policy NAME[:KEY=VALUE...] (full, streaming, h2o, snapkv, quest, mpcache)")
+    p.add_argument("--budget", type=float, default=0.1, help="fraction of the prompt attended per step")
     p.add_argument("--no-mask-reuse", action="store_true")
     p.add_argument("--reveal-logits", action="store_true",
                    help="reveal the logits to the client (leaks them; lets the client sample)")
@@ -47,14 +52,19 @@ def main() -> int:
 
     def body() -> int:
         from mpcache.commands.generate import StreamPrinter
+        from mpcache.policies import parse_spec
         from protocols.report import CostTable
-        from protocols.session import build, private_generate
+        from protocols.session import build, check_same, private_generate
 
+        policy = parse_spec(args.policy, args.budget)  # a bad spec fails before connecting
         party = runtime.init(args.dealer, args.timeout)
         say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if party.is_client else (lambda msg: None)
         say(f"[{runtime.DEALER_NOTE[party.dealer]}]")
         say(f"[setting up {args.model}: the server shares and masks its weights once ...]")
         pm = build(party, args.model, mask_reuse=not args.no_mask_reuse, reveal_logits=args.reveal_logits)
+        check_same(pm.backend, (args.policy, args.budget))
+        say(f"[policy {args.policy}, budget {args.budget}: which tokens are attended stays secret; "
+            f"the counts are public]")
         tok = pm.model.tokenizer
         ids = tok.encode(args.prompt, chat=args.chat) if party.is_client else None
         table = CostTable()
@@ -65,7 +75,7 @@ def main() -> int:
             if printer is not None:
                 printer.push(token)
 
-        run = private_generate(pm, ids, args.max_new_tokens, on_token)
+        run = private_generate(pm, ids, args.max_new_tokens, on_token, policy=policy)
         if party.is_client:
             print()
             print(table.render(plaintext_per_token_s=_plain_seconds(args, len(ids)) if args.plaintext_compare

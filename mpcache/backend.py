@@ -9,12 +9,14 @@ are plain torch tensors.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from mpcache import approx
+from mpcache.errors import UserError
 
 Tensor = Any  # torch.Tensor in plaintext, a CrypTen tensor under MPC
 
@@ -155,11 +157,16 @@ class Backend:
         return x * cos + rotated * sin
 
     # --- selection (policies) -----------------------------------------------------------------
-    def topk(self, scores: Tensor, k: int) -> Tensor:
+    def topk(self, scores: Tensor, k: int, forced: torch.Tensor | None = None) -> Tensor:
         """Select the ``k`` largest entries of each row of ``scores`` [H, n]; ``k`` is public.
 
+        Exactly k distinct items per row. Tie rule (both backends): equal scores, the lower index
+        wins. ``forced``: a public bool mask [n] or [H, n] of items always selected, counted
+        inside k (e.g. the attention-sink and newest clusters); at most k per row.
+
         Returns a *selection*: in plaintext a LongTensor of indices [H, k] in ascending order (so
-        gathered tokens keep their cache order); under MPC a secret one-hot matrix [H, k, n].
+        gathered tokens keep their cache order); under MPC a secret one-hot matrix [H, k, n] whose
+        rows are in the same ascending position order.
         """
         raise NotImplementedError
 
@@ -171,6 +178,31 @@ class Backend:
         may be secret or public (e.g. a public bonus vector gathered along with secret scores).
         """
         raise NotImplementedError
+
+    def argmin(self, scores: Tensor) -> Tensor:
+        """A selection of each row's minimum of ``scores`` [H, n] (the first one on ties):
+        indices [H, 1] in plaintext, a secret one-hot [H, 1, n] under MPC (one tournament)."""
+        raise NotImplementedError
+
+    def drop(self, selection: Tensor, x: Tensor) -> Tensor:
+        """``x`` [H, n, m] without the one row per head picked by ``selection`` (from ``argmin``),
+        the others in order -> [H, n-1, m] (H2O's one-token eviction: a shift, not a top-k)."""
+        raise NotImplementedError
+
+    def compose(self, outer: Tensor, inner: Tensor, m: int) -> Tensor:
+        """Two-level selection -> one: ``outer`` picks k1 of C clusters, ``inner`` picks k2 among the
+        k1*m children of the picked clusters (in their gathered order). Returns the selection of
+        those k2 children among all C*m children (ascending when both inputs are)."""
+        raise NotImplementedError
+
+    def fix(self, x: Tensor) -> Tensor:
+        """Mark ``x`` (a cache rebuilt by eviction) as a fixed operand: under MPC its mask is opened
+        once, here, so later products with it or its views open only the other operand."""
+        return x
+
+    def phase(self, name: str) -> AbstractContextManager:
+        """Account everything inside to phase ``name`` (MPC; a no-op in plaintext)."""
+        return nullcontext()
 
     # --- outputs -------------------------------------------------------------------------------
     def agree_stop(self, stop: bool) -> bool:
@@ -236,13 +268,28 @@ class PlainBackend(Backend):
         return approx.softmax(scores, mask, a.exp_iterations, a.reciprocal_iterations, a.softmax_clip,
                               a.initial_guess, a.exp_method, a.range_step)
 
-    def topk(self, scores: torch.Tensor, k: int) -> torch.Tensor:
-        return torch.topk(scores, k, dim=-1).indices.sort(dim=-1).values
+    def topk(self, scores: torch.Tensor, k: int, forced: torch.Tensor | None = None) -> torch.Tensor:
+        check_topk(scores.shape, k, forced)
+        key = scores.float()
+        if forced is not None:
+            key = torch.where(forced.to(torch.bool), torch.inf, key)
+        order = torch.sort(-key, dim=-1, stable=True).indices  # stable: equal scores, lower index first
+        return order[..., :k].sort(dim=-1).values
 
     def gather(self, selection: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if selection.shape[0] != x.shape[0]:
             selection = selection.expand(x.shape[0], -1)
         return torch.gather(x, 1, selection[..., None].expand(-1, -1, x.shape[-1]))
+
+    def argmin(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores.argmin(-1, keepdim=True)
+
+    def drop(self, selection: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        keep = torch.ones(x.shape[:2], dtype=torch.bool).scatter_(1, selection, False)
+        return x[keep].reshape(x.shape[0], x.shape[1] - 1, *x.shape[2:])
+
+    def compose(self, outer: torch.Tensor, inner: torch.Tensor, m: int) -> torch.Tensor:
+        return torch.gather(outer, 1, inner // m) * m + inner % m
 
     def amax(self, x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
         return x.amax(dim, keepdim=keepdim)
@@ -255,3 +302,19 @@ class PlainBackend(Backend):
 
     def reveal(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+def check_topk(shape, k: int, forced: torch.Tensor | None) -> None:
+    """Shapes and counts of a top-k call (public), checked the same way by both backends."""
+    if len(shape) != 2:
+        raise UserError(f"topk takes scores [H, n], got shape {tuple(shape)}")
+    n = shape[-1]
+    if not 1 <= k <= n:
+        raise UserError(f"topk: k = {k} must be in 1..{n} (the number of items)")
+    if forced is not None:
+        rows_ok = forced.dim() == 1 or (forced.dim() == 2 and forced.shape[0] in (1, shape[0]))
+        if forced.shape[-1] != n or not rows_ok:
+            raise UserError(f"topk: forced mask of shape {tuple(forced.shape)} for scores {tuple(shape)}")
+        most = int(forced.to(torch.long).sum(-1).max())
+        if most > k:
+            raise UserError(f"topk: {most} forced items do not fit in k = {k}")

@@ -37,11 +37,14 @@ class LayerCache:
 
 @dataclass
 class KVCache:
+    """One sequence's cache and the policy that manages it (a policy instance serves one sequence)."""
+
     layers: list[LayerCache]
+    policy: Any = None  # mpcache.policies.Policy; None: the full cache
 
     @classmethod
-    def empty(cls, num_layers: int) -> KVCache:
-        return cls([LayerCache() for _ in range(num_layers)])
+    def empty(cls, num_layers: int, policy: Any = None) -> KVCache:
+        return cls([LayerCache() for _ in range(num_layers)], policy)
 
     @property
     def position(self) -> int:
@@ -52,6 +55,16 @@ class KVCache:
         """A copy sharing the K/V tensors (safe: cache updates build new tensors, never write in place)
         with empty policy state and counters: run several policies from one prefill."""
         return KVCache([LayerCache(lc.k, lc.v, lc.appended) for lc in self.layers])
+
+    def start(self, policy: Any, prompts: list, backend: Backend) -> KVCache:
+        """A fork of this full-cache prefill handed to ``policy``: its ``after_prefill`` runs now on
+        each layer with that layer's recorded prompt info (run several policies from one prefill)."""
+        cache = self.fork()
+        cache.policy = policy
+        with backend.phase("static-eviction"):
+            for i, prompt in enumerate(prompts):
+                policy.after_prefill(i, prompt, cache.layers[i], backend)
+        return cache
 
     def mean_attended(self) -> float:
         """Mean keys attended per layer per decode step (0 before any decode step)."""

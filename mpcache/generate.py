@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from mpcache.cache import KVCache
 from mpcache.errors import UserError
 from mpcache.models.transformer import Transformer
+from mpcache.policies.base import Policy
 
 
 @dataclass
@@ -40,29 +41,42 @@ def generate(
     max_new_tokens: int,
     eos_ids: tuple[int, ...] = (),
     on_token: Callable[[int], None] | None = None,
+    policy: Policy | None = None,
 ) -> GenerationResult:
-    """Greedy generation. ``on_token`` is called with each new token id as it is produced."""
+    """Greedy generation with ``policy`` (default: the model's). ``on_token`` is called with each
+    new token id as it is produced."""
     check_lengths(len(prompt_ids), max_new_tokens, model.config.max_positions)
-    backend = model.backend
     result = GenerationResult(prompt_len=len(prompt_ids))
-    cache = model.new_cache()
+    cache = model.new_cache(policy)
     start = time.perf_counter()
-    logits = model.forward(prompt_ids, cache)
-    token = backend.next_token(logits)
+    token = model.backend.next_token(model.forward(prompt_ids, cache))
     result.prefill_seconds = time.perf_counter() - start
     start = time.perf_counter()
+    result.new_ids, result.stopped_at_eos = decode(model, cache, token, max_new_tokens, eos_ids, on_token)
+    result.decode_seconds = time.perf_counter() - start
+    result.cache = cache
+    return result
+
+
+def decode(
+    model: Transformer,
+    cache: KVCache,
+    token: int,
+    max_new_tokens: int,
+    eos_ids: tuple[int, ...] = (),
+    on_token: Callable[[int], None] | None = None,
+) -> tuple[list[int], bool]:
+    """The one greedy decode loop (generate, eval, the MPC parties): from the first new ``token``
+    (from the prefill) until EOS or ``max_new_tokens`` tokens. Returns (tokens, stopped at EOS)."""
+    backend = model.backend
+    new_ids: list[int] = []
     while True:
-        result.new_ids.append(token)
+        new_ids.append(token)
         if on_token is not None:
             on_token(token)
         # Under MPC only the client knows the token: the stop decision is made public (one bit).
         if backend.agree_stop(token in eos_ids):
-            result.stopped_at_eos = True
-            break
-        if len(result.new_ids) >= max_new_tokens:
-            break
-        logits = model.forward([token], cache)
-        token = backend.next_token(logits)
-    result.decode_seconds = time.perf_counter() - start
-    result.cache = cache
-    return result
+            return new_ids, True
+        if len(new_ids) >= max_new_tokens:
+            return new_ids, False
+        token = backend.next_token(model.forward([token], cache))

@@ -74,6 +74,7 @@ class Meter:
         self.comm = comm
         self.phases: dict[str, Cost] = {}
         self._stack: list[str] = []
+        self._owner: str | None = None  # an enclosing phase that takes every cost inside it
         self._dealer_bytes, self._dealer_rounds, self._dealer_depth = 0.0, 0, 0
         self._mark = self._read()
 
@@ -96,14 +97,23 @@ class Meter:
         self._mark = now
 
     @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: str, owns_inner: bool = False) -> Iterator[None]:
+        """Attribute the cost inside to ``name``. With ``owns_inner`` the phases opened inside (the
+        softmax, the top-k of a policy's selection) count as ``name`` too."""
+        if self._owner is not None:
+            yield
+            return
         self._flush()
         self._stack.append(name)
+        if owns_inner:
+            self._owner = name
         try:
             yield
         finally:
             self._flush()
             self._stack.pop()
+            if owns_inner:
+                self._owner = None
 
     @contextmanager
     def dealer(self) -> Iterator[None]:

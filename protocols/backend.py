@@ -16,18 +16,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from mpcache.backend import Approximations, Backend
-from protocols import fastcfg
+from protocols import fastcfg, topk
 from protocols import nonlinear as nl
 from protocols.accounting import Meter
 from protocols.compat import import_crypten
 from protocols.dealer import make_dealer
-from protocols.fixed import FixedOperand, extend_fixed, fixed_product, make_fixed
+from protocols.fixed import FixedOperand, extend_fixed, fixed_product, make_fixed, open_ring
 from protocols.runtime import CLIENT, Party
+from protocols.topk import TopkConfig
 
 PHASE_OF_WEIGHT = {
     "q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "attn-out",
@@ -91,6 +92,14 @@ class MPCBackend(Backend):
     def _fixed(self, x, fixed: FixedOperand, kind: str):
         return self._from_ring(fixed_product(self.dealer, self.rank, x._tensor.share, fixed, kind))
 
+    def share_from_server(self, value: torch.Tensor | None, shape):
+        """Secret-share a plaintext tensor the server holds (the client passes None; shapes are
+        public). No traffic: pseudo-random zero shares plus the server's value."""
+        if self.rank == 0 and tuple(value.shape) != tuple(shape):
+            raise RuntimeError(f"server tensor of shape {tuple(value.shape)}, expected {tuple(shape)}")
+        plain = value.float().contiguous() if self.rank == 0 else torch.zeros(shape)
+        return self._share(plain, src=0)
+
     # --- data movement -------------------------------------------------------------------------------
     def weight(self, tensor: torch.Tensor, name: str = "") -> SecretWeight:
         with self.meter.phase("setup"):
@@ -115,13 +124,34 @@ class MPCBackend(Backend):
             return x.matmul(table.secret)
 
     def cat(self, tensors: Sequence, dim: int):
+        """Concatenation. When a piece is (a view of) a fixed operand, e.g. a cache growing by a row
+        or rebuilt from slices after eviction, the result is fixed too: only fresh pieces are masked
+        and opened; the masks of the fixed pieces are reused (the dealer derives the new mask)."""
         tensors = list(tensors)
         with self.meter.phase("kv-append"):
             out = self.crypten.cat(tensors, dim=dim)
-            fixed = self._lookup(tensors[0]) if self.mask_reuse and len(tensors) == 2 else None
-            if fixed is not None:
-                self._unregister(tensors[0])
-                self._register(out, extend_fixed(self.dealer, fixed, tensors[1]._tensor.share, dim))
+            if not self.mask_reuse or any(torch.is_tensor(t) for t in tensors):
+                return out
+            fixed = [self._lookup_view(t) for t in tensors]
+            if len(tensors) == 2 and fixed[0] is not None and fixed[0].view is None and fixed[1] is None:
+                self._unregister(tensors[0])  # a growing cache: extend its mask by the new rows
+                self._register(out, extend_fixed(self.dealer, fixed[0], tensors[1]._tensor.share, dim))
+            elif any(f is not None for f in fixed):
+                parts = [("view", f.key, f.view) if f is not None else ("new", tuple(t.shape))
+                         for t, f in zip(tensors, fixed, strict=True)]
+                key, fresh = self.dealer.derive(parts, dim)
+                fresh = iter(fresh)
+                masks, opened = [], []
+                for t, f in zip(tensors, fixed, strict=True):
+                    if f is not None:
+                        masks.append(f.mask_share)
+                        opened.append(f.opened)
+                    else:
+                        b = next(fresh).contiguous()
+                        masks.append(b)
+                        opened.append(open_ring(t._tensor.share - b))
+                self._register(out, FixedOperand(key, torch.cat(masks, dim).contiguous(),
+                                                 torch.cat(opened, dim).contiguous(), "kv"))
             return out
 
     # --- linear algebra --------------------------------------------------------------------------------
@@ -143,7 +173,7 @@ class MPCBackend(Backend):
         """a @ b (or a @ b^T): b, typically a cached key/value block, is masked once and reused."""
         if not self.mask_reuse:
             return a.matmul(b.transpose(-1, -2) if kind == "matmul_t" else b)
-        fixed = self._lookup(b)
+        fixed = self._lookup_view(b)
         if fixed is None:
             fixed = make_fixed(self.dealer, b._tensor.share, "kv")
             self._register(b, fixed)
@@ -174,28 +204,78 @@ class MPCBackend(Backend):
             return super().rope(x, cos, sin)
 
     # --- selection -------------------------------------------------------------------------------------
-    def topk(self, scores, k: int):
-        """Secret one-hot [H, k, n] of the k largest entries per row, by k rounds of argmax
-        (each picked entry is pushed far below the rest). Rows come in descending score order."""
-        with self.meter.phase("selection"):
-            n = scores.shape[-1]
-            rows = []
-            current = scores
-            for _ in range(k):
-                _, idx = nl.tree_max(current, with_index=True)  # [H, 1]
-                onehot = self._index_to_onehot(idx, n)
-                rows.append(onehot.unsqueeze(1))
-                current = current - onehot * 1e4
-            return self.crypten.cat(rows, dim=1)
+    topk_config = TopkConfig()  # protocols.topk.choose by (n, k); assign another to force one method
 
-    def _index_to_onehot(self, idx, n: int):
-        """One-hot [H, n] of a secret index [H, 1]: n equality tests (CrypTen's 2PC eq)."""
-        diff = idx - torch.arange(n, dtype=torch.float32)
-        return diff.eq(0)
+    def topk(self, scores, k: int, forced: torch.Tensor | None = None, method: str | None = None):
+        """Secret one-hot [H, k, n] of the k largest entries per row, rows in ascending position
+        order; equal scores: the lower index wins; public ``forced`` items [n] or [H, n] are always
+        kept (inside k). The construction follows ``self.topk_config`` (``protocols.topk``);
+        ``method`` overrides it for one call."""
+        with self.meter.phase("selection"):
+            config = self.topk_config
+            if method is not None:
+                config = replace(config, method=method)
+            return topk.select(scores, k, forced, config)
 
     def gather(self, selection, x):
+        """One-hot [H or 1, k, n] times rows x [H, n, m]. When x is a view of a fixed operand (the
+        cache viewed cluster-major), its mask is reused: only the fresh one-hot is opened."""
         with self.meter.phase("selection"):
+            fixed = self._lookup_view(x) if self.mask_reuse and not torch.is_tensor(x) else None
+            if fixed is not None:
+                return self._fixed(selection, fixed, "matmul")
             return selection.matmul(x)
+
+    def argmin(self, scores):
+        """One-hot [H, 1, n] of each row's minimum (the first one on ties): one tournament."""
+        with self.meter.phase("selection"):
+            _, idx = nl.tree_max(scores * -1.0, with_index=True)  # [H, 1]
+            return (idx - torch.arange(scores.shape[-1], dtype=torch.float32)).eq(0).unsqueeze(1)
+
+    def drop(self, selection, x):
+        """x [H, n, m] without the row picked by the one-hot ``selection`` [H, 1, n], order kept:
+        row j <- x_j + c_j (x_{j+1} - x_j) with c the prefix sum of the one-hot (a local op). With x
+        fixed, both products reuse its mask and open only c."""
+        with self.meter.phase("selection"):
+            c = selection[:, 0].cumsum(-1)[:, :-1].unsqueeze(-1)  # [H, n-1, 1]
+            lo, hi = x[:, :-1], x[:, 1:]
+            if self.mask_reuse:
+                f_lo, f_hi = self._lookup_view(lo), self._lookup_view(hi)
+                if f_lo is not None and f_hi is not None:
+                    return lo + self._fixed(c, f_hi, "mul") - self._fixed(c, f_lo, "mul")
+            return lo + c * (hi - lo)
+
+    def compose(self, outer, inner, m: int):
+        """Children picked by ``inner`` [H, k2, k1*m] among the m children of each of ``outer``'s k1
+        picks [H, k1, C] -> one one-hot [H, k2, C*m] over all children (one small Beaver matmul)."""
+        with self.meter.phase("selection"):
+            share = outer._tensor.share  # [H, k1, C], a 0/1 secret at the default scale
+            h, k1, c = share.shape
+            eye = torch.eye(m, dtype=share.dtype)
+            expanded = (share[:, :, None, :, None] * eye[None, None, :, None, :]).reshape(h, k1 * m, c * m)
+            return inner.matmul(nl._mpc_from_share(expanded))
+
+    def fix(self, x):
+        """Mask x once (a cache rebuilt by eviction): later products with x or its views open only
+        the other operand."""
+        if self.mask_reuse and not torch.is_tensor(x) and self._lookup(x) is None:
+            self._register(x, make_fixed(self.dealer, x._tensor.share, "kv"))
+        return x
+
+    def amax(self, x, dim: int, keepdim: bool = False):
+        """Max over ``dim``: a tournament of secret comparisons, every independent max of x in the
+        same rounds."""
+        with self.meter.phase("selection"):
+            moved = x.transpose(dim, -1) if dim not in (-1, x.dim() - 1) else x
+            out = nl.tree_max(moved)  # [..., 1]
+            out = out.transpose(dim, -1) if moved is not x else out
+            return out if keepdim else out.squeeze(dim)
+
+    def amin(self, x, dim: int, keepdim: bool = False):
+        return self.amax(x * -1.0, dim, keepdim) * -1.0
+
+    def phase(self, name: str):
+        return self.meter.phase(name, owns_inner=True)
 
     # --- outputs ---------------------------------------------------------------------------------------
     def next_token(self, logits) -> int:
@@ -229,6 +309,8 @@ class MPCBackend(Backend):
         return share.data_ptr(), tuple(share.shape), tuple(share.stride())
 
     def _register(self, b, fixed: FixedOperand) -> None:
+        # The share is made contiguous (same values) so that views of b map onto the mask by strides.
+        b._tensor.share = b._tensor.share.contiguous()
         self._registry[self._key(b)] = (b._tensor.share, fixed)
         while len(self._registry) > self._cache_slots:
             _, (_, old) = self._registry.popitem(last=False)
@@ -236,6 +318,22 @@ class MPCBackend(Backend):
 
     def _unregister(self, b) -> None:
         self._registry.pop(self._key(b), None)
+
+    def _lookup_view(self, x) -> FixedOperand | None:
+        """The fixed operand of which x is a view (same storage, inside it), seen through that view."""
+        exact = self._lookup(x)
+        if exact is not None:
+            return exact
+        share = x._tensor.share
+        storage = share.untyped_storage().data_ptr()
+        for base, fixed in reversed(self._registry.values()):
+            if base.untyped_storage().data_ptr() != storage or fixed.view is not None:
+                continue
+            offset = share.storage_offset() - base.storage_offset()
+            last = offset + sum((n - 1) * st for n, st in zip(share.shape, share.stride(), strict=True))
+            if offset >= 0 and last < base.numel() and min(share.stride(), default=1) >= 0:
+                return fixed.viewed(share.shape, share.stride(), offset)
+        return None
 
     def _lookup(self, b) -> FixedOperand | None:
         key = self._key(b)

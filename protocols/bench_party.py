@@ -15,7 +15,9 @@ import torch
 from mpcache.backend import Approximations, PlainBackend
 from mpcache.generate import generate
 from mpcache.models import Transformer, load_model
+from mpcache.policies import parse_spec
 from protocols.accounting import NETWORKS, Cost, total
+from protocols.plain_prefill import NOTE as PLAINTEXT_NOTE
 from protocols.runtime import DEALER_NOTE, Party
 from protocols.session import build, private_generate
 
@@ -52,29 +54,38 @@ def run(party: Party, args) -> int:
     presets = getattr(args, "approx_presets", None) or ["v1"]
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.mask_reuse]
     log(party, DEALER_NOTE[party.dealer])
+    plain_times: dict[int, tuple[float, float]] = {}
     for mask_reuse in modes:
         log(party, f"setting up {args.model} (mask reuse {'on' if mask_reuse else 'off'})")
         pm = build(party, args.model, Approximations.preset(presets[0]), mask_reuse=mask_reuse)
         log(party, f"setup done in {pm.setup.compute_s:.1f} s, {pm.setup.online_bytes / 1e6:.1f} MB")
-        runs = [(length, name) for name in presets for length in args.length]
-        for length, name in runs:
+        if args.prefill == "plaintext":
+            log(party, PLAINTEXT_NOTE)
+        runs = [(n, p, a) for a in presets for n in args.length for p in args.policies]
+        for length, spec, name in runs:
             approx = Approximations.preset(name)  # the same shared weights, other numerics
             pm.backend.approx, pm.backend.numerics = approx, Numerics(approx, pm.backend.dealer)
-            log(party, f"L={length}, approximations {name}")
+            log(party, f"L={length} {spec}, approximations {name}")
             prompt = synthetic_prompt(length, pm.model.config.vocab_size) if party.is_client else None
+            policy = parse_spec(spec, args.budget)
 
-            def progress(token, step, length=length):
+            def progress(token, step, length=length, spec=spec):
                 c = total(step)
-                log(party, f"L={length}: token in {c.compute_s:.1f} s, {c.online_bytes / 1e6:.1f} MB, "
+                log(party, f"L={length} {spec}: token in {c.compute_s:.1f} s, {c.online_bytes / 1e6:.1f} MB, "
                            f"{c.rounds} rounds")
 
             start = time.perf_counter()
-            out = private_generate(pm, prompt, args.new_tokens, progress)
+            out = private_generate(pm, prompt, args.new_tokens, progress, policy=policy, prefill=args.prefill)
             record = make_record(party, args, pm, out.steps, length, mask_reuse, approx)
-            record["approx"] = name
-            record["wall_s"] = time.perf_counter() - start
+            record.update(policy=spec, budget=policy.budget, wall_s=time.perf_counter() - start,
+                          selected_tokens=out.result.cache.mean_attended(), approx=name)
+            if args.prefill == "plaintext":  # not private anyway: the server records the tokens too
+                record["tokens"] = pm.backend.comm.broadcast_obj(
+                    out.result.new_ids if party.is_client else None, 1)
             if party.is_server:
-                pre_s, tok_s = plaintext_seconds(args.model, length, args.new_tokens)
+                if length not in plain_times:
+                    plain_times[length] = plaintext_seconds(args.model, length, args.new_tokens)
+                pre_s, tok_s = plain_times[length]
                 record["plaintext_prefill_s"], record["plaintext_per_token_s"] = pre_s, tok_s
                 d = record["decode_per_token"]
                 record["ratios"] = {
@@ -84,14 +95,18 @@ def run(party: Party, args) -> int:
                 }
                 with open(args.json, "a") as f:
                     f.write(json.dumps(record) + "\n")
-                log(party, f"L={length}: {d['online_bytes'] / 1e6:.1f} MB, {d['rounds']:.0f} rounds, "
-                           f"{d['compute_s']:.2f} s per token (plaintext {tok_s:.3f} s) -> {args.json}")
+                st = record["static"]
+                log(party, f"L={length} {spec}: {d['online_bytes'] / 1e6:.1f} MB, {d['rounds']:.0f} rounds, "
+                           f"{d['compute_s']:.2f} s per token (plaintext {tok_s:.3f} s), "
+                           f"{record['selected_tokens']:.0f} keys per layer; static stage once "
+                           f"{st['online_bytes'] / 1e6:.1f} MB, {st['rounds']:.0f} rounds -> {args.json}")
         del pm
     return 0
 
 
 def make_record(party: Party, args, pm, steps, length, mask_reuse, approx) -> dict:
     prefill = total(steps[0])
+    static = steps[0].get("static-eviction", Cost())
     decode_steps = steps[1:]
     per_token = Cost()
     phases: dict[str, Cost] = {}
@@ -104,7 +119,10 @@ def make_record(party: Party, args, pm, steps, length, mask_reuse, approx) -> di
         "kind": "mpc", "model": args.model, "policy": args.policy, "budget": args.budget,
         "length": length, "new_tokens": args.new_tokens, "dealer": party.dealer,
         "mask_reuse": mask_reuse,
+        "prefill_mode": args.prefill,
         "prefill": cost_dict(prefill),
+        "prefill_phases": {k: cost_dict(v) for k, v in sorted(steps[0].items()) if v.compute_s or v.rounds},
+        "static": cost_dict(static),
         "decode_per_token": cost_dict(per_token.scaled(1 / n)),
         "phases": {k: cost_dict(v.scaled(1 / n)) for k, v in sorted(phases.items())
                    if v.compute_s or v.rounds},
@@ -114,6 +132,8 @@ def make_record(party: Party, args, pm, steps, length, mask_reuse, approx) -> di
         "networks": {k: asdict(v) for k, v in NETWORKS.items()},
         "counting": BYTES_NOTE,
         "dealer_note": DEALER_NOTE[party.dealer],
+        "private": args.prefill == "mpc",
+        **({"note": PLAINTEXT_NOTE} if args.prefill == "plaintext" else {}),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -44,6 +44,23 @@ def apply(kind: str, a: torch.Tensor, b: torch.Tensor, b_t: torch.Tensor | None 
     raise ValueError(f"unknown product kind {kind!r}")
 
 
+def wants_transposed(kind: str, a_shape, b: torch.Tensor, view: tuple | None = None) -> bool:
+    """Whether a product uses the contiguous transpose of a large 2-D fixed operand (the embedding
+    table): worth its memory for many rows (a prefill), not for one token's row."""
+    rows = 1
+    for n in tuple(a_shape)[:-1]:
+        rows *= n
+    return view is None and kind == "matmul" and b.dim() == 2 and b.shape[0] > 4096 and rows > 1
+
+
+def viewed(b: torch.Tensor, view: tuple | None) -> torch.Tensor:
+    """``b`` seen through ``view`` = (shape, stride, offset) (see ``FixedOperand.viewed``)."""
+    if view is None:
+        return b
+    shape, stride, offset = view
+    return b.as_strided(shape, stride, b.storage_offset() + offset)
+
+
 def result_shape(kind: str, a_shape, b_shape) -> torch.Size:
     """Shape of ``a ∘ b`` without computing it (meta tensors)."""
     a = torch.empty(tuple(a_shape), device="meta", dtype=torch.float32)
@@ -100,18 +117,31 @@ class LocalDealer:
             self.masks[key] = torch.cat([self.masks[key], b], dim=dim)
         return self._share(b, shape)
 
+    def derive(self, parts: list[tuple], dim: int) -> tuple[int, list[torch.Tensor]]:
+        """A new fixed mask made of pieces along ``dim``: ("view", key, view) reuses a view of B[key];
+        ("new", shape) draws fresh rows. Returns (key, this party's shares of the fresh pieces)."""
+        key = next(self._keys)
+        fresh = [_random_ring(p[1]) if self.rank == 0 else None for p in parts if p[0] == "new"]
+        if self.rank == 0:
+            it = iter(fresh)
+            self.masks[key] = torch.cat(
+                [viewed(self.masks[p[1]], p[2]) if p[0] == "view" else next(it) for p in parts], dim=dim)
+        shapes = [p[1] for p in parts if p[0] == "new"]
+        return key, [self._share(b, shape) for b, shape in zip(fresh, shapes, strict=True)]
+
     def forget(self, key: int) -> None:
         self.masks.pop(key, None)
         self.masks_t.pop(key, None)
 
-    def triple(self, key: int, kind: str, a_shape, b_shape) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shares of a fresh A (shape ``a_shape``) and of C = A ∘ B[key]."""
+    def triple(self, key: int, kind: str, a_shape, b_shape, view: tuple | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shares of a fresh A (shape ``a_shape``) and of C = A ∘ B[key] (B seen through ``view``)."""
         c_shape = result_shape(kind, a_shape, b_shape)
         if self.rank == 0:
             a = _random_ring(a_shape)
-            b = self.masks[key]
+            b = viewed(self.masks[key], view)
             b_t = None
-            if kind == "matmul" and b.dim() == 2 and b.shape[0] > 4096:  # the embedding table
+            if wants_transposed(kind, a_shape, b, view):  # the embedding table, many rows
                 if key not in self.masks_t:
                     self.masks_t[key] = b.t().contiguous()
                 b_t = self.masks_t[key]
@@ -199,6 +229,13 @@ class TTPDealer:
             self._request("fixed_extend", key, tuple(shape), dim)
         return share
 
+    def derive(self, parts: list[tuple], dim: int) -> tuple[int, list[torch.Tensor]]:
+        key = next(self._keys)
+        fresh = [_random_ring(p[1], self._gen()) for p in parts if p[0] == "new"]
+        if self.rank == 0:
+            self._request("fixed_derive", key, parts, dim)
+        return key, fresh
+
     def forget(self, key: int) -> None:
         if self.rank == 0:
             self._request("fixed_forget", key)
@@ -235,10 +272,11 @@ class TTPDealer:
         me, mg = tables_at(pending.tables[1], c_digits)
         return e, g, me, mg, pending.tables[2]
 
-    def triple(self, key: int, kind: str, a_shape, b_shape) -> tuple[torch.Tensor, torch.Tensor]:
+    def triple(self, key: int, kind: str, a_shape, b_shape, view: tuple | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         a = _random_ring(a_shape, self._gen())
         if self.rank == 0:
-            c = self._request("fixed_triple", key, kind, tuple(a_shape))
+            c = self._request("fixed_triple", key, kind, tuple(a_shape), view)
         else:
             c = _random_ring(result_shape(kind, a_shape, b_shape), self._gen())
         return a, c
@@ -271,15 +309,21 @@ def run_ttp_server(on_connected=None) -> None:
             self.masks[key] = torch.cat([self.masks[key], self._get_additive_PRSS(shape)], dim=dim)
             return torch.zeros(1, dtype=torch.long)
 
+        def fixed_derive(self, key, parts, dim):
+            pieces = [viewed(self.masks[p[1]], p[2]) if p[0] == "view" else self._get_additive_PRSS(p[1])
+                      for p in parts]
+            self.masks[key] = torch.cat(pieces, dim=dim)
+            return torch.zeros(1, dtype=torch.long)
+
         def fixed_forget(self, key):
             self.masks.pop(key, None)
             self.masks_t.pop(key, None)
             return torch.zeros(1, dtype=torch.long)
 
-        def fixed_triple(self, key, kind, a_shape):
+        def fixed_triple(self, key, kind, a_shape, view=None):
             a = self._get_additive_PRSS(a_shape)
-            b, b_t = self.masks[key], None
-            if kind == "matmul" and b.dim() == 2 and b.shape[0] > 4096:
+            b, b_t = viewed(self.masks[key], view), None
+            if wants_transposed(kind, a_shape, b, view):
                 b_t = self.masks_t.setdefault(key, b.t().contiguous())
             c = apply(kind, a, b, b_t)
             return c - self._get_additive_PRSS(c.size(), remove_rank=True)

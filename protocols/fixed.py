@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from protocols.dealer import apply
+from protocols.dealer import apply, wants_transposed
 
 
 def _comm():
@@ -37,10 +37,21 @@ class FixedOperand:
     opened: torch.Tensor  # e = W - B, public (int64 ring, fixed-point encoded)
     name: str = ""
     transposed: tuple[torch.Tensor, torch.Tensor] | None = None  # (B^T, e^T) contiguous, lazily
+    view: tuple | None = None  # (shape, stride, offset) into the contiguous registered operand
 
-    def for_kind(self, kind: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Contiguous transposes for a "matmul" by a large 2-D operand (the embedding table)."""
-        if kind != "matmul" or self.opened.dim() != 2 or self.opened.shape[0] <= 4096:
+    def viewed(self, shape, stride, offset: int) -> FixedOperand:
+        """The same mask seen through a view of the operand (a slice, a cluster-major reshape): a
+        product with it opens only the other operand; the dealer applies the same view to B."""
+        if self.view is not None:
+            raise ValueError("a view of a view of a fixed operand is not supported")
+        view = (tuple(shape), tuple(stride), int(offset))
+        return FixedOperand(self.key, _strided(self.mask_share, view), _strided(self.opened, view),
+                            self.name, view=view)
+
+    def for_kind(self, kind: str, a_shape=(2, 1)) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Contiguous transposes for a "matmul" of many rows by a large 2-D operand (the embedding
+        table; see ``dealer.wants_transposed``)."""
+        if not wants_transposed(kind, a_shape, self.opened, self.view):
             return None, None
         if self.transposed is None:
             self.transposed = (self.mask_share.t().contiguous(), self.opened.t().contiguous())
@@ -51,15 +62,24 @@ class FixedOperand:
         return self.opened.shape
 
 
+def _strided(t: torch.Tensor, view: tuple) -> torch.Tensor:
+    shape, stride, offset = view
+    return t.as_strided(shape, stride, t.storage_offset() + offset)
+
+
 def make_fixed(dealer, share: torch.Tensor, name: str = "") -> FixedOperand:
-    """Mask the secret ring tensor whose share is ``share``; opens e = W - B (setup traffic)."""
+    """Mask the secret ring tensor whose share is ``share``; opens e = W - B (setup traffic).
+    B and e are contiguous (so views of the operand map onto them by strides)."""
     key, b_share = dealer.new_mask(share.shape)
-    return FixedOperand(key, b_share, open_ring(share - b_share), name)
+    b_share = b_share.contiguous()
+    return FixedOperand(key, b_share, open_ring(share - b_share).contiguous(), name)
 
 
 def extend_fixed(dealer, fixed: FixedOperand, new_share: torch.Tensor, dim: int) -> FixedOperand:
     """Append rows to a fixed operand (a growing KV cache): masks and opens only the new rows."""
     b_new = dealer.extend_mask(fixed.key, new_share.shape, dim)
+    if fixed.view is not None:
+        raise ValueError("cannot extend a view of a fixed operand")
     e_new = open_ring(new_share - b_new)
     return FixedOperand(
         fixed.key,
@@ -71,8 +91,8 @@ def extend_fixed(dealer, fixed: FixedOperand, new_share: torch.Tensor, dim: int)
 
 def fixed_product(dealer, rank: int, x_share: torch.Tensor, fixed: FixedOperand, kind: str) -> torch.Tensor:
     """Share of x∘W at the product of both encodings' scales (caller truncates)."""
-    a_share, c_share = dealer.triple(fixed.key, kind, x_share.shape, fixed.shape)
+    a_share, c_share = dealer.triple(fixed.key, kind, x_share.shape, fixed.shape, fixed.view)
     d = open_ring(x_share - a_share)
     left = a_share + d if rank == 0 else a_share  # party 0 adds the public d∘e
-    b_t, e_t = fixed.for_kind(kind)
+    b_t, e_t = fixed.for_kind(kind, x_share.shape)
     return c_share + apply(kind, d, fixed.mask_share, b_t) + apply(kind, left, fixed.opened, e_t)

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 import torch
 
 from mpcache.backend import Approximations
-from mpcache.generate import GenerationResult, generate
+from mpcache.generate import GenerationResult, decode, generate
 from mpcache.models import Transformer, load_model
 from mpcache.models.config import expected_shapes
 from mpcache.models.loading import LoadedModel
+from mpcache.policies.base import Policy
 from protocols.accounting import Cost, StepLog, total
 from protocols.backend import MPCBackend
+from protocols.plain_prefill import shared_prefill
 from protocols.runtime import CLIENT, Party, RuntimeFault
 
 
@@ -42,7 +44,7 @@ def build(party: Party, model_spec: str, approx: Approximations | None = None, m
         model.weights = {n: torch.empty(shapes[n], device="meta") for n in sorted(shapes)}
     backend = MPCBackend(party, approx, mask_reuse=mask_reuse, reveal_logits=reveal_logits,
                          debug_logits=debug_logits)
-    _check_same(backend, (model_spec, model.config.to_dict(), mask_reuse, reveal_logits, debug_logits,
+    check_same(backend, (model_spec, model.config.to_dict(), mask_reuse, reveal_logits, debug_logits,
                           party.dealer))
     transformer = Transformer(model.config, model.weights, backend)
     if party.is_server:
@@ -50,7 +52,8 @@ def build(party: Party, model_spec: str, approx: Approximations | None = None, m
     return PrivateModel(party, model, transformer, backend, total(backend.meter.snapshot()))
 
 
-def _check_same(backend: MPCBackend, settings) -> None:
+def check_same(backend: MPCBackend, settings) -> None:
+    """Both parties must run with the same settings: the client compares them with the server's."""
     theirs = backend.comm.broadcast_obj(settings if backend.rank == 0 else None, 0)
     if backend.rank != 0 and theirs != settings:
         raise RuntimeFault(f"the parties disagree on the run settings: server {theirs}, client {settings}")
@@ -64,10 +67,14 @@ class PrivateRun:
 
 
 def private_generate(pm: PrivateModel, prompt_ids: list[int] | None, max_new_tokens: int,
-                     on_token: Callable[[int, dict[str, Cost]], None] | None = None) -> PrivateRun:
+                     on_token: Callable[[int, dict[str, Cost]], None] | None = None,
+                     policy: Policy | None = None, prefill: str = "mpc") -> PrivateRun:
     """Both parties call this; the client passes its prompt ids, the server ``None``.
 
     ``on_token(token, step_cost)`` runs on both parties after each token (token -1 on the server).
+    ``policy``: the KV-cache policy of this generation (a fresh instance; default: the full cache).
+    ``prefill="plaintext"``: the cost-benchmark mode of ``protocols.plain_prefill`` (the client
+    sends its prompt to the server; NOT private).
     """
     backend = pm.backend
     n, max_new = backend.comm.broadcast_obj(
@@ -84,5 +91,12 @@ def private_generate(pm: PrivateModel, prompt_ids: list[int] | None, max_new_tok
 
     eos = tuple(pm.model.tokenizer.eos_token_ids) if pm.party.is_client else ()
     start = time.perf_counter()
-    result = generate(pm.transformer, ids, max_new, eos, step)
+    if prefill == "plaintext":
+        ids = backend.comm.broadcast_obj(ids if pm.party.is_client else None, CLIENT)
+        cache, token = shared_prefill(pm, pm.model.name, ids if pm.party.is_server else None, n,
+                                      policy or Policy())
+        result = GenerationResult(prompt_len=n, cache=cache)
+        result.new_ids, result.stopped_at_eos = decode(pm.transformer, cache, token, max_new, eos, step)
+    else:
+        result = generate(pm.transformer, ids, max_new, eos, step, policy=policy)
     return PrivateRun(result, log.steps[1:], time.perf_counter() - start)

@@ -20,9 +20,15 @@ def main() -> int:
     p.add_argument("--prompt", default="Hello MPC world")
     p.add_argument("--new-tokens", type=int, default=4)
     p.add_argument("--approx", default="v1", help="approximation preset (mpcache.backend.PRESETS)")
+    p.add_argument("--policy", default="full", help="NAME[:KEY=VALUE...][@BUDGET], comma-separated")
+    p.add_argument("--budget", type=float, default=1.0)
+    p.add_argument("--prompt-len", type=int, default=0, help="a seeded prompt of N ids (instead of --prompt)")
+    p.add_argument("--prefill", choices=["mpc", "plaintext"], default="mpc")
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--hang-after-setup", action="store_true", help="fault test: sleep forever")
     p.add_argument("--check-selection", action="store_true", help="run topk + gather on fixed inputs")
+    p.add_argument("--check-topk", default="", metavar="METHODS",
+                   help="run each top-k construction (comma list) on random and tied scores")
     p.add_argument("--check-mul-hi", type=int, default=0, metavar="N",
                    help="run nonlinear.mul_hi on N elements of random sizes, write the max error")
     p.add_argument("--out", required=True)
@@ -36,6 +42,8 @@ def main() -> int:
             return check_selection(party, args.out)
         if args.check_mul_hi:
             return check_mul_hi(party, args.out, args.check_mul_hi)
+        if args.check_topk:
+            return check_topk(party, args.out, args.check_topk.split(","))
         from mpcache.backend import Approximations
 
         pm = build(party, args.model, Approximations.preset(args.approx), debug_logits=True)
@@ -43,21 +51,44 @@ def main() -> int:
             import time
 
             time.sleep(3600)
-        ids = pm.model.tokenizer.encode(args.prompt) if party.is_client else None
+        if args.prompt_len:
+            ids = seeded_prompt(args.prompt_len, pm.model.config.vocab_size)
+        else:
+            ids = pm.model.tokenizer.encode(args.prompt)
+        ids = ids if party.is_client else None
         logits = []
 
         def on_token(token, cost):
-            if party.is_client:
+            if party.is_client and pm.backend.last_logits is not None:
                 logits.append(pm.backend.last_logits.tolist())
 
-        run = private_generate(pm, ids, args.new_tokens, on_token)
+        from mpcache.policies import parse_spec
+
+        runs = []
+        for item in args.policy.split(","):  # NAME[:KEY=VALUE...][@BUDGET], one run each
+            spec, _, budget = item.partition("@")
+            policy = parse_spec(spec, float(budget) if budget else args.budget)
+            logits.clear()
+            run = private_generate(pm, ids, args.new_tokens, on_token, policy=policy, prefill=args.prefill)
+            phases = {}
+            for step in run.steps:
+                for name, cost in step.items():
+                    phases[name] = phases.get(name, 0) + cost.online_bytes
+            cache = run.result.cache
+            runs.append({"policy": item, "tokens": run.result.new_ids, "logits": list(logits),
+                         "cache_lengths": [lc.length for lc in cache.layers],
+                         "mean_attended": cache.mean_attended(), "phase_bytes": phases})
         if party.is_client:
-            Path(args.out).write_text(json.dumps(
-                {"prompt_ids": ids, "tokens": run.result.new_ids, "logits": logits}
-            ))
+            Path(args.out).write_text(json.dumps({"prompt_ids": ids, **runs[0], "runs": runs}))
         return 0
 
     return runtime.run_party(body)
+
+
+def seeded_prompt(length: int, vocab: int) -> list[int]:
+    import torch
+
+    return torch.randint(0, min(vocab, 256), (length,), generator=torch.Generator().manual_seed(3)).tolist()
 
 
 def check_selection(party, out: str) -> int:
@@ -77,6 +108,51 @@ def check_selection(party, out: str) -> int:
     if party.is_client:
         Path(out).write_text(json.dumps({"scores": scores.tolist(), "values": values.tolist(),
                                          "onehot": onehot.tolist(), "gathered": rows.tolist()}))
+    return 0
+
+
+def topk_cases() -> list[dict]:
+    """Scores [H, n], k and forced masks: random, tied (few distinct values), all equal, forced
+    items per row and shared, as many forced as k, k = n, k = n - 1, scores beyond the bisection's
+    bound."""
+    import torch
+
+    gen = torch.Generator().manual_seed(3)
+    ties = torch.randint(0, 3, (2, 12), generator=gen).float() * 0.5
+    forced_rows = torch.zeros(2, 10, dtype=torch.bool)
+    forced_rows[0, 0], forced_rows[1, [2, 9]] = True, True
+    spread = torch.randn(2, 10, generator=gen) * 100
+    return [
+        {"scores": torch.randn(2, 9, generator=gen), "k": 3, "forced": None},
+        {"scores": ties, "k": 5, "forced": torch.tensor([i in (0, 11) for i in range(12)])},
+        {"scores": torch.randint(-2, 2, (2, 10), generator=gen).float(), "k": 4, "forced": forced_rows},
+        {"scores": torch.full((1, 8), 0.25), "k": 3, "forced": None},
+        {"scores": spread, "k": 9, "forced": None},
+        {"scores": torch.randn(1, 5, generator=gen), "k": 2, "forced": torch.tensor([0, 1, 0, 1, 0]) > 0},
+        {"scores": torch.randn(1, 4, generator=gen), "k": 4, "forced": None},
+        # beyond bisection's bound 2^12 (clamped there, the set is still the plaintext one)
+        {"scores": torch.tensor([[5000.0, 0.5, 9000.0, -7000.0, 1.0, 0.25]]), "k": 3, "forced": None},
+    ]
+
+
+def check_topk(party, out: str, methods: list[str]) -> int:
+    """Every construction on every case of ``topk_cases``; the client writes the revealed one-hots."""
+    from protocols.backend import MPCBackend, reveal
+
+    backend = MPCBackend(party)
+    crypten = backend.crypten
+    record = {"cases": [], "onehots": {}}
+    for case in topk_cases():
+        record["cases"].append({"scores": case["scores"].tolist(), "k": case["k"],
+                                "forced": None if case["forced"] is None else case["forced"].tolist()})
+    for method in methods:
+        got = []
+        for case in topk_cases():
+            scores = crypten.cryptensor(case["scores"], src=0)
+            got.append(reveal(backend.topk(scores, case["k"], case["forced"], method=method)).tolist())
+        record["onehots"][method] = got
+    if party.is_client:
+        Path(out).write_text(json.dumps(record))
     return 0
 
 

@@ -42,7 +42,8 @@ def test_bench_mpc_writes_records_and_plot(tmp_path):
     (["--model", "random:nope"], "random"),
     (["--model", "random:tiny", "--new-tokens", "1"], "--new-tokens"),
     (["--model", "random:tiny", "--length", "5000"], "positions"),
-    (["--model", "random:tiny", "--policy", "h2o"], "policy"),
+    (["--model", "random:tiny", "--policy", "nope"], "policy"),
+    (["--model", "random:tiny", "--policy", "full,mikv"], "plaintext only"),
     (["--model", "random:tiny", "--approx", "v1,quick"], "approximation preset"),
     (["--model", "random:tiny", "--approx", "exact"], "--approx"),
 ])
@@ -50,3 +51,24 @@ def test_bench_mpc_bad_input_is_one_line_exit_2(tmp_path, args, message):
     proc = mpcache("bench", "mpc", *args, "--json", str(tmp_path / "x.jsonl"), timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith("mpcache: error:") and message in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_mpc_plaintext_prefill_one_record_per_policy(tmp_path):
+    """--prefill plaintext: one record per policy from the same prompt, with the one-time static
+    stage and the keys attended; the record says it is not a private run."""
+    out = tmp_path / "mpc.jsonl"
+    proc = mpcache("bench", "mpc", "--model", "random:tiny", "--length", "192", "--new-tokens", "3",
+                   "--prefill", "plaintext", "--policy", "full,mpcache:s1=16:s2=8", "--json", str(out),
+                   timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "NOT A PRIVATE RUN" in proc.stderr
+    full, mpc = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (full["policy"], mpc["policy"]) == ("full", "mpcache:s1=16:s2=8")
+    for r in (full, mpc):
+        assert r["prefill_mode"] == "plaintext" and not r["private"] and "NOT A PRIVATE RUN" in r["note"]
+        assert all(k in r["static"] for k in FIELDS)
+    assert full["static"]["online_bytes"] == 0 and mpc["static"]["online_bytes"] > 0
+    assert full["selected_tokens"] > 192 and mpc["selected_tokens"] < 0.2 * 192
+    assert mpc["decode_per_token"]["online_bytes"] < full["decode_per_token"]["online_bytes"]
+    assert "selection" in mpc["phases"]

@@ -1,4 +1,5 @@
 """``mpcache bench mpc``: private (two-party) generation costs, one JSON record per setting.
+``mpcache bench topk``: the oblivious top-k constructions side by side (bytes, rounds, seconds).
 
 Launches the parties itself with ``torch.distributed.run`` unless it already runs under torchrun.
 """
@@ -26,8 +27,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (JSON records)")
     bench = p.add_subparsers(dest="bench", required=True)
     m = bench.add_parser("mpc", help="two-party private generation: bytes, rounds, seconds per token")
-    m.add_argument("--policy", default="full", help="KV-cache policy (full: the baseline)")
-    m.add_argument("--budget", type=float, default=1.0)
+    m.add_argument("--policy", default="full",
+                   help="comma list of KV-cache policies NAME[:KEY=VALUE...] (full: the baseline); one "
+                        "record each, same run, same prompt")
+    m.add_argument("--budget", type=float, default=0.1,
+                   help="fraction of the prompt attended per step, for every policy but full")
+    m.add_argument("--prefill", choices=["mpc", "plaintext"], default="mpc",
+                   help="plaintext: a COST BENCHMARK, not a private run (the prompt's KV cache is "
+                        "computed in plaintext and secret-shared; the static stage and decode run in 2PC)")
     m.add_argument("--model", default=DEFAULT_MODEL, help="smollm2 | PATH | random:PRESET")
     m.add_argument("--length", type=_lengths, default=[128], help="prompt length(s), e.g. 128,512")
     m.add_argument("--new-tokens", type=int, default=3, help="generated tokens (>= 2: prefill + decode)")
@@ -44,6 +51,58 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     bench_ops.add_parser(bench)
 
+    t = bench.add_parser("topk", help="oblivious top-k constructions under 2PC: bytes, rounds, seconds")
+    t.add_argument("--sizes", type=_ints, default=[16, 64, 256, 2048], help="n, e.g. 16,64,256,2048")
+    t.add_argument("--k", type=_ints, default=None,
+                   help="k values (default: n/2, n/5, 8 and, for n >= 1024, the static stage's 0.1 n)")
+    t.add_argument("--methods", type=_methods, default=None, help="comma list (default: all)")
+    t.add_argument("--bisect-radix", type=_ints, default=[1, 2],
+                   help="bits found per bisection step, one record each (default 1,2)")
+    t.add_argument("--heads", type=int, default=1, help="rows H of the scores [H, n]")
+    t.add_argument("--max-bytes", type=float, default=1e9, help="skip a construction estimated above this")
+    t.add_argument("--max-rounds", type=int, default=10000, help="skip a construction estimated above this")
+    t.add_argument("--dealer", choices=["tfp", "ttp"], default="tfp")
+    t.add_argument("--timeout", type=float, default=600, help="seconds a party waits for the other")
+    t.add_argument("--json", required=True, help="file to append the records to")
+    t.set_defaults(run=run_topk)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return values
+
+
+def _methods(text: str) -> list[str]:
+    from protocols.topk import METHODS
+
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in names if v not in METHODS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"--methods takes a comma list of {', '.join(METHODS)}")
+    return names
+
+
+def run_topk(args: argparse.Namespace) -> int:
+    from protocols import runtime
+
+    if args.heads < 1:
+        raise UserError("--heads must be >= 1")
+    if not runtime.under_torchrun():
+        from protocols.launch import launch_local
+
+        return launch_local(["-m", "mpcache", *sys.argv[1:]], runtime.world_size(args.dealer))
+
+    from protocols.bench_party import ensure_parent
+    from protocols.topk_bench import run as run_party
+
+    ensure_parent(args.json)
+    return runtime.run_party(lambda: run_party(runtime.init(args.dealer, args.timeout), args))
+
 
 def run(args: argparse.Namespace) -> int:
     from protocols import runtime
@@ -56,8 +115,15 @@ def run(args: argparse.Namespace) -> int:
     for name in args.approx_presets:
         if name == "exact" or Approximations.preset(name).exact:
             raise UserError("--approx: MPC needs an approximation preset (v1, fast)")
-    if args.policy != "full" or args.budget != 1.0:
-        raise UserError("under MPC only --policy full (budget 1.0) is implemented so far")
+    from mpcache.policies import POLICIES, parse_spec
+
+    args.policies = [p.strip() for p in args.policy.split(",") if p.strip()]
+    if not args.policies:
+        raise UserError("--policy needs at least one policy")
+    for spec in args.policies:
+        parse_spec(spec, args.budget)  # bad name/option/budget -> UserError before any launch
+        if POLICIES[spec.split(":")[0]].decode_attention is not POLICIES["full"].decode_attention:
+            raise UserError(f"policy {spec!r} runs in plaintext only (its cache is quantized)")
     if not runtime.under_torchrun():
         from mpcache.generate import check_lengths
         from mpcache.models import load_model

@@ -19,11 +19,13 @@ def plot_mpc(records: list[dict], out: str) -> None:
     series: dict[str, list[dict]] = {}
     for r in records:
         label = f"{r['model']} {r['policy']} {r['dealer']} {'reuse' if r['mask_reuse'] else 'no reuse'}"
+        if r.get("prefill_mode") == "plaintext":
+            label += " (plaintext prefill: cost only)"
         series.setdefault(label, []).append(r)
     panels = [
         ("online MB / token", lambda d: d["online_bytes"] / 1e6),
         ("rounds / token", lambda d: d["rounds"]),
-        ("compute s / token", lambda d: d["compute_s"]),
+        ("est. LAN s / token", lambda d: d["lan_s"]),
         ("est. WAN s / token", lambda d: d["wan_s"]),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))

@@ -8,25 +8,40 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from mpcache.backend import Backend
 from mpcache.cache import KVCache, LayerCache
+from mpcache.generate import decode
 from mpcache.models.transformer import Transformer
 from mpcache.policies.base import Policy, PromptInfo
 
+ROWS_BUDGET = 1 << 29  # bytes of prefill attention rows a recorded prefill keeps (all layers)
+
 
 class _Recorder(Policy):
-    """Full cache during prefill; keeps what the policies get from the prompt."""
+    """Full cache during prefill; keeps what the policies get from the prompt (with the window rows
+    of attention the most demanding of ``policies`` reads)."""
 
-    def __init__(self) -> None:
+    def __init__(self, policies: Sequence[Policy] = (), rows_budget_bytes: int | None = ROWS_BUDGET) -> None:
         super().__init__()
+        self.policies = list(policies)
+        self.rows_budget = rows_budget_bytes
         self.prompts: list[PromptInfo] = []
 
+    def prompt_rows(self, prompt_len: int) -> int:
+        return max((p.prompt_rows(prompt_len) for p in self.policies), default=0)
+
     def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
+        if prompt.probs is not None and self.rows_budget is not None:
+            size = prompt.probs.numel() * prompt.probs.element_size() * prompt.num_layers
+            if size > self.rows_budget:  # too big to hold for every layer: recomputed when needed
+                prompt = PromptInfo(prompt.q, prompt.attn_colsum, prompt.num_layers)
         self.prompts.append(prompt)
+
 
 
 @dataclass
@@ -46,21 +61,21 @@ class RunResult:
     seconds: float = 0.0
 
 
-def prefill(model: Transformer, ids: list[int]) -> Prefilled:
-    recorder = _Recorder()
-    model.policy = recorder
-    cache = model.new_cache()
+def prefill(model: Transformer, ids: list[int], policies: Sequence[Policy] = (),
+            rows_budget_bytes: int | None = ROWS_BUDGET) -> Prefilled:
+    """Full-cache prefill that records each layer's prompt info for ``policies`` (fresh instances
+    of the policies that will run from it): the window rows of attention they read, unless all
+    layers' rows exceed ``rows_budget_bytes`` (then they are recomputed when needed)."""
+    recorder = _Recorder(policies, rows_budget_bytes)
+    cache = model.new_cache(recorder)
     start = time.perf_counter()
     logits = model.forward(ids, cache)
+    cache.policy = None
     return Prefilled(cache, recorder.prompts, logits, time.perf_counter() - start)
 
 
 def _start(model: Transformer, pre: Prefilled, policy: Policy) -> KVCache:
-    cache = pre.cache.fork()
-    model.policy = policy
-    for i, prompt in enumerate(pre.prompts):
-        policy.after_prefill(i, prompt, cache.layers[i], model.backend)
-    return cache
+    return pre.cache.start(policy, pre.prompts, model.backend)
 
 
 def _finish(result: RunResult, cache: KVCache, policy: Policy, start: float) -> RunResult:
@@ -77,12 +92,7 @@ def greedy(
     start = time.perf_counter()
     cache = _start(model, pre, policy)
     result = RunResult()
-    token = model.backend.next_token(pre.logits)
-    while True:
-        result.new_ids.append(token)
-        if token in eos or len(result.new_ids) >= max_new:
-            break
-        token = model.backend.next_token(model.forward([token], cache))
+    result.new_ids, _ = decode(model, cache, model.backend.next_token(pre.logits), max_new, eos)
     return _finish(result, cache, policy, start)
 
 

@@ -73,7 +73,7 @@ def run_sweep(cfg: SweepConfig, model: Transformer, tokenizer, progress=None, on
         prefill_seconds = 0.0
         for index in range(cfg.first_sample, cfg.first_sample + cfg.samples):
             sample = build_sample(cfg.task, tokenizer, length, cfg.seed, index, cfg.ppl_tokens)
-            pre = runner.prefill(model, sample.prompt_ids)
+            pre = runner.prefill(model, sample.prompt_ids, [parse_spec(spec, b) for spec, b in pairs])
             prefill_seconds += pre.seconds
             for spec, budget in pairs:
                 policy = parse_spec(spec, budget)

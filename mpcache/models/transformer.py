@@ -50,8 +50,9 @@ class Transformer:
                 )}
             )
 
-    def new_cache(self) -> KVCache:
-        return KVCache.empty(self.config.num_layers)
+    def new_cache(self, policy: Policy | None = None) -> KVCache:
+        """An empty cache for one sequence, managed by ``policy`` (default: the model's)."""
+        return KVCache.empty(self.config.num_layers, policy or self.policy)
 
     def forward(self, token_ids, cache: KVCache, all_logits: bool = False) -> Tensor:
         """Feed ``token_ids`` (a list of ints; under MPC, what the embedding backend takes).
@@ -67,11 +68,16 @@ class Transformer:
                 f"sequence of {start + n} tokens exceeds the model's {cfg.max_positions} positions"
             )
         prefill = start == 0
+        policy = cache.policy or self.policy
+        if not prefill and n > 1 and type(policy) is not Policy:
+            # A chunk after the prompt (a chat turn): one token at a time, so the policy sees each.
+            rows = [self.forward([t], cache) for t in token_ids]
+            return self.backend.cat(rows, dim=0) if all_logits else rows[-1]
         cos, sin = rope_tables(cfg, torch.arange(start, start + n))
         x = b.embed(token_ids, self.embed_table)
         for i, layer in enumerate(self.layers):
             h = b.rms_norm(x, layer["input_layernorm"], cfg.rms_norm_eps)
-            attn = self._attention(i, h, layer, cache.layers[i], cos, sin, prefill)
+            attn = self._attention(i, h, layer, cache.layers[i], cos, sin, prefill, policy)
             x = x + b.linear(attn, layer["self_attn.o_proj"])
             h = b.rms_norm(x, layer["post_attention_layernorm"], cfg.rms_norm_eps)
             gate = b.silu(b.linear(h, layer["mlp.gate_proj"]))
@@ -81,7 +87,8 @@ class Transformer:
         x = b.rms_norm(x, self.final_norm, cfg.rms_norm_eps)
         return b.linear(x, self.lm_head)
 
-    def _attention(self, i: int, h: Tensor, layer: dict, lc: LayerCache, cos, sin, prefill: bool):
+    def _attention(self, i: int, h: Tensor, layer: dict, lc: LayerCache, cos, sin, prefill: bool,
+                   policy: Policy):
         b, cfg = self.backend, self.config
         n, d, g = h.shape[0], cfg.head_dim, cfg.group_size
         q = b.linear(h, layer["self_attn.q_proj"]).view(n, cfg.num_heads, d).transpose(0, 1)
@@ -96,13 +103,15 @@ class Transformer:
             qpos = torch.arange(n).repeat(g) + past
             mask = qpos[:, None] >= torch.arange(past + n)[None, :]
         else:
-            fused = self.policy.decode_attention(i, q, lc, b)
+            with b.phase("selection"):
+                fused = policy.decode_attention(i, q, lc, b)
             if fused is not None:  # the policy attends itself (e.g. a mixed-precision cache)
                 out, attended = fused
                 lc.attended += attended
                 lc.decode_steps += 1
                 return out.reshape(cfg.num_heads, n, d).transpose(0, 1).reshape(n, cfg.num_heads * d)
-            keys, values = self.policy.decode_kv(i, q, lc, b)
+            with b.phase("selection"):
+                keys, values = policy.decode_kv(i, q, lc, b)
             lc.attended += keys.shape[1]
             lc.decode_steps += 1
             mask = None
@@ -110,7 +119,11 @@ class Transformer:
         probs = b.softmax(b.matmul_t(grouped, keys), mask)
         out = b.matmul(probs, values)  # [Hkv, g*n, d]
         if prefill:
-            self.policy.after_prefill(i, PromptInfo(q, b.sum(probs, 1), cfg.num_layers), lc, b)
+            rows = min(n, policy.prompt_rows(n))  # the window rows the policy reads: kept, not recomputed
+            window = probs.reshape(cfg.num_kv_heads, g, n, n)[:, :, n - rows :].clone() if rows else None
+            with b.phase("static-eviction"):
+                policy.after_prefill(i, PromptInfo(q, b.sum(probs, 1), cfg.num_layers, window), lc, b)
         elif n == 1:
-            self.policy.observe(i, probs, lc, b)
+            with b.phase("selection"):
+                policy.observe(i, probs, lc, b)
         return out.reshape(cfg.num_heads, n, d).transpose(0, 1).reshape(n, cfg.num_heads * d)

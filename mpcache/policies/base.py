@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from mpcache.backend import Backend, Tensor
 from mpcache.cache import LayerCache
+from mpcache.policies.window import window_attention
 
 
 @dataclass
@@ -44,6 +45,14 @@ class PromptInfo:
     q: Tensor
     attn_colsum: Tensor
     num_layers: int
+    probs: Tensor | None = None  # [Hkv, g, R, T]: prefill's attention of the last R prompt queries
+
+    def window_probs(self, window: int, keys: Tensor, backend: Backend) -> Tensor:
+        """Attention of the last ``window`` prompt queries [Hkv, g, W, T]: the rows prefill computed
+        anyway when it kept them (``Policy.prompt_rows``), else recomputed (a second softmax)."""
+        if self.probs is not None and self.probs.shape[2] >= window:
+            return self.probs[:, :, self.probs.shape[2] - window :]
+        return window_attention(self.q, keys, window, backend)
 
 
 @dataclass
@@ -61,6 +70,11 @@ class Policy:
         if self.budget >= 1.0:
             return sys.maxsize
         return max(1, min(prompt_len, math.ceil(self.budget * prompt_len - 1e-9)))
+
+    def prompt_rows(self, prompt_len: int) -> int:
+        """How many of the prompt's last query rows of attention ``after_prefill`` reads (kept by
+        the prefill in ``PromptInfo.probs`` instead of being recomputed)."""
+        return 0
 
     def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
         """Called once per layer after the prompt's keys/values are cached. May evict."""

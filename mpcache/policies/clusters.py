@@ -6,6 +6,7 @@ Shared by the policies that score clusters instead of tokens; Backend ops only (
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -35,7 +36,7 @@ class ClusterBounds:
             fresh = keys[:, self.count * self.size : full * self.size].reshape(
                 h, full - self.count, self.size, d
             )
-            new_max, new_min = backend.amax(fresh, 2), backend.amin(fresh, 2)
+            new_max, new_min = max_and_min(fresh, 2, backend)
             if self.kmax is None:
                 self.kmax, self.kmin = new_max, new_min
             else:
@@ -54,12 +55,45 @@ class ClusterBounds:
         return total
 
 
-def forced_bonus(count: int, first: bool, last: bool) -> torch.Tensor:
-    """A public [count] vector adding a large constant to the first/last cluster's score, so that
-    top-k always keeps them (attention sink / most recent) without revealing anything."""
-    bonus = torch.zeros(count)
+def max_and_min(x: Tensor, dim: int, backend: Backend) -> tuple[Tensor, Tensor]:
+    """Max and min of ``x`` [H, ...] over ``dim`` in ONE reduction (under MPC: one tournament, the
+    comparisons of both in the same rounds): the max of [x; -x] stacked along dim 0."""
+    h = x.shape[0]
+    both = backend.amax(backend.cat([x, x * -1.0], dim=0), dim)
+    return both[:h], both[h:] * -1.0
+
+
+def ends_mask(count: int, first: bool, last: bool, heads: int = 1) -> torch.Tensor:
+    """Public bool mask [heads, count]: the first/last cluster always kept (sink / most recent)."""
+    mask = torch.zeros(heads, count, dtype=torch.bool)
     if count and first:
-        bonus[0] = 1e4
+        mask[:, 0] = True
     if count and last:
-        bonus[-1] = 1e4
-    return bonus
+        mask[:, -1] = True
+    return mask
+
+
+def top(backend: Backend, scores: Tensor, k: int, forced: torch.Tensor | None = None) -> Tensor:
+    """``backend.topk`` with a public mask of items always selected. Backends whose topk does not
+    take ``forced`` yet get the forced items pushed up by a large public constant instead."""
+    if forced is None or not bool(forced.any()):
+        return backend.topk(scores, k)
+    if "forced" in inspect.signature(backend.topk).parameters:
+        return backend.topk(scores, k, forced=forced)
+    return backend.topk(scores + forced.to(torch.float32) * 1e4, k)
+
+
+def gather_clusters(backend: Backend, selection: Tensor, x: Tensor, count: int, size: int, picked: int
+                    ) -> Tensor:
+    """The ``picked`` clusters of ``size`` tokens chosen by ``selection`` among the first ``count``
+    clusters of x [H, n, d], then every token after them (the tail not yet in a full cluster).
+
+    One gather of the cache viewed cluster-major [H, count, size*d]: under MPC a product of the
+    fresh one-hot with the cache's existing mask (views of a fixed operand)."""
+    h, _, d = x.shape
+    full = count * size
+    picked_rows = backend.gather(selection, x[:, :full].reshape(h, count, size * d))
+    picked_rows = picked_rows.reshape(h, picked * size, d)
+    if full == x.shape[1]:
+        return backend.fix(picked_rows)
+    return backend.cat([picked_rows, x[:, full:]], dim=1)

@@ -4,7 +4,8 @@ The cache holds exactly ``budget_tokens(T)`` keys per KV head: ``recent_ratio`` 
 newest tokens, the rest the heavy hitters among the older ones. Scores start from the attention each
 prompt token received during prefill (summed over queries and the query heads of the group) and
 accumulate every decode step. Eviction happens before attending, so every decode step attends
-exactly the budget. Backend ops only: top-k over the (secret) scores, gather of K/V/scores.
+exactly the budget. Backend ops only: once after prefill a top-k over the (secret) scores and a
+gather of K/V/scores; then per decode step one argmin and an order-keeping shift (one token leaves).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from mpcache.backend import Backend, Tensor
 from mpcache.cache import LayerCache
 from mpcache.policies.base import Policy, PromptInfo
+from mpcache.policies.static import choose, compact, evict
 
 
 @dataclass
@@ -23,37 +25,40 @@ class H2OPolicy(Policy):
     name = "h2o"
 
     def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
-        cache.state["n_budget"] = self.budget_tokens(cache.length)
+        n_budget = self.budget_tokens(cache.length)
+        cache.state["n_budget"] = n_budget
         cache.state["scores"] = prompt.attn_colsum  # [Hkv, T]
-        self._evict(cache, backend)
+        n = cache.length
+        if n <= n_budget:
+            return
+        # Once, after prefill: the heavy hitters among the older tokens, plus the recent window.
+        scores = cache.state["scores"]
+        choice = choose(scores[:, : n - self._recent(n_budget)], self._heavy(n_budget), backend)
+        evict(cache, choice, backend)
+        cache.state["scores"] = compact(scores[..., None], choice, backend, fix=False)[..., 0]
 
     def decode_kv(self, layer: int, q: Tensor, cache: LayerCache, backend: Backend) -> tuple[Tensor, Tensor]:
         scores = cache.state["scores"]
         if cache.length > scores.shape[1]:  # token(s) appended since: no attention received yet
             zeros = cache.k[:, scores.shape[1] :, 0] * 0.0
-            cache.state["scores"] = backend.cat([scores, zeros], dim=1)
-        self._evict(cache, backend)
+            scores = backend.cat([scores, zeros], dim=1)
+        n_budget = cache.state["n_budget"]
+        while cache.length > n_budget:
+            # One token left the recent window: evict the lightest of the older ones (an argmin
+            # and an order-keeping shift; the shifted cache is masked again, once).
+            old = cache.length - self._recent(n_budget)
+            drop = backend.argmin(scores[:, :old])
+            k, v, s3 = (backend.cat([backend.drop(drop, x[:, :old]), x[:, old:]], dim=1)
+                        for x in (cache.k, cache.v, scores[..., None]))
+            cache.k, cache.v, scores = backend.fix(k), backend.fix(v), s3[..., 0]
+        cache.state["scores"] = scores
         return cache.k, cache.v
 
     def observe(self, layer: int, probs: Tensor, cache: LayerCache, backend: Backend) -> None:
         cache.state["scores"] = cache.state["scores"] + backend.sum(probs, 1)
 
-    def _evict(self, cache: LayerCache, backend: Backend) -> None:
-        n, n_budget = cache.length, cache.state["n_budget"]
-        if n <= n_budget:
-            return
-        recent = min(n_budget, max(1, round(self.recent_ratio * n_budget)))
-        heavy = n_budget - recent
-        old = n - recent
-        parts_k, parts_v, parts_s = [], [], []
-        scores = cache.state["scores"]
-        if heavy:
-            sel = backend.topk(scores[:, :old], heavy)
-            parts_k.append(backend.gather(sel, cache.k[:, :old]))
-            parts_v.append(backend.gather(sel, cache.v[:, :old]))
-            parts_s.append(backend.gather(sel, scores[:, :old, None])[..., 0])
-        parts_k.append(cache.k[:, old:])
-        parts_v.append(cache.v[:, old:])
-        parts_s.append(scores[:, old:])
-        cache.k, cache.v = backend.cat(parts_k, dim=1), backend.cat(parts_v, dim=1)
-        cache.state["scores"] = backend.cat(parts_s, dim=1)
+    def _recent(self, n_budget: int) -> int:
+        return min(n_budget, max(1, round(self.recent_ratio * n_budget)))
+
+    def _heavy(self, n_budget: int) -> int:
+        return n_budget - self._recent(n_budget)

@@ -12,7 +12,6 @@ import torch
 from mpcache.backend import Backend
 from mpcache.errors import UserError
 from mpcache.policies.base import PromptInfo
-from mpcache.policies.window import window_attention
 
 IMPORTANCE = ("h2o", "snapkv")
 
@@ -36,7 +35,7 @@ def head_window_scores(prompt: PromptInfo, keys: torch.Tensor, window: int, back
     """Attention each token receives from the last ``window`` prompt queries, per QUERY head [Hq, T]."""
     t = keys.shape[1]
     window = max(1, min(window, t))
-    probs = window_attention(prompt.q, keys, window, backend)  # [Hkv, g, W, T]
+    probs = prompt.window_probs(window, keys, backend)  # [Hkv, g, W, T]
     return probs.sum(2).flatten(0, 1)
 
 

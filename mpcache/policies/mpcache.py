@@ -25,8 +25,8 @@ from mpcache.backend import Backend, Tensor
 from mpcache.cache import LayerCache
 from mpcache.errors import UserError
 from mpcache.policies.base import Policy, PromptInfo
-from mpcache.policies.clusters import ClusterBounds, forced_bonus
-from mpcache.policies.window import window_attention
+from mpcache.policies.clusters import ClusterBounds, ends_mask, gather_clusters, max_and_min, top
+from mpcache.policies.static import StaticChoice, choose, evict
 
 
 @dataclass
@@ -62,8 +62,8 @@ class Summaries:
         if full1 > self.count1:
             h, _, d = keys.shape
             lo, hi = self.count1 * m, full1 * m
-            kmax = backend.amax(b2.kmax[:, lo:hi].reshape(h, full1 - self.count1, m, d), 2)
-            kmin = backend.amin(b2.kmin[:, lo:hi].reshape(h, full1 - self.count1, m, d), 2)
+            kmax, _ = max_and_min(b2.kmax[:, lo:hi].reshape(h, full1 - self.count1, m, d), 2, backend)
+            _, kmin = max_and_min(b2.kmin[:, lo:hi].reshape(h, full1 - self.count1, m, d), 2, backend)
             fresh = kmax * a + kmin * (1.0 - a)
             self.c1 = fresh if self.c1 is None else backend.cat([self.c1, fresh], dim=1)
             self.computed1 += full1 - self.count1
@@ -80,11 +80,10 @@ class Selection:
     """One decode step's dynamic choice (kept for the follower layer of a shared pair)."""
 
     appended: int  # cache.appended when made: a follower only reuses the same step's choice
-    full1: int
-    sel1: Tensor | None  # level-1 clusters, None = all
-    k1: int
-    sel2: Tensor | None  # level-2 clusters among the children of sel1, None = all
-    k2: int
+    selection: Tensor  # the chosen clusters (level 1 and 2 composed into one selection)
+    count: int  # full clusters it chooses among
+    size: int  # their size in tokens (s1: level 1 alone, s2: level 2)
+    picked: int  # clusters chosen
 
 
 @dataclass
@@ -144,30 +143,37 @@ class MPCachePolicy(Policy):
         return "leader" if layer == first else "follower"
 
     # --- hooks ------------------------------------------------------------------------------------
+    def _static_sizes(self, t: int) -> tuple[int, int]:
+        """(window, keep) of the static stage for a prompt of t tokens (public)."""
+        window = math.ceil((self.long_window if t > self.long_prompt else self.window) * t)
+        keep = min(t, math.ceil(self.kept_fraction() * t - 1e-9))
+        return min(window, keep), keep
+
+    def prompt_rows(self, prompt_len: int) -> int:
+        window, keep = self._static_sizes(prompt_len)
+        return window if keep < prompt_len and keep > window else 0
+
     def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
         t = cache.length
         role = self.role(layer, prompt.num_layers)
         cache.state.update(role=role, n_budget=self.budget_tokens(t), leader=layer - (role == "follower"))
-        window = math.ceil((self.long_window if t > self.long_prompt else self.window) * t)
-        keep = min(t, math.ceil(self.kept_fraction() * t - 1e-9))
-        window = min(window, keep)
+        window, keep = self._static_sizes(t)
         if role == "follower":
-            sel = self._static_sel[layer - 1]
-        elif keep >= t or keep == window:
-            sel = None if keep >= t else "window"
+            choice = self._static_sel[layer - 1]
+        elif keep >= t:
+            choice = None
+        elif keep == window:
+            choice = StaticChoice(t - window, None)  # keep exactly the window
         else:
-            probs = window_attention(prompt.q, cache.k, window, backend)  # [Hkv, g, W, T]
+            # Importance from the window rows prefill computed anyway (no second softmax).
+            probs = prompt.window_probs(window, cache.k, backend)  # [Hkv, g, W, T]
             attn = backend.sum(backend.sum(probs, 0), 0) * (1.0 / prompt.q.shape[0])  # head mean [W, T]
             prefix = attn[:, : t - window]
             score = backend.amax(prefix, 0) if self.importance == "max" else backend.sum(prefix, 0)
-            sel = backend.topk(score.reshape(1, t - window), keep - window)  # shared by all heads
-        self._static_sel[layer] = sel
-        if isinstance(sel, str):  # keep exactly the window
-            cache.k, cache.v = cache.k[:, t - window :], cache.v[:, t - window :]
-        elif sel is not None:
-            cut = t - window
-            cache.k = backend.cat([backend.gather(sel, cache.k[:, :cut]), cache.k[:, cut:]], dim=1)
-            cache.v = backend.cat([backend.gather(sel, cache.v[:, :cut]), cache.v[:, cut:]], dim=1)
+            choice = choose(score.reshape(1, t - window), keep - window, backend)  # shared by all heads
+        self._static_sel[layer] = choice
+        if choice is not None:
+            evict(cache, choice, backend)
         if role != "follower" and self.dynamic:
             cache.state["summaries"] = Summaries(self.s1, self.s2, self.alpha)
             cache.state["summaries"].update(cache.k, backend)
@@ -205,12 +211,11 @@ class MPCachePolicy(Policy):
         if self.hierarchy:
             k1 = min(full1, max(ends, math.ceil(self.level1_fraction() * full1 - 1e-9)))
             if k1 < full1:
-                s1 = backend.matmul(qs, summaries.c1.transpose(1, 2)).reshape(hkv, full1)
-                sel1 = backend.topk(s1 + forced_bonus(full1, self.force_ends, self.force_ends), k1)
-        # Level 2: score every full child once (one matmul), keep the children of sel1, take the top k2.
-        c2 = summaries.c2[:, : full1 * m]
-        s2 = backend.matmul(qs, c2.transpose(1, 2)).reshape(hkv, full1 * m)
-        s2 = s2 + forced_bonus(full1 * m, self.force_ends, self.force_ends)
+                s1 = backend.matmul_t(qs, summaries.c1).reshape(hkv, full1)
+                sel1 = top(backend, s1, k1, self._forced(full1, hkv))
+        # Level 2: score every full child once (one matmul), keep the children of sel1 (in position
+        # order, so the first and last child stay at the ends), take the top k2.
+        s2 = backend.matmul_t(qs, summaries.c2[:, : full1 * m]).reshape(hkv, full1 * m)
         if sel1 is not None:
             s2 = backend.gather(sel1, s2.reshape(hkv, full1, m)).reshape(hkv, k1 * m)
         if self.r2 is not None:
@@ -218,22 +223,20 @@ class MPCachePolicy(Policy):
         else:
             k2 = (n_budget - tail) // self.s2
         k2 = min(k1 * m, max(k2, ends if self.force_ends else 1, 1))
-        sel2 = backend.topk(s2, k2) if k2 < k1 * m else None
-        return Selection(cache.appended, full1, sel1, k1, sel2, k2)
+        if k2 >= k1 * m:  # every child of the level-1 picks: gather whole level-1 clusters
+            return None if sel1 is None else Selection(cache.appended, sel1, full1, self.s1, k1)
+        sel2 = top(backend, s2, k2, self._forced(k1 * m, hkv))
+        if sel1 is not None:
+            sel2 = backend.compose(sel1, sel2, m)  # one selection over all level-2 clusters
+        return Selection(cache.appended, sel2, full1 * m, self.s2, k2)
+
+    def _forced(self, count: int, heads: int):
+        return ends_mask(count, self.force_ends, self.force_ends, heads) if self.force_ends else None
 
     def _apply(self, choice: Selection | None, cache: LayerCache, backend: Backend) -> tuple[Tensor, Tensor]:
-        """Gather the chosen clusters' tokens (whole clusters: one gather per level) plus the tail."""
+        """Gather the chosen clusters' tokens (one gather of the cluster-major cache) plus the tail."""
         if choice is None:
             return cache.k, cache.v
-        hkv, _, d = cache.k.shape
-        m, full = self.s1 // self.s2, choice.full1 * self.s1
-        out = []
-        for x in (cache.k, cache.v):
-            picked = x[:, :full].reshape(hkv, choice.full1, self.s1 * d)
-            if choice.sel1 is not None:
-                picked = backend.gather(choice.sel1, picked)
-            picked = picked.reshape(hkv, choice.k1 * m, self.s2 * d)
-            if choice.sel2 is not None:
-                picked = backend.gather(choice.sel2, picked)
-            out.append(backend.cat([picked.reshape(hkv, choice.k2 * self.s2, d), x[:, full:]], dim=1))
-        return out[0], out[1]
+        c = choice
+        return tuple(gather_clusters(backend, c.selection, x, c.count, c.size, c.picked)
+                     for x in (cache.k, cache.v))

@@ -1,10 +1,11 @@
 """Quest-style query-aware page selection: no eviction, a fresh choice of pages every decode step.
 
 Keys are cut into pages of ``page`` tokens; each full page keeps its per-channel key max/min
-(computed once, when it fills). The upper bound of q.k over a page is sum_c max(q_c*max_c,
-q_c*min_c), summed over the query heads of the KV head's group. The top pages plus the newest,
-partial page are attended: floor((budget_tokens(T) - partial) / page) pages (at least one), so a
-step attends at most the budget (up to ``page`` - 1 fewer).
+(computed once, when it fills). The upper bound of q.k over a page is
+sum_c max(q_c*max_c, q_c*min_c) = q+ . max + q- . min, summed over the query heads of the KV
+head's group. The top pages plus the newest, partial page are attended:
+floor((budget_tokens(T) - partial) / page) pages (at least one), so a step attends at most the
+budget (up to ``page`` - 1 fewer).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from mpcache.backend import Backend, Tensor
 from mpcache.cache import LayerCache
 from mpcache.policies.base import Policy, PromptInfo
-from mpcache.policies.clusters import ClusterBounds
+from mpcache.policies.clusters import ClusterBounds, gather_clusters, top
 
 
 @dataclass
@@ -38,16 +39,15 @@ class QuestPolicy(Policy):
         k = min(pages, max(1, (n_budget - (n - full)) // self.page))
         hkv, _, d = cache.k.shape
         g = q.shape[0] // hkv
-        qg = q.reshape(hkv, g, 1, 1, d)
-        hi = backend.mul(qg, bounds.kmax.reshape(hkv, 1, pages, 1, d))
-        lo = backend.mul(qg, bounds.kmin.reshape(hkv, 1, pages, 1, d))
-        upper = backend.amax(backend.cat([hi, lo], dim=3), 3)  # [Hkv, g, P, d]
-        scores = backend.sum(backend.sum(upper, 3), 1)  # [Hkv, P]
-        sel = backend.topk(scores, k)
-        keys = backend.gather(sel, cache.k[:, :full].reshape(hkv, pages, self.page * d))
-        values = backend.gather(sel, cache.v[:, :full].reshape(hkv, pages, self.page * d))
-        keys = backend.cat([keys.reshape(hkv, k * self.page, d), cache.k[:, full:]], dim=1)
-        values = backend.cat([values.reshape(hkv, k * self.page, d), cache.v[:, full:]], dim=1)
+        qg = q.reshape(hkv, g, 1, d)
+        # sum_c max(q_c max_c, q_c min_c) = q+ . max + q- . min  (q+ = max(q, 0), q- = q - q+): one
+        # comparison per query channel, then two products with the (fixed) page bounds.
+        q_pos = backend.amax(backend.cat([qg, qg * 0.0], dim=2), 2)  # [Hkv, g, d]
+        q_neg = qg.reshape(hkv, g, d) - q_pos
+        upper = backend.matmul_t(q_pos, bounds.kmax) + backend.matmul_t(q_neg, bounds.kmin)  # [Hkv, g, P]
+        scores = backend.sum(upper, 1)  # [Hkv, P]
+        sel = top(backend, scores, k)
+        keys, values = (gather_clusters(backend, sel, x, pages, self.page, k) for x in (cache.k, cache.v))
         return keys, values
 
     def extra_nbytes(self, cache: LayerCache) -> int:

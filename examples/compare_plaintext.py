@@ -28,8 +28,12 @@ PROMPTS = [
 ]
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
 def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_Formatter)
     p.add_argument("--model", default="smollm2")
     p.add_argument("--prompt", action="append", help="repeatable; default: three short questions")
     p.add_argument("--new-tokens", type=int, default=16)

@@ -69,7 +69,8 @@ def summarize(path: str) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--json", help="append per-sample records here")
     p.add_argument("--summarize", metavar="FILE", help="print a markdown table of FILE's records and exit")
     p.add_argument("--tasks", default="lines,needle")

@@ -5,18 +5,29 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mpcache.commands import bench, generate, plot
+from mpcache.commands import bench, chat, generate, plot, train
 from mpcache.commands import eval as eval_command
 from mpcache.errors import UserError
 
-COMMANDS = [generate, eval_command, bench, plot]
+COMMANDS = [generate, eval_command, bench, chat, plot, train]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's help shows the defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        if args and args[0].startswith("-") and not kwargs.get("help"):
+            kwargs["help"] = "(default: %(default)s)"  # argparse skips options without a help text
+        return super().add_argument(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mpcache", description="Private LLM inference with MPC-friendly KV-cache eviction."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="mpcache", description="Private LLM inference with MPC-friendly KV-cache eviction.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for command in COMMANDS:
         command.add_parser(sub)
     return parser

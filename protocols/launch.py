@@ -1,4 +1,9 @@
-"""Start the parties on this machine with ``torch.distributed.run`` (torchrun), on a free port."""
+"""Start the parties on this machine with ``torch.distributed.run`` (torchrun), on a free port.
+
+``python -m protocols.launch`` (console script ``mpcache-torchrun``) takes torchrun's arguments and
+runs it the same way, except that a failed party ends it with that party's own one-line message and
+exit status instead of torchrun's ChildFailedError traceback (exit 1).
+"""
 
 from __future__ import annotations
 
@@ -16,9 +21,9 @@ def free_port() -> int:
 
 
 def torchrun_command(script_args: list[str], nproc: int, port: int | None = None) -> list[str]:
-    """``python -m torch.distributed.run`` for ``nproc`` local parties running ``script_args``."""
+    """``python -m protocols.launch`` (torchrun) for ``nproc`` local parties running ``script_args``."""
     return [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
+        sys.executable, "-m", "protocols.launch", f"--nproc_per_node={nproc}", "--nnodes=1",
         "--master_addr=127.0.0.1", f"--master_port={port or free_port()}",
         *script_args,
     ]
@@ -37,8 +42,40 @@ def launch_local(script_args: list[str], nproc: int, timeout_s: float | None = N
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONWARNINGS"] = "ignore"
+    port = free_port()
+    print(f"[starting {nproc} local parties; rendezvous on 127.0.0.1:{port}]", file=sys.stderr, flush=True)
     try:
-        return subprocess.run(torchrun_command(script_args, nproc), env=env, timeout=timeout_s).returncode
+        command = torchrun_command(script_args, nproc, port)
+        return subprocess.run(command, env=env, timeout=timeout_s).returncode
     except subprocess.TimeoutExpired:
         print(f"mpcache: the parties did not finish within {timeout_s:.0f} s", file=sys.stderr)
         return 3
+
+
+def torchrun_main(argv: list[str] | None = None) -> int:
+    """torchrun whose failures are one line: the failed party's own message, then its exit status
+    (2 bad input, 3 fault, 130 interrupted; see ``protocols.runtime.run_party``)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # else torchrun warns about it for every run
+    args = get_args_parser().parse_args(argv)
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        codes = [f.exitcode for f in exc.failures.values()]
+        code = next((c for c in codes if c > 0), None)
+        if code is None:  # killed by a signal: the party printed nothing
+            print(f"mpcache: a party was killed (signal {-codes[0]})", file=sys.stderr, flush=True)
+            return 3
+        return code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(torchrun_main())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -114,6 +115,51 @@ def _patch_timeouts(timeout_s: float) -> None:
     dist._mpcache_timeout = timeout_s
 
 
+_exiting = threading.Lock()
+_on_exit: list[Callable[[str], None]] = []  # notify the other party (control channel) before exiting
+
+
+def exit_now(message: str, code: int) -> None:
+    """Print one line and end the process now (from any thread); the first caller wins."""
+    if not _exiting.acquire(blocking=False):
+        return
+    for hook in _on_exit:
+        try:
+            hook(message)
+        except Exception:  # best effort: the other side may be gone already
+            pass
+    print(message, file=sys.stderr, flush=True)
+    os._exit(code)
+
+
+def on_exit(hook: Callable[[str], None]) -> None:
+    """Run ``hook(message)`` before the process ends through :func:`exit_now`."""
+    _on_exit.append(hook)
+
+
+def stop_on_interrupt(role: str) -> None:
+    """Ctrl-C (SIGINT) or SIGTERM end this party within a second, wherever the main thread is.
+
+    A Python signal handler only runs when the main thread returns to the interpreter, which a
+    party blocked in gloo or in the store's C++ wait may not do for minutes. The C-level handler
+    writes the signal to a wakeup fd at once; a thread reading it exits the process.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)  # the thread below does the work
+
+    def watch() -> None:
+        data = os.read(r, 1)
+        name = "Ctrl-C" if data and data[0] == signal.SIGINT else "terminated"
+        exit_now(f"mpcache: {role}: interrupted ({name})", 130)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 class Watchdog:
     """Exits the process with a message if a guarded section outlives its deadline."""
 
@@ -123,9 +169,8 @@ class Watchdog:
 
     @staticmethod
     def _fire(what: str, role: str, timeout_s: float) -> None:
-        print(f"mpcache: {role}: {what} did not finish within {timeout_s:.0f} s (is the other party "
-              "running, with the same --dealer and address?)", file=sys.stderr, flush=True)
-        os._exit(FAULT_EXIT)
+        exit_now(f"mpcache: {role}: {what} did not finish within {timeout_s:.0f} s (is the other party "
+                 "running, with the same --dealer and address?)", FAULT_EXIT)
 
     def __enter__(self):
         self.timer.start()
@@ -138,8 +183,12 @@ class Watchdog:
         self.timer.cancel()
 
 
-def init(dealer: str = "tfp", timeout_s: float = DEFAULT_TIMEOUT_S) -> Party:
+def init(dealer: str = "tfp", timeout_s: float = DEFAULT_TIMEOUT_S,
+         rendezvous_timeout_s: float | None = None) -> Party:
     """Initialise CrypTen for this process from torchrun's environment.
+
+    ``timeout_s`` bounds every later collective (a silent peer); ``rendezvous_timeout_s`` (default:
+    the same) bounds the rendezvous of the parties.
 
     The dealer process (rank 2 with ``ttp``) serves requests here and exits when party 0 shuts
     down; this function does not return there.
@@ -158,7 +207,7 @@ def init(dealer: str = "tfp", timeout_s: float = DEFAULT_TIMEOUT_S) -> Party:
     crypten.cfg.communicator.verbose = True
     _patch_timeouts(timeout_s)
     role = ROLES[rank]
-    with Watchdog(timeout_s, "the rendezvous of the parties", role) as watchdog:
+    with Watchdog(rendezvous_timeout_s or timeout_s, "the rendezvous of the parties", role) as watchdog:
         if rank == DEALER:
             from protocols.dealer import run_ttp_server
 
@@ -178,27 +227,29 @@ def shutdown() -> None:
 
 
 def run_party(body: Callable[[], int], role: str | None = None) -> int:
-    """Run ``body``; any fault ends the process with one line on stderr and exit status 3."""
+    """Run ``body``; any fault ends the process with one line on stderr.
+
+    Exit status: 2 bad input (UserError), 3 a launch or communication fault (peer gone, timeout,
+    settings mismatch, refused), 130 interrupted (Ctrl-C / SIGTERM).
+    """
     if role is None:
         rank = os.environ.get("RANK", "")
         role = ROLES.get(int(rank), "party") if rank.isdigit() else "party"
     try:
         code = body()
     except RuntimeFault as exc:
-        print(f"mpcache: {role}: {exc}", file=sys.stderr, flush=True)
-        os._exit(FAULT_EXIT)
+        exit_now(f"mpcache: {role}: {exc}", FAULT_EXIT)
     except UserError as exc:
-        print(f"mpcache: error: {exc}", file=sys.stderr, flush=True)
-        os._exit(2)
+        if int(os.environ.get("LOCAL_RANK", "0")) > 0:  # local parties share a terminal: say it once
+            os._exit(2)
+        exit_now(f"mpcache: error: {exc}", 2)
     except KeyboardInterrupt:
-        print(f"mpcache: {role}: interrupted", file=sys.stderr, flush=True)
-        os._exit(130)
+        exit_now(f"mpcache: {role}: interrupted (Ctrl-C)", 130)
     except Exception as exc:  # a dead or silent peer surfaces as a gloo RuntimeError
         if os.environ.get("MPCACHE_DEBUG"):
             traceback.print_exc()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"mpcache: {role}: the two-party computation failed — the other party died, was "
-              f"killed or timed out ({type(exc).__name__}: {first[:200]})", file=sys.stderr, flush=True)
-        os._exit(FAULT_EXIT)
+        exit_now(f"mpcache: {role}: the two-party computation failed — the other party died, was "
+                 f"killed or timed out ({type(exc).__name__}: {first[:200]})", FAULT_EXIT)
     shutdown()
     return code

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mpcache.backend import Approximations
+from mpcache.chat import Conversation, TurnResult
 from mpcache.generate import GenerationResult, decode, generate
 from mpcache.models import Transformer, load_model
 from mpcache.models.config import expected_shapes
@@ -34,9 +35,11 @@ class PrivateModel:
 
 
 def build(party: Party, model_spec: str, approx: Approximations | None = None, mask_reuse: bool = True,
-          reveal_logits: bool = False, debug_logits: bool = False) -> PrivateModel:
-    """Load the model and share its weights (server) / placeholders of the same shapes (client)."""
-    model = load_model(model_spec)
+          reveal_logits: bool = False, debug_logits: bool = False,
+          loaded: LoadedModel | None = None) -> PrivateModel:
+    """Load the model (or take ``loaded``) and share its weights (server) / placeholders of the same
+    shapes (client)."""
+    model = loaded or load_model(model_spec)
     if party.is_server:  # both parties share the weights in the same (sorted) order
         model.weights = {n: model.weights[n] for n in sorted(model.weights)}
     else:  # the client never uses the weights: shapes are public
@@ -44,8 +47,9 @@ def build(party: Party, model_spec: str, approx: Approximations | None = None, m
         model.weights = {n: torch.empty(shapes[n], device="meta") for n in sorted(shapes)}
     backend = MPCBackend(party, approx, mask_reuse=mask_reuse, reveal_logits=reveal_logits,
                          debug_logits=debug_logits)
-    check_same(backend, (model_spec, model.config.to_dict(), mask_reuse, reveal_logits, debug_logits,
-                          party.dealer))
+    # Not the model spec: a folder path and a name may hold the same model (the chat checks the
+    # weights digest itself).
+    check_same(backend, (model.config.to_dict(), mask_reuse, reveal_logits, debug_logits, party.dealer))
     transformer = Transformer(model.config, model.weights, backend)
     if party.is_server:
         model.weights = {}  # the shares and masks are all we need from now on
@@ -100,3 +104,31 @@ def private_generate(pm: PrivateModel, prompt_ids: list[int] | None, max_new_tok
     else:
         result = generate(pm.transformer, ids, max_new, eos, step, policy=policy)
     return PrivateRun(result, log.steps[1:], time.perf_counter() - start)
+
+
+@dataclass
+class PrivateTurn:
+    result: TurnResult
+    cost: Cost  # the whole turn
+    prefill: Cost  # the turn's own tokens, up to the first answer token
+
+
+def private_turn(pm: PrivateModel, conv: Conversation, ids: list[int] | None, n: int, max_new_tokens: int,
+                 on_token: Callable[[int], None] | None = None) -> PrivateTurn:
+    """One chat turn on the persistent secret cache. Both parties call it with the public ``n`` and
+    ``max_new_tokens`` (agreed on the control channel); only the client passes the ``ids``."""
+    meter = pm.backend.meter
+    before = meter.total()
+    marks: list[Cost] = []
+
+    def step(token: int) -> None:
+        if not marks:
+            marks.append(meter.total())
+        if on_token is not None:
+            on_token(token)
+
+    ids = list(ids) if pm.party.is_client else [0] * n
+    eos = tuple(pm.model.tokenizer.eos_token_ids) if pm.party.is_client else ()
+    result = conv.turn(ids, max_new_tokens, eos, step)
+    after = meter.total()
+    return PrivateTurn(result, after - before, (marks[0] if marks else after) - before)

@@ -33,6 +33,7 @@ def test_bench_mpc_writes_records_and_plot(tmp_path):
     by = {(r["length"], r["mask_reuse"]): r["decode_per_token"]["online_bytes"] for r in records}
     assert by[(16, True)] < by[(16, False)]  # mask reuse opens only the fresh operands
     assert "progress" not in proc.stdout
+    assert "rendezvous on 127.0.0.1:" in proc.stderr  # the chosen port is printed
     png = tmp_path / "mpc.png"
     proc = mpcache("plot", str(out), "--out", str(png))
     assert proc.returncode == 0 and png.stat().st_size > 0

@@ -3,8 +3,6 @@ PlainBackend with the MPC approximations, on prompts long enough that the policy
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from mpcache.backend import Approximations, PlainBackend
@@ -12,12 +10,6 @@ from mpcache.generate import generate
 from mpcache.models import Transformer, load_model
 from mpcache.policies import parse_spec
 from tests.test_mpc_two_party import run_parties
-
-# Static stages and clusters need the MPC top-k in ascending position order (protocols/topk.py).
-needs_ordered_topk = pytest.mark.skipif(
-    importlib.util.find_spec("protocols.topk") is None,
-    reason="needs the ascending-order MPC top-k (protocols/topk.py)",
-)
 
 # (policy spec @ budget). s1/s2 are small so that a 256-token prompt has enough clusters for both
 # levels (and the composed one-hot); share_skip=0 pairs random:tiny's two layers (leader, follower).
@@ -54,7 +46,6 @@ def check_runs(record: dict, prompt_len: int, new_tokens: int) -> None:
         assert (phases.get("selection", 0) > 0) == (name in ("h2o", "quest", "mpcache")), run
 
 
-@needs_ordered_topk
 @pytest.mark.slow
 def test_every_policy_under_mpc_matches_plaintext_with_plaintext_prefill(tmp_path):
     """--prefill plaintext (the cost-benchmark mode): static stages and decode under 2PC."""
@@ -64,7 +55,6 @@ def test_every_policy_under_mpc_matches_plaintext_with_plaintext_prefill(tmp_pat
     check_runs(record, 256, 5)
 
 
-@needs_ordered_topk
 @pytest.mark.slow
 def test_policies_under_mpc_prefill_read_the_secret_prompt_attention(tmp_path):
     """A private prefill: the static stages read the window rows the MPC prefill computed."""

@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     if longest > model.config.max_positions:
         raise UserError(f"--length {max(lengths)} plus the answer exceeds the model's "
                         f"{model.config.max_positions} positions")
+    from mpcache.commands.train import ensure_trained
+
+    ensure_trained(policies, model, not args.no_progress)
     transformer = Transformer(model.config, model.weights, PlainBackend(approx))
 
     def write(batch):

@@ -39,7 +39,7 @@ class _Recorder(Policy):
         if prompt.probs is not None and self.rows_budget is not None:
             size = prompt.probs.numel() * prompt.probs.element_size() * prompt.num_layers
             if size > self.rows_budget:  # too big to hold for every layer: recomputed when needed
-                prompt = PromptInfo(prompt.q, prompt.attn_colsum, prompt.num_layers)
+                prompt = PromptInfo(prompt.q, prompt.attn_colsum, prompt.num_layers, config=prompt.config)
         self.prompts.append(prompt)
 
 

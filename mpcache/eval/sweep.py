@@ -103,14 +103,16 @@ def run_sweep(cfg: SweepConfig, model: Transformer, tokenizer, progress=None, on
                 if progress is not None:
                     progress.update(1)
             del pre
-        batch = [_record(cfg, spec, b, length, t, prefill_seconds) for (spec, b), t in tallies.items()]
+        batch = [_record(cfg, spec, b, length, t, prefill_seconds, model.config)
+                 for (spec, b), t in tallies.items()]
         if on_records is not None:
             on_records(batch)
         records += batch
     return records
 
 
-def _record(cfg: SweepConfig, spec: str, budget: float, length: int, t: _Tally, prefill_s: float) -> dict:
+def _record(cfg: SweepConfig, spec: str, budget: float, length: int, t: _Tally, prefill_s: float,
+            config=None) -> dict:
     n = cfg.samples
     policy = parse_spec(spec, budget)
     rec = {
@@ -133,6 +135,8 @@ def _record(cfg: SweepConfig, spec: str, budget: float, length: int, t: _Tally, 
         "versions": versions(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
+    if config is not None:
+        rec.update(policy.record_extras(config))
     if cfg.details:
         rec["details"] = t.details
     return rec

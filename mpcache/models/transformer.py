@@ -122,7 +122,8 @@ class Transformer:
             rows = min(n, policy.prompt_rows(n))  # the window rows the policy reads: kept, not recomputed
             window = probs.reshape(cfg.num_kv_heads, g, n, n)[:, :, n - rows :].clone() if rows else None
             with b.phase("static-eviction"):
-                policy.after_prefill(i, PromptInfo(q, b.sum(probs, 1), cfg.num_layers, window), lc, b)
+                info = PromptInfo(q, b.sum(probs, 1), cfg.num_layers, window, cfg)
+                policy.after_prefill(i, info, lc, b)
         elif n == 1:
             with b.phase("selection"):
                 policy.observe(i, probs, lc, b)

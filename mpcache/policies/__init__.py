@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 from mpcache.errors import UserError
+from mpcache.policies.attention_gate import AttentionGatePolicy
 from mpcache.policies.base import Policy, PromptInfo
 from mpcache.policies.h2o import H2OPolicy
 from mpcache.policies.kvcrush import KVCrushPolicy
 from mpcache.policies.kvcrush_mikv import KVCrushMiKVPolicy
+from mpcache.policies.lazyeviction import LazyEvictionPolicy
+from mpcache.policies.locret import LocretPolicy
 from mpcache.policies.mikv import MiKVPolicy
 from mpcache.policies.mpcache import MPCachePolicy
 from mpcache.policies.quest import QuestPolicy
@@ -25,6 +28,9 @@ POLICIES: dict[str, type[Policy]] = {
     "mikv": MiKVPolicy,
     "kvcrush": KVCrushPolicy,
     "kvcrush+mikv": KVCrushMiKVPolicy,
+    "lazyeviction": LazyEvictionPolicy,
+    "locret": LocretPolicy,
+    "attention-gate": AttentionGatePolicy,
 }
 
 

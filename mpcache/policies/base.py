@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from mpcache.backend import Backend, Tensor
 from mpcache.cache import LayerCache
@@ -40,12 +41,14 @@ class PromptInfo:
     ``attn_colsum``: attention received by each prompt token, summed over all prompt queries and
     the query heads of each KV head's group, [num_kv_heads, T] (H2O's accumulated score).
     ``num_layers``: the model's layer count (for cross-layer patterns).
+    ``config``: the model's ModelConfig (RoPE, shapes), for policies that need them (trained scorers).
     """
 
     q: Tensor
     attn_colsum: Tensor
     num_layers: int
     probs: Tensor | None = None  # [Hkv, g, R, T]: prefill's attention of the last R prompt queries
+    config: Any = None
 
     def window_probs(self, window: int, keys: Tensor, backend: Backend) -> Tensor:
         """Attention of the last ``window`` prompt queries [Hkv, g, W, T]: the rows prefill computed
@@ -101,3 +104,7 @@ class Policy:
     def extra_nbytes(self, cache: LayerCache) -> int:
         """Bytes this policy holds for the layer besides ``cache.k/v`` (counted into kv_bytes)."""
         return 0
+
+    def record_extras(self, config) -> dict:
+        """Fields for the eval record (trained policies: ``extra_params``, ``train_seconds``)."""
+        return {}

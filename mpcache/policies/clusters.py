@@ -6,7 +6,6 @@ Shared by the policies that score clusters instead of tokens; Backend ops only (
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -74,13 +73,10 @@ def ends_mask(count: int, first: bool, last: bool, heads: int = 1) -> torch.Tens
 
 
 def top(backend: Backend, scores: Tensor, k: int, forced: torch.Tensor | None = None) -> Tensor:
-    """``backend.topk`` with a public mask of items always selected. Backends whose topk does not
-    take ``forced`` yet get the forced items pushed up by a large public constant instead."""
+    """``backend.topk`` (ascending position order) with a public mask of items always selected."""
     if forced is None or not bool(forced.any()):
         return backend.topk(scores, k)
-    if "forced" in inspect.signature(backend.topk).parameters:
-        return backend.topk(scores, k, forced=forced)
-    return backend.topk(scores + forced.to(torch.float32) * 1e4, k)
+    return backend.topk(scores, k, forced=forced)
 
 
 def gather_clusters(backend: Backend, selection: Tensor, x: Tensor, count: int, size: int, picked: int

@@ -1,0 +1,272 @@
+"""The three parties of ``mpcache chat``: handshake on the control channel, MPC setup, turn loop.
+
+Order for every party: control handshake (settings checked; progress while waiting), then the
+CrypTen rendezvous on ``port + 1``, then the server shares its weights once, then turns. Every
+wait is bounded or interruptible: Ctrl-C ends a party within a second and the other side says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+from protocols import runtime
+from protocols.accounting import Cost
+from protocols.control import PROTOCOL_VERSION, Lobby, Peer, connect, describe, mismatch, say
+
+DEALER_FOREVER_S = 7 * 24 * 3600.0  # the dealer idles in gloo while the user types
+
+
+def main(args) -> int:
+    role = args.role
+    runtime.stop_on_interrupt(role)
+    body = {"server": serve, "client": chat, "dealer": deal}[role]
+    return runtime.run_party(lambda: body(args), role)
+
+
+def weights_digest(weights) -> str:
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        h.update(name.encode())
+        h.update(weights[name].detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _arch(config) -> dict:
+    return json.loads(json.dumps(config.to_dict()))  # as it comes back from the wire
+
+
+def _mpc_env(args, rank: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(runtime.world_size(args.dealer)),
+                      MASTER_ADDR=args.addr if args.addr != "0.0.0.0" else "127.0.0.1",
+                      MASTER_PORT=str(args.port + 1), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def _notify_peer(peer: Peer):
+    def hook(message: str) -> None:
+        why = message.split(": ", 2)[-1] if message.startswith("mpcache:") else message
+        peer.stop(f"stopped ({why})")
+
+    return hook
+
+
+@dataclass
+class Totals:
+    turns: int = 0
+    tokens: int = 0
+    cost: Cost = field(default_factory=Cost)
+
+
+def turn_line(k: int, turn, conv, seconds: float) -> str:
+    c, r = turn.cost, turn.result
+    dealer = (f"; dealer {c.dealer_bytes / 1e6:.1f} MB, {c.dealer_rounds} requests"
+              if c.dealer_bytes or c.dealer_rounds else "; dealer: none (TFP)")
+    return (f"[turn {k}: {r.prompt_len} prompt + {len(r.new_ids)} answer tokens; online "
+            f"{c.online_bytes / 1e6:.1f} MB, {c.rounds} rounds{dealer}; {seconds:.1f} s; cache "
+            f"{r.cache_tokens} tokens, position {conv.position}/{conv.model.config.max_positions}]")
+
+
+# --- server --------------------------------------------------------------------------------------------
+def serve(args) -> int:
+    from mpcache.chat import Conversation
+    from mpcache.models import load_model
+    from protocols.session import build, private_turn
+
+    lobby = Lobby(args.addr, args.port, {})
+    if not _port_free(args.addr, args.port + 1):
+        raise runtime.RuntimeFault(f"port {args.port + 1} (the MPC rendezvous, --port + 1) is in use: "
+                                   "choose another --port")
+    say(f"[server: loading {args.model} ...]")
+    model = load_model(args.model)
+    settings = {"role": "server", "version": PROTOCOL_VERSION, "model": args.model,
+                "arch": _arch(model.config), "digest": weights_digest(model.weights),
+                "dealer": args.dealer, "policy": args.policy, "budget": args.budget,
+                "max_new_tokens": args.max_new_tokens}
+    lobby.settings = settings
+    say(f"[server: {describe(settings)}; {runtime.DEALER_NOTE[args.dealer]}]")
+    say(f"[server: policy {args.policy}, budget {args.budget} tokens, answers capped at "
+        f"{args.max_new_tokens} tokens]")
+    extra = (f" and the dealer (mpcache chat dealer --addr HOST --port {args.port})"
+             if args.dealer == "ttp" else "")
+    say(f"[server: listening on {args.addr}:{args.port} (MPC on port {args.port + 1}); waiting for a "
+        f"client{extra}; Ctrl-C stops]")
+    channel = lobby.wait_for_parties(args.dealer == "ttp")
+    peer = Peer(channel, "server", "client")
+    runtime.on_exit(_notify_peer(peer))
+    _mpc_env(args, runtime.SERVER)
+    party = runtime.init(args.dealer, args.timeout, args.connect_timeout)
+    say("[server: sharing and masking the weights once ...]")
+    pm = build(party, args.model, loaded=model)
+    say(f"[server: ready (setup {pm.setup.online_bytes / 1e6:.0f} MB, {pm.setup.compute_s:.0f} s); "
+        "the client's text stays with the client]")
+    conv = Conversation(pm.transformer, args.policy, args.budget)
+    turns = 0
+    while True:
+        msg = peer.get()
+        op = msg.get("op")
+        if op == "quit":
+            say("[server: the client ended the chat]")
+            return 0
+        if op == "reset":
+            conv.reset()
+            say("[server: new conversation]")
+        elif op == "turn":
+            n, max_new = int(msg["n"]), min(int(msg["max_new"]), args.max_new_tokens)
+            conv.check(n, max_new)  # the client checked the same public facts already
+            start = time.perf_counter()
+            turn = private_turn(pm, conv, None, n, max_new)
+            turns += 1
+            # Party 0's counts are the ones reported (only it talks to the TTP dealer): the client
+            # shows these, so both lines agree.
+            peer.send({"op": "cost", "turn": asdict(turn.cost), "prefill": asdict(turn.prefill)})
+            say(turn_line(turns, turn, conv, time.perf_counter() - start))
+
+
+# --- dealer --------------------------------------------------------------------------------------------
+def deal(args) -> int:
+    if args.dealer != "ttp":
+        raise runtime.RuntimeFault("the dealer role needs --dealer ttp")
+    hello = {"role": "dealer", "version": PROTOCOL_VERSION}
+    channel, server = connect(args.addr, args.port, hello, args.connect_timeout)
+    say(f"[dealer: serving {describe(server)}; the dealer sees no input, only randomness requests]")
+    _mpc_env(args, runtime.DEALER)
+    runtime.init("ttp", DEALER_FOREVER_S, args.connect_timeout)  # serves until the server ends
+    return 0
+
+
+# --- client --------------------------------------------------------------------------------------------
+def chat(args) -> int:
+    from mpcache.chat import ChatFormat, Conversation, TurnRefused
+    from mpcache.commands.generate import StreamPrinter
+    from mpcache.models import load_model
+    from protocols.session import build, private_turn
+
+    model = load_model(args.model)
+    hello = {"role": "client", "version": PROTOCOL_VERSION, "model": args.model, "arch": _arch(model.config),
+             "dealer": args.dealer, "policy": args.policy, "budget": args.budget,
+             "expect_digest": args.expect_digest}
+    channel, server = connect(args.addr, args.port, hello, args.connect_timeout)
+    problem = mismatch(server, hello)
+    if problem:
+        raise runtime.RuntimeFault(problem)
+    max_new = min(args.max_new_tokens, server["max_new_tokens"])
+    say(f"[connected to {describe(server)}; {runtime.DEALER_NOTE[args.dealer]}]")
+    if args.max_new_tokens > max_new:
+        say(f"[the server caps answers at {max_new} tokens (you asked for {args.max_new_tokens})]")
+    peer = Peer(channel, "client", "server")
+    runtime.on_exit(_notify_peer(peer))
+    _mpc_env(args, runtime.CLIENT)
+    party = runtime.init(args.dealer, args.timeout, args.connect_timeout)
+    say("[setting up: the server shares and masks its weights once ...]")
+    pm = build(party, args.model, loaded=model)
+    tok = pm.model.tokenizer
+    conv = Conversation(pm.transformer, args.policy, args.budget)
+    fmt = ChatFormat(tok)
+    totals = Totals()
+    say(f"[ready: policy {args.policy}, budget {args.budget} tokens, answers up to {max_new} tokens. "
+        "Type a message; /stats, /reset, /quit]")
+    while True:
+        text = read_message()
+        if text is None or text == "/quit":
+            peer.closing = True
+            peer.send({"op": "quit"})
+            return 0
+        if text == "/stats":
+            say(stats_line(totals, conv))
+            continue
+        if text == "/reset":
+            peer.send({"op": "reset"})
+            conv.reset()
+            say("[new conversation: the secret cache is empty]")
+            continue
+        if text.startswith("/"):
+            say("[commands: /stats, /reset, /quit]")
+            continue
+        ids = fmt.turn_ids(text, first=conv.turns == 0, last_token=conv.last_token)
+        try:
+            if len(ids) > args.max_prompt_tokens:
+                raise TurnRefused(f"the message is {len(ids)} tokens, the limit is {args.max_prompt_tokens} "
+                                  "(--max-prompt-tokens)")
+            conv.check(len(ids), max_new)
+        except TurnRefused as exc:
+            say(f"[refused: {exc}; nothing was sent]")
+            continue
+        peer.send({"op": "turn", "n": len(ids), "max_new": max_new})
+        printer = StreamPrinter(tok)
+        sys.stdout.write("assistant> ")
+        sys.stdout.flush()
+        start = time.perf_counter()
+        turn = private_turn(pm, conv, ids, len(ids), max_new, partial(_show, tok, printer))
+        seconds = time.perf_counter() - start
+        print(flush=True)
+        counted = peer.get()  # the server's counts of this turn (see serve)
+        turn = replace(turn, cost=Cost(**counted["turn"]), prefill=Cost(**counted["prefill"]))
+        totals.turns += 1
+        totals.tokens += len(ids) + len(turn.result.new_ids)
+        totals.cost = totals.cost + turn.cost
+        say(turn_line(totals.turns, turn, conv, seconds))
+        if args.json:
+            _record(args, totals.turns, turn, seconds, conv, ids)
+
+
+def _show(tok, printer, token: int) -> None:
+    if token not in tok.eos_token_ids:
+        printer.push(token)
+
+
+def read_message() -> str | None:
+    """One line from stdin; None at the end of input. Undecodable or empty lines are refused here."""
+    while True:
+        sys.stdout.write("you> ")
+        sys.stdout.flush()
+        raw = sys.stdin.buffer.readline()
+        if not raw:
+            return None
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            say(f"[refused: the message is not valid UTF-8 (byte {exc.start}); nothing was sent]")
+            continue
+        if not text:
+            say("[refused: empty message; type some text, or /quit]")
+            continue
+        return text
+
+
+def stats_line(totals: Totals, conv) -> str:
+    c = totals.cost
+    return (f"[session: {totals.turns} turns, {totals.tokens} tokens; online {c.online_bytes / 1e6:.1f} MB, "
+            f"{c.rounds} rounds; dealer {c.dealer_bytes / 1e6:.1f} MB; {c.compute_s:.1f} s; cache "
+            f"{conv.cache_tokens} tokens, position {conv.position}/{conv.model.config.max_positions}]")
+
+
+def _record(args, k: int, turn, seconds: float, conv, ids: list[int]) -> None:
+    from protocols.accounting import NETWORKS
+
+    rec = {"turn": k, "model": args.model, "dealer": args.dealer, "policy": args.policy,
+           "budget": args.budget, "prompt_tokens": turn.result.prompt_len,
+           "answer_tokens": len(turn.result.new_ids), "seconds": seconds,
+           "cache_tokens": turn.result.cache_tokens, "position": conv.position,
+           "turn_cost": turn.cost.to_dict(NETWORKS), "prefill_cost": turn.prefill.to_dict(NETWORKS),
+           "ids": ids, "answer_ids": turn.result.new_ids}  # the client's own file: its tokens are its own
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(rec) + "\n")

@@ -1,0 +1,221 @@
+"""``mpcache chat`` as a user runs it: separate server / client / dealer processes (random:tiny).
+
+The README's fault table is this file: every fault ends the parties (or, for a bad prompt, the
+turn) with one line within 60 s; the persistent secret cache decodes what a plaintext run over
+the whole conversation decodes.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mpcache.backend import Approximations, PlainBackend
+from mpcache.generate import generate
+from mpcache.models import Transformer, load_model
+from protocols.launch import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMIT_S = 60
+
+
+def party(role: str, port: int, *extra: str, stdin=subprocess.DEVNULL) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "mpcache", "chat", role, "--model", "random:tiny", "--port", str(port),
+           "--connect-timeout", "30", "--timeout", "60", *extra]
+    return subprocess.Popen(cmd, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=ROOT)
+
+
+def finish(proc: subprocess.Popen, timeout: float = LIMIT_S) -> tuple[int, str, str]:
+    if proc.stdin is not None and proc.stdin.closed:
+        proc.stdin = None  # written and closed by the test already
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"still running after {timeout} s: {err.decode()[-2000:]}") from None
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def last_line(err: str) -> str:
+    return [line for line in err.splitlines() if line.strip()][-1]
+
+
+def wait_for(proc: subprocess.Popen, text: str, timeout: float = LIMIT_S) -> str:
+    """Read the process's stderr until ``text`` appears (the rest stays readable by finish)."""
+    seen, deadline = b"", time.time() + timeout
+    os.set_blocking(proc.stderr.fileno(), False)
+    while text.encode() not in seen:
+        if time.time() > deadline or proc.poll() is not None:
+            raise AssertionError(f"no {text!r} within {timeout} s: {seen.decode()[-2000:]}")
+        chunk = proc.stderr.read()
+        seen += chunk or b""
+        time.sleep(0.1)
+    os.set_blocking(proc.stderr.fileno(), True)
+    return seen.decode()
+
+
+@pytest.fixture
+def port():
+    return free_port()
+
+
+def test_wrong_port_shows_progress_then_one_line(port):
+    start = time.time()
+    code, _, err = finish(party("client", port, "--connect-timeout", "11", "--dealer", "tfp"))
+    assert code == 3, err
+    assert f"waiting for the server at 127.0.0.1:{port}... 10 s" in err
+    assert "gave up after 11 s" in last_line(err)
+    assert time.time() - start < LIMIT_S
+
+
+def test_ctrl_c_while_connecting_ends_within_2_s(port):
+    client = party("client", port, "--dealer", "tfp")
+    wait_for(client, "connecting to the server")
+    client.send_signal(signal.SIGINT)
+    start = time.time()
+    code, _, err = finish(client, 10)
+    assert time.time() - start < 2
+    assert code == 130 and "interrupted (Ctrl-C)" in last_line(err)
+
+
+def test_dealer_mismatch_stops_both(port):
+    server = party("server", port, "--dealer", "ttp")
+    wait_for(server, "listening")
+    code_c, _, err_c = finish(party("client", port, "--dealer", "tfp"))
+    code_s, _, err_s = finish(server)
+    assert code_c == 3 and "dealer mismatch: server --dealer ttp, client --dealer tfp" in last_line(err_c)
+    assert code_s == 3 and "dealer mismatch" in last_line(err_s)
+
+
+def test_model_mismatch_stops_both(port):
+    server = party("server", port, "--dealer", "tfp")
+    wait_for(server, "listening")
+    client = party("client", port, "--dealer", "tfp", "--model", "random:small")
+    code_c, _, err_c = finish(client)
+    code_s, _, err_s = finish(server)
+    assert code_c == 3 and "model mismatch: the server runs random:tiny (2 layers" in last_line(err_c)
+    assert "the client expects random:small (8 layers" in last_line(err_c)
+    assert code_s == 3 and "model mismatch" in last_line(err_s)
+
+
+@pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
+def test_second_client_is_refused_and_the_first_goes_on(port):
+    server = party("server", port, "--dealer", "tfp")
+    first = party("client", port, "--dealer", "tfp", "--max-new-tokens", "2", stdin=subprocess.PIPE)
+    wait_for(first, "ready")
+    code2, _, err2 = finish(party("client", port, "--dealer", "tfp"))
+    assert code2 == 3 and "busy with another client" in last_line(err2)
+    first.stdin.write(b"hi\n/quit\n")
+    first.stdin.close()
+    code1, out1, err1 = finish(first, 180)
+    assert code1 == 0 and "assistant>" in out1 and "[turn 1:" in err1
+    assert finish(server)[0] == 0
+
+
+@pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
+def test_bad_prompts_are_refused_and_the_chat_goes_on(port):
+    server = party("server", port, "--dealer", "tfp", "--max-new-tokens", "2")
+    client = party("client", port, "--dealer", "tfp", "--max-new-tokens", "5", "--max-prompt-tokens", "40",
+                   stdin=subprocess.PIPE)
+    client.stdin.write(b"x" * 100 + b"\n" + b"   \n" + b"caf\xe9\n" + b"ok\n/quit\n")
+    client.stdin.close()
+    code, out, err = finish(client, 180)  # a whole session with one turn on a loaded machine
+    assert code == 0, err
+    assert "the server caps answers at 2 tokens (you asked for 5)" in err
+    assert re.search(r"\[refused: the message is \d+ tokens, the limit is 40", err)
+    assert "[refused: empty message" in err
+    assert "[refused: the message is not valid UTF-8" in err
+    assert "[turn 1: " in err and "+ 2 answer tokens" in err and "[turn 2:" not in err
+    assert finish(server)[0] == 0
+
+
+@pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
+@pytest.mark.parametrize("who", ["client", "server"])
+def test_ctrl_c_mid_turn_ends_both_within_2_s(port, who):
+    server = party("server", port, "--dealer", "tfp")
+    client = party("client", port, "--dealer", "tfp", "--max-new-tokens", "48", stdin=subprocess.PIPE)
+    wait_for(client, "ready")
+    client.stdin.write(b"a question that takes a while to answer\n")
+    client.stdin.flush()
+    time.sleep(3)  # inside the turn: both parties are in gloo
+    victim, other = (client, server) if who == "client" else (server, client)
+    victim.send_signal(signal.SIGINT)
+    start = time.time()
+    code_v, _, err_v = finish(victim, 10)
+    code_o, _, err_o = finish(other, 10)
+    assert time.time() - start < 2 + 1  # the other one's line comes at once too
+    assert code_v == 130 and "interrupted (Ctrl-C)" in last_line(err_v)
+    assert code_o == 3 and f"the {who} stopped" in last_line(err_o)
+
+
+@pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
+def test_killed_peer_is_reported_at_once(port):
+    server = party("server", port, "--dealer", "tfp")
+    client = party("client", port, "--dealer", "tfp", "--max-new-tokens", "48", stdin=subprocess.PIPE)
+    wait_for(client, "ready")
+    client.stdin.write(b"a question\n")
+    client.stdin.flush()
+    time.sleep(3)
+    server.kill()
+    start = time.time()
+    code, _, err = finish(client, 30)
+    assert time.time() - start < 5
+    assert code == 3 and "server" in last_line(err) and ("disconnected" in last_line(err)
+                                                          or "other party died" in last_line(err))
+
+
+@pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
+def test_turn_two_continues_the_secret_cache_like_a_plaintext_run(port, tmp_path):
+    """Turn 2 feeds only its own tokens on top of the secret cache, and decodes what plaintext
+    decodes over the concatenated conversation (turn 1 prompt + answer + turn 2)."""
+    record = tmp_path / "turns.jsonl"
+    dealer = party("dealer", port)
+    server = party("server", port, "--policy", "full")
+    client = party("client", port, "--policy", "full", "--max-new-tokens", "4", "--json", str(record),
+                   stdin=subprocess.PIPE)
+    client.stdin.write(b"Hello MPC world\nAnd the second turn?\n/quit\n")
+    client.stdin.close()
+    code, _, err = finish(client, 240)
+    assert code == 0, err
+    assert "dealer: TTP" in err
+    assert re.search(r"\[turn 1: .*; dealer [1-9][0-9.]* MB", err), err  # the dealer's traffic is shown
+    finish(server, 30), finish(dealer, 30)
+    t1, t2 = [json.loads(line) for line in record.read_text().splitlines()]
+    assert t2["prompt_tokens"] == len(t2["ids"]) < t2["position"]  # only its own tokens were fed
+    m = load_model("random:tiny")
+    model = Transformer(m.config, m.weights, PlainBackend(Approximations(exact=False)))
+    conversation = t1["ids"] + t1["answer_ids"][:-1] + t2["ids"]
+    assert generate(model, conversation, 4).new_ids == t2["answer_ids"]
+
+
+@pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
+def test_streaming_budget_bounds_the_secret_cache_like_plaintext(port, tmp_path):
+    """With --budget 16 the secret cache is cut to 4 sink + 12 recent tokens before turn 2 (a public
+    slice); turn 2 then decodes what the plaintext Conversation with the same bound decodes."""
+    from mpcache.chat import Conversation
+
+    record = tmp_path / "turns.jsonl"
+    server = party("server", port, "--dealer", "tfp", "--budget", "16")
+    client = party("client", port, "--dealer", "tfp", "--budget", "16", "--max-new-tokens", "3",
+                   "--json", str(record), stdin=subprocess.PIPE)
+    client.stdin.write(b"Hello MPC world\nAgain\n/quit\n")
+    client.stdin.close()
+    code, _, err = finish(client, 180)
+    assert code == 0, err
+    finish(server, 30)
+    t1, t2 = [json.loads(line) for line in record.read_text().splitlines()]
+    assert t2["cache_tokens"] == 16 + len(t2["ids"]) + 3 - 1  # bounded, then this turn's tokens
+    m = load_model("random:tiny")
+    conv = Conversation(Transformer(m.config, m.weights, PlainBackend(Approximations(exact=False))),
+                        "streaming", 16)
+    assert conv.turn(t1["ids"], 3).new_ids == t1["answer_ids"]
+    assert conv.turn(t2["ids"], 3).new_ids == t2["answer_ids"]

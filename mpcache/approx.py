@@ -20,6 +20,59 @@ RECIP_LEVELS = 8
 # Inverse square root of an RMSNorm variance: thresholds 4^k for k in [INV_SQRT_KMIN, INV_SQRT_KMAX].
 INV_SQRT_KMIN, INV_SQRT_KMAX = -6, 12
 
+# Linear initial guesses y0 = a - b * x on the reduced ranges. "chord": the secant line (v1);
+# "minimax": the line with the least maximal relative error (equioscillation), which saves Newton
+# steps: 1/x on [1/4, 1): 0.22 (chord 0.56); 1/sqrt(x) on [1/4, 1): 0.086 (chord 0.19); 1/d on
+# [1, 2]: 0.059 (chord 0.125).
+# With range_step = 1/4 (thresholds 2^(k/4), reduced range [2^-1/4, 1)) the minimax lines are
+# accurate to 3.7e-3 (1/x) and 1.4e-3 (1/sqrt(x)): one Newton step gives 1.4e-5 and 3.1e-6.
+GUESSES = {
+    ("chord", 2.0): {"recip": (5.0, 4.0), "inv_sqrt": (7.0 / 3.0, 4.0 / 3.0), "sigmoid": (1.5, 0.5)},
+    ("minimax", 2.0): {"recip": (3.9024390243902, 3.1219512195122), "inv_sqrt": (2.133, 1.219),
+                       "sigmoid": (1.4117647058824, 0.4705882352941)},
+    ("minimax", 0.25): {"recip": (2.1810001395415, 1.1847489741789), "inv_sqrt": (1.56708, 0.5685),
+                        "sigmoid": (1.4117647058824, 0.4705882352941)},
+}
+
+
+def guess(kind: str, initial_guess: str, step: float = 2.0) -> tuple[float, float]:
+    """(a, b) of the initial guess a - b*x on the reduced range [2^-step, 1) (sigmoid: on [1, 2])."""
+    if (initial_guess, step) not in GUESSES:
+        raise ValueError(f"no {initial_guess!r} initial guess for range step {step} "
+                         f"(have {sorted(GUESSES)})")
+    return GUESSES[initial_guess, step][kind]
+
+
+def recip_thresholds(step: float) -> list[float]:
+    """Softmax denominators d >= 1 against 2^(k*step), k = 1 .. up to 2^16 (contexts up to 64k)."""
+    return [2.0 ** (k * step) for k in range(1, round(16 / step) + 1)]
+
+
+def inv_sqrt_powers(step: float) -> tuple[int, int]:
+    """RMSNorm variances against 2^(k*step) for k in [kmin, kmax] (2^-12 .. 2^24)."""
+    return round(2 * INV_SQRT_KMIN / step), round(2 * INV_SQRT_KMAX / step)
+
+
+# exp(-y) by the dealer's digit tables (protocols/lut.py): y + EXP_OFFSET at EXP_FRAC_BITS bits.
+EXP_FRAC_BITS = 10
+EXP_OFFSET = 2.0**-6  # > the 2^-8 error of a max or sign from dealer comparisons: y never < 0
+
+
+def exp_table(y: torch.Tensor) -> torch.Tensor:
+    """exp(-y) for 0 <= y < 256 - offset as the digit tables compute it: y quantised (floor) at
+    2^-EXP_FRAC_BITS, evaluated at the middle of its interval."""
+    q = torch.floor((y + EXP_OFFSET) * 2**EXP_FRAC_BITS)
+    return torch.exp(-(q + 0.5) / 2**EXP_FRAC_BITS + EXP_OFFSET)
+
+
+def exp_neg(y: torch.Tensor, iterations: int, method: str) -> torch.Tensor:
+    """exp(-y) for y >= 0 by the named method ("limit" or "table")."""
+    if method == "table":
+        return exp_table(y)
+    if method != "limit":
+        raise ValueError(f"unknown exp method {method!r} (limit or table)")
+    return exp_limit(-y, iterations)
+
 
 def exp_limit(x: torch.Tensor, iterations: int) -> torch.Tensor:
     """exp(x) ~ (1 + x / 2^n)^(2^n): n squarings. Accurate for x <= 0 down to about -2^n."""
@@ -29,42 +82,51 @@ def exp_limit(x: torch.Tensor, iterations: int) -> torch.Tensor:
     return y
 
 
-def reciprocal_at_least_one(d: torch.Tensor, iterations: int) -> torch.Tensor:
-    """1/d for d >= 1: find the level j with 4^j <= d < 4^(j+1), Newton on d / 4^(j+1) in [1/4, 1)."""
-    j = sum((d >= 4.0**k).to(d.dtype) for k in range(1, RECIP_LEVELS + 1))
-    scale = 4.0 ** (j + 1)
+def reciprocal_at_least_one(d: torch.Tensor, iterations: int, initial_guess: str = "chord",
+                            step: float = 2.0) -> torch.Tensor:
+    """1/d for d >= 1: the level j with 2^(j step) <= d < 2^((j+1) step) (4^j with step 2), then
+    Newton on d / 2^((j+1) step) in [2^-step, 1)."""
+    j = sum((d >= t).to(d.dtype) for t in recip_thresholds(step))
+    scale = 2.0 ** ((j + 1) * step)
     dn = d / scale
-    y = 5.0 - 4.0 * dn  # the chord of 1/x over [1/4, 1]
+    a, b = guess("recip", initial_guess, step)
+    y = a - b * dn
     for _ in range(iterations):
         y = y * (2.0 - dn * y)
     return y / scale
 
 
-def inv_sqrt(v: torch.Tensor, iterations: int) -> torch.Tensor:
-    """1/sqrt(v) for v > 0: v / 4^p lands in [1/4, 1) (p from comparisons with 4^k), Newton there."""
-    ks = range(INV_SQRT_KMIN, INV_SQRT_KMAX + 1)
-    p = INV_SQRT_KMIN + sum((v >= 4.0**k).to(v.dtype) for k in ks)
-    vn = v / 4.0**p
-    y = (7.0 - 4.0 * vn) / 3.0  # the chord of 1/sqrt(x) over [1/4, 1]
+def inv_sqrt(v: torch.Tensor, iterations: int, initial_guess: str = "chord",
+             step: float = 2.0) -> torch.Tensor:
+    """1/sqrt(v) for v > 0: v / 2^(p step) lands in [2^-step, 1) (p from comparisons with
+    2^(k step); 4^k with step 2), Newton there."""
+    kmin, kmax = inv_sqrt_powers(step)
+    p = kmin + sum((v >= 2.0 ** (k * step)).to(v.dtype) for k in range(kmin, kmax + 1))
+    vn = v / 2.0 ** (p * step)
+    a, b = guess("inv_sqrt", initial_guess, step)
+    y = a - b * vn
     for _ in range(iterations):
         y = y * (3.0 - vn * y * y) / 2.0
-    return y / 2.0**p
+    return y / 2.0 ** (p * step / 2)
 
 
-def sigmoid(x: torch.Tensor, exp_iterations: int, iterations: int) -> torch.Tensor:
+def sigmoid(x: torch.Tensor, exp_iterations: int, iterations: int,
+            initial_guess: str = "chord", exp_method: str = "limit") -> torch.Tensor:
     """sigma(x) from u = exp(-|x|) in (0, 1]: 1/(1+u) by Newton from its chord; sign by comparison."""
     positive = (x > 0).to(x.dtype)
     t = x * (2.0 * positive - 1.0)  # |x|
-    den = 1.0 + exp_limit(-t, exp_iterations)
-    y = 1.5 - 0.5 * den
+    den = 1.0 + exp_neg(t, exp_iterations, exp_method)
+    a, b = guess("sigmoid", initial_guess)
+    y = a - b * den
     for _ in range(iterations):
         y = y * (2.0 - den * y)
     return (1.0 - y) + positive * (2.0 * y - 1.0)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, iterations: int) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, iterations: int,
+             initial_guess: str = "chord", step: float = 2.0) -> torch.Tensor:
     variance = x.pow(2).mean(-1, keepdim=True) + eps
-    return x * inv_sqrt(variance, iterations) * weight
+    return x * inv_sqrt(variance, iterations, initial_guess, step) * weight
 
 
 def fill_masked(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -83,14 +145,14 @@ def first_allowed(mask: torch.Tensor) -> torch.Tensor:
 
 def softmax(
     scores: torch.Tensor, mask: torch.Tensor | None, exp_iterations: int, recip_iterations: int,
-    clip: float,
+    clip: float, initial_guess: str = "chord", exp_method: str = "limit", step: float = 2.0,
 ) -> torch.Tensor:
     if mask is not None:
         scores = fill_masked(scores, mask)
     shifted = scores - scores.max(dim=-1, keepdim=True).values
     if clip > 0:
         shifted = shifted.clamp(min=-clip)
-    e = exp_limit(shifted, exp_iterations)
+    e = exp_neg(-shifted, exp_iterations, exp_method)
     if mask is not None:
         e = e * mask
-    return e * reciprocal_at_least_one(e.sum(-1, keepdim=True), recip_iterations)
+    return e * reciprocal_at_least_one(e.sum(-1, keepdim=True), recip_iterations, initial_guess, step)

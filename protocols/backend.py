@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from mpcache.backend import Approximations, Backend
+from protocols import fastcfg, topk
 from protocols import nonlinear as nl
-from protocols import topk
 from protocols.accounting import Meter
 from protocols.compat import import_crypten
 from protocols.dealer import make_dealer
@@ -72,6 +72,8 @@ class MPCBackend(Backend):
         self.comm = communicator.get()
         self.meter = meter or Meter(self.comm)
         self.dealer = _MeteredDealer(make_dealer(party.dealer, party.rank), self.meter)
+        self.numerics = nl.Numerics(self.approx, self.dealer)
+        fastcfg.freeze()
         if party.dealer == "ttp":
             _meter_ttp_requests(self.meter)
         # Cached operands masked once, by the storage of their share (LRU; strong refs keep the
@@ -184,19 +186,18 @@ class MPCBackend(Backend):
     # --- non-linear -----------------------------------------------------------------------------------
     def rms_norm(self, x, weight: SecretWeight, eps: float):
         with self.meter.phase("norm"):
-            h = nl.rms_norm(x, eps, self.approx.inv_sqrt_iterations)
+            h = nl.rms_norm(x, eps, self.numerics)
             if weight.fixed is not None:
                 return self._fixed(h, weight.fixed, "mul")
             return h * weight.secret
 
     def silu(self, x):
         with self.meter.phase("silu"):
-            return nl.silu(x, self.approx.exp_iterations, self.approx.sigmoid_iterations)
+            return nl.silu(x, self.numerics)
 
     def softmax(self, scores, mask: torch.Tensor | None = None):
         with self.meter.phase("softmax"):
-            a = self.approx
-            return nl.softmax(scores, mask, a.exp_iterations, a.reciprocal_iterations, a.softmax_clip)
+            return nl.softmax(scores, mask, self.numerics)
 
     def rope(self, x, cos: torch.Tensor, sin: torch.Tensor):
         with self.meter.phase("rope"):
@@ -290,7 +291,7 @@ class MPCBackend(Backend):
             if self.debug_logits:
                 plain = reveal(last, dst=CLIENT)
                 self.last_logits = plain[0] if self.rank == CLIENT else None
-            _, idx = nl.tree_max(last, with_index=True)
+            _, idx = nl.row_max(last, with_index=True, nm=self.numerics)
             value = reveal(idx, dst=CLIENT)
             return int(round(value.item())) if self.rank == CLIENT else -1
 

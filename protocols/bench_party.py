@@ -49,17 +49,23 @@ def log(party: Party, message: str) -> None:
 
 
 def run(party: Party, args) -> int:
-    approx = Approximations(exact=False)
+    from protocols.nonlinear import Numerics
+
+    presets = getattr(args, "approx_presets", None) or ["v1"]
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.mask_reuse]
     log(party, DEALER_NOTE[party.dealer])
     plain_times: dict[int, tuple[float, float]] = {}
     for mask_reuse in modes:
         log(party, f"setting up {args.model} (mask reuse {'on' if mask_reuse else 'off'})")
-        pm = build(party, args.model, approx, mask_reuse=mask_reuse)
+        pm = build(party, args.model, Approximations.preset(presets[0]), mask_reuse=mask_reuse)
         log(party, f"setup done in {pm.setup.compute_s:.1f} s, {pm.setup.online_bytes / 1e6:.1f} MB")
         if args.prefill == "plaintext":
             log(party, PLAINTEXT_NOTE)
-        for length, spec in [(n, p) for n in args.length for p in args.policies]:
+        runs = [(n, p, a) for a in presets for n in args.length for p in args.policies]
+        for length, spec, name in runs:
+            approx = Approximations.preset(name)  # the same shared weights, other numerics
+            pm.backend.approx, pm.backend.numerics = approx, Numerics(approx, pm.backend.dealer)
+            log(party, f"L={length} {spec}, approximations {name}")
             prompt = synthetic_prompt(length, pm.model.config.vocab_size) if party.is_client else None
             policy = parse_spec(spec, args.budget)
 
@@ -72,7 +78,7 @@ def run(party: Party, args) -> int:
             out = private_generate(pm, prompt, args.new_tokens, progress, policy=policy, prefill=args.prefill)
             record = make_record(party, args, pm, out.steps, length, mask_reuse, approx)
             record.update(policy=spec, budget=policy.budget, wall_s=time.perf_counter() - start,
-                          selected_tokens=out.result.cache.mean_attended())
+                          selected_tokens=out.result.cache.mean_attended(), approx=name)
             if args.prefill == "plaintext":  # not private anyway: the server records the tokens too
                 record["tokens"] = pm.backend.comm.broadcast_obj(
                     out.result.new_ids if party.is_client else None, 1)

@@ -12,9 +12,13 @@ truncation), so no precision is lost on values that span many decades.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 from mpcache import approx
+from mpcache.backend import Approximations
 from protocols.compat import import_crypten
 
 # Extra fractional bits of a range-reduced reciprocal / inverse square root before it multiplies
@@ -53,9 +57,44 @@ def _trunc(share: torch.Tensor, bits: int) -> torch.Tensor:
     return share.div(1 << bits, rounding_mode="trunc")
 
 
-def ltz(x):
+@dataclass
+class Numerics:
+    """The approximation settings and, for dealer comparisons, the dealer."""
+
+    approx: Approximations
+    dealer: object | None = None
+
+    def ltz(self, x, kind: str = "value"):
+        """[x < 0] (scale 1). ``kind`` names the input's range for dealer comparisons
+        (``protocols.digits.KINDS``); CrypTen's circuit works on the whole ring."""
+        if self.approx.comparison == "crypten" or self.dealer is None:
+            return x._ltz()
+        if self.approx.comparison != "dealer":
+            raise ValueError(f"unknown comparison {self.approx.comparison!r} (crypten or dealer)")
+        from protocols import digits
+
+        in_bits = int(round(math.log2(x._tensor.encoder.scale)))
+        spec = digits.spec_for(kind, self.approx.cmp_digit_bits)
+        share = digits.ltz_share(x._tensor.share, spec, self.dealer, _rank(), in_bits)
+        return _mpc_from_share(share, 0)
+
+
+CRYPTEN = Numerics(Approximations(exact=False))
+
+
+def ltz(x, nm: Numerics = CRYPTEN, kind: str = "value"):
     """1 where x < 0 else 0 (ring value, scale 1)."""
-    return x._ltz()
+    return nm.ltz(x, kind)
+
+
+def exp_neg(y, nm: Numerics = CRYPTEN):
+    """exp(-y) for y >= 0 (``approx.exp_neg``): the limit formula, or the dealer's digit tables."""
+    if nm.approx.exp_method == "table" and nm.dealer is not None:
+        from protocols import lut
+
+        in_bits = int(round(math.log2(y._tensor.encoder.scale)))
+        return lut.exp_neg_share(y._tensor.share, nm.dealer, _rank(), in_bits)
+    return exp_limit(-y, nm.approx.exp_iterations)
 
 
 def exp_limit(x, iterations: int):
@@ -65,15 +104,13 @@ def exp_limit(x, iterations: int):
     return y
 
 
-def one_hot_levels(v, thresholds: list[float]) -> torch.Tensor:
+def one_hot_levels(v, thresholds: list[float], nm: Numerics = CRYPTEN, kind: str = "wide") -> torch.Tensor:
     """Share [..., K+1] (scale 1) of the one-hot level of v [..., 1] among K increasing thresholds:
     level j means thresholds[j-1] <= v < thresholds[j]."""
-    crypten = _crypten()
     diffs = v - torch.tensor(thresholds, dtype=torch.float32)  # [..., K]
-    below = ltz(diffs)._tensor.share  # 1 where v < threshold
+    below = ltz(diffs, nm, kind)._tensor.share  # 1 where v < threshold
     ones = torch.ones_like(below[..., :1]) * (1 if _rank() == 0 else 0)
     at_least = torch.cat([ones, ones - below, torch.zeros_like(ones)], dim=-1)  # b_{-1}=1 .. b_K=0
-    del crypten
     return at_least[..., :-1] - at_least[..., 1:]
 
 
@@ -120,30 +157,38 @@ def mul_hi(x, hi_share: torch.Tensor, hi_bits: int):
     return _mpc_from_share(torch.stack(terms).sum(0))
 
 
-def reciprocal_at_least_one_hi(d, iterations: int) -> torch.Tensor:
+def _newton_step(nm: Numerics) -> float:
+    if nm.approx.range_step != 2.0:
+        raise ValueError("range_step other than 2 (powers of 4) needs iteration='goldschmidt'")
+    return 2.0
+
+
+def reciprocal_at_least_one_hi(d, iterations: int, nm: Numerics = CRYPTEN) -> torch.Tensor:
     """Share of 1/d (d >= 1, [..., 1]) at 16 + HI_BITS fractional bits."""
     levels = approx.RECIP_LEVELS
-    level = one_hot_levels(d, [4.0**k for k in range(1, levels + 1)])
+    level = one_hot_levels(d, [4.0**k for k in range(1, levels + 1)], nm, "count")
     dn = _mpc_from_share(scale_by_level(d, level, [-2 * (j + 1) for j in range(levels + 1)], 16))
-    y = 5.0 - dn * 4.0
+    a, b = approx.guess("recip", nm.approx.initial_guess, _newton_step(nm))
+    y = a - dn * b
     for _ in range(iterations):
         y = y * (2.0 - dn * y)
     return scale_by_level(y, level, [-2 * (j + 1) for j in range(levels + 1)], 16 + HI_BITS)
 
 
-def inv_sqrt_hi(v, iterations: int) -> torch.Tensor:
+def inv_sqrt_hi(v, iterations: int, nm: Numerics = CRYPTEN) -> torch.Tensor:
     """Share of 1/sqrt(v) (v > 0, [..., 1]) at 16 + HI_BITS fractional bits."""
     kmin, kmax = approx.INV_SQRT_KMIN, approx.INV_SQRT_KMAX
-    level = one_hot_levels(v, [4.0**k for k in range(kmin, kmax + 1)])
+    level = one_hot_levels(v, [4.0**k for k in range(kmin, kmax + 1)], nm, "wide")
     powers = [kmin + j for j in range(kmax - kmin + 2)]  # v / 4^p in [1/4, 1)
     vn = _mpc_from_share(scale_by_level(v, level, [-2 * p for p in powers], 16))
-    y = (7.0 - vn * 4.0) * (1.0 / 3.0)
+    a, b = approx.guess("inv_sqrt", nm.approx.initial_guess, _newton_step(nm))
+    y = a - vn * b
     for _ in range(iterations):
         y = y * (3.0 - vn * y.square()) * 0.5
     return scale_by_level(y, level, [-p for p in powers], 16 + HI_BITS)
 
 
-def rms_norm(x, eps: float, iterations: int):
+def rms_norm(x, eps: float, nm: Numerics = CRYPTEN):
     """x / sqrt(mean(x^2) + eps) (the gain is applied by the caller, a fixed product).
 
     Local truncation of a share fails with probability |value| / 2^64, and SmolLM2's massive
@@ -153,32 +198,42 @@ def rms_norm(x, eps: float, iterations: int):
     """
     from crypten.mpc.primitives import beaver
 
+    if nm.approx.iteration == "goldschmidt":
+        from protocols import goldschmidt
+
+        return goldschmidt.rms_norm(x, eps, nm)
     x10 = nl_from_ring(_trunc(x._tensor.share, 6), 10)
     squares = _trunc(beaver.square(x10._tensor).share, 4)  # x^2 at 16 bits
     total = squares.sum(-1, keepdim=True)
     variance = _mpc_from_share(total.div(x.shape[-1], rounding_mode="trunc")) + eps
-    return mul_hi(x, inv_sqrt_hi(variance, iterations), 16 + HI_BITS)
+    return mul_hi(x, inv_sqrt_hi(variance, nm.approx.inv_sqrt_iterations, nm), 16 + HI_BITS)
 
 
 def nl_from_ring(share: torch.Tensor, bits: int):
     return _mpc_from_share(share, bits)
 
 
-def sigmoid(x, exp_iterations: int, iterations: int):
-    positive = 1 - ltz(x)  # scale 1
+def sigmoid(x, nm: Numerics = CRYPTEN):
+    a = nm.approx
+    positive = 1 - ltz(x, nm)  # scale 1
     t = x * (positive * 2 - 1)
-    den = exp_limit(-t, exp_iterations) + 1.0
-    y = 1.5 - den * 0.5
-    for _ in range(iterations):
+    den = exp_neg(t, nm) + 1.0
+    g0, g1 = approx.guess("sigmoid", a.initial_guess)
+    y = g0 - den * g1
+    for _ in range(a.sigmoid_iterations):
         y = y * (2.0 - den * y)
     return (1.0 - y) + positive * (y * 2.0 - 1.0)
 
 
-def silu(x, exp_iterations: int, iterations: int):
-    return x * sigmoid(x, exp_iterations, iterations)
+def silu(x, nm: Numerics = CRYPTEN):
+    if nm.approx.iteration == "goldschmidt":
+        from protocols import goldschmidt
+
+        return goldschmidt.silu(x, nm)
+    return x * sigmoid(x, nm)
 
 
-def tree_max(x, with_index: bool = False):
+def tree_max(x, with_index: bool = False, nm: Numerics = CRYPTEN):
     """Max over the last dim by a tournament: n-1 comparisons, ceil(log2 n) rounds of them.
     With ``with_index`` also the secret index of the first maximum (torch.argmax's tie rule)."""
     crypten = _crypten()
@@ -189,7 +244,7 @@ def tree_max(x, with_index: bool = False):
     while n > 1:
         m = n // 2
         left, right = x[..., 0 : 2 * m : 2], x[..., 1 : 2 * m : 2]
-        take_right = ltz(left - right)  # 1 where left < right; ties keep the left (lower index)
+        take_right = ltz(left - right, nm)  # 1 where left < right; ties keep the left (lower index)
         if with_index:
             il, ir = idx[..., 0 : 2 * m : 2], idx[..., 1 : 2 * m : 2]
             delta = crypten.stack([right - left, ir - il])
@@ -208,7 +263,54 @@ def tree_max(x, with_index: bool = False):
     return (x, idx) if with_index else x
 
 
-def softmax(scores, mask: torch.Tensor | None, exp_iterations: int, recip_iterations: int, clip: float):
+def group_max(x, with_index: bool = False, nm: Numerics = CRYPTEN):
+    """Max over the last dim by all-pairs comparisons in groups of ``nm.approx.max_arity`` (g):
+    each level is one comparison layer (g(g-1)/2 per group), one equality test per element (the
+    winner beats the g-1 others: [wins == g-1], a dealer table lookup) and one selection product,
+    so the depth is ceil(log_g n) levels instead of ceil(log2 n). Ties go to the lower index."""
+    from protocols import digits
+
+    crypten = _crypten()
+    g_max = nm.approx.max_arity
+    idx = None
+    if with_index:
+        idx = crypten.cryptensor(torch.arange(x.shape[-1], dtype=torch.float32).expand(x.shape).contiguous(),
+                                 src=0)
+    while x.shape[-1] > 1:
+        n = x.shape[-1]
+        g = min(g_max, n)
+        full = n // g * g
+        groups = x[..., :full].reshape(*x.shape[:-1], n // g, g)
+        ii, jj = torch.triu_indices(g, g, 1)
+        below = ltz(groups[..., ii] - groups[..., jj], nm)._tensor.share  # [x_i < x_j], i < j
+        one = 1 if _rank() == 0 else 0
+        wins = torch.zeros(*below.shape[:-1], g, dtype=torch.int64)
+        wins.index_add_(-1, ii, one - below)  # i beats j (ties: the lower index wins)
+        wins.index_add_(-1, jj, below)
+        winner = digits.equals_share(wins, g - 1, max(1, (g - 1).bit_length()), nm.dealer, _rank())
+        onehot = _mpc_from_share(winner, 0)
+        parts = [groups]
+        if with_index:
+            parts.append(idx[..., :full].reshape(groups.shape))
+        picked = (crypten.stack(parts) * onehot.unsqueeze(0)).sum(-1)
+        new_x = picked[0]
+        if full < n:
+            new_x = crypten.cat([new_x, x[..., full:]], dim=-1)
+        if with_index:
+            new_idx = picked[1]
+            idx = crypten.cat([new_idx, idx[..., full:]], dim=-1) if full < n else new_idx
+        x = new_x
+    return (x, idx) if with_index else x
+
+
+def row_max(x, with_index: bool = False, nm: Numerics = CRYPTEN):
+    """The max (and its index) by the configured tournament: binary, or grouped all-pairs."""
+    if nm.approx.max_arity > 2 and nm.approx.comparison == "dealer" and nm.dealer is not None:
+        return group_max(x, with_index, nm)
+    return tree_max(x, with_index, nm)
+
+
+def softmax(scores, mask: torch.Tensor | None, nm: Numerics = CRYPTEN):
     """MPC-safe softmax: masked entries copy the row's first allowed score (so the max is exact and
     nothing explodes in exp), the exp is multiplied by the public mask, the sum is >= 1."""
     if mask is not None:
@@ -218,12 +320,17 @@ def softmax(scores, mask: torch.Tensor | None, exp_iterations: int, recip_iterat
         keep = mask.to(torch.long)
         share = scores._tensor.share * keep + ref._tensor.share * (1 - keep)
         scores = _mpc_from_share(share)
-    shifted = scores - tree_max(scores)
-    if clip > 0:  # max(shifted, -clip) = relu(shifted + clip) - clip
-        lifted = shifted + clip
-        shifted = lifted * (1 - ltz(lifted)) - clip
-    e = exp_limit(shifted, exp_iterations)
+    a = nm.approx
+    shifted = scores - row_max(scores, nm=nm)
+    if a.softmax_clip > 0:  # max(shifted, -clip) = relu(shifted + clip) - clip
+        lifted = shifted + a.softmax_clip
+        shifted = lifted * (1 - ltz(lifted, nm)) - a.softmax_clip
+    e = exp_neg(-shifted, nm)
     if mask is not None:
         e = _mpc_from_share(e._tensor.share * mask.to(torch.long))
-    r = reciprocal_at_least_one_hi(e.sum(-1, keepdim=True), recip_iterations)
+    if a.iteration == "goldschmidt":
+        from protocols import goldschmidt
+
+        return goldschmidt.times_reciprocal(e, e.sum(-1, keepdim=True), nm)
+    r = reciprocal_at_least_one_hi(e.sum(-1, keepdim=True), a.reciprocal_iterations, nm)
     return mul_hi(e, r, 16 + HI_BITS)

@@ -19,6 +19,7 @@ def main() -> int:
     p.add_argument("--dealer", default="tfp")
     p.add_argument("--prompt", default="Hello MPC world")
     p.add_argument("--new-tokens", type=int, default=4)
+    p.add_argument("--approx", default="v1", help="approximation preset (mpcache.backend.PRESETS)")
     p.add_argument("--policy", default="full", help="NAME[:KEY=VALUE...][@BUDGET], comma-separated")
     p.add_argument("--budget", type=float, default=1.0)
     p.add_argument("--prompt-len", type=int, default=0, help="a seeded prompt of N ids (instead of --prompt)")
@@ -43,7 +44,9 @@ def main() -> int:
             return check_mul_hi(party, args.out, args.check_mul_hi)
         if args.check_topk:
             return check_topk(party, args.out, args.check_topk.split(","))
-        pm = build(party, args.model, debug_logits=True)
+        from mpcache.backend import Approximations
+
+        pm = build(party, args.model, Approximations.preset(args.approx), debug_logits=True)
         if args.hang_after_setup and party.is_server:
             import time
 

@@ -45,6 +45,8 @@ def test_bench_mpc_writes_records_and_plot(tmp_path):
     (["--model", "random:tiny", "--length", "5000"], "positions"),
     (["--model", "random:tiny", "--policy", "nope"], "policy"),
     (["--model", "random:tiny", "--policy", "full,mikv"], "plaintext only"),
+    (["--model", "random:tiny", "--approx", "v1,quick"], "approximation preset"),
+    (["--model", "random:tiny", "--approx", "exact"], "--approx"),
 ])
 def test_bench_mpc_bad_input_is_one_line_exit_2(tmp_path, args, message):
     proc = mpcache("bench", "mpc", *args, "--json", str(tmp_path / "x.jsonl"), timeout=60)

@@ -31,10 +31,10 @@ def run_parties(tmp_path, *extra, nproc=2, timeout=240, env=None) -> dict:
     return json.loads(out.read_text())
 
 
-def plain_reference(model_name, prompt_ids, tokens):
+def plain_reference(model_name, prompt_ids, tokens, approx="v1"):
     """Teacher-forced logits of the plaintext simulation along the MPC run's tokens."""
     m = load_model(model_name)
-    model = Transformer(m.config, m.weights, PlainBackend(Approximations(exact=False)))
+    model = Transformer(m.config, m.weights, PlainBackend(Approximations.preset(approx)))
     cache = model.new_cache()
     logits = [model.forward(prompt_ids, cache)[-1]]
     for t in tokens[:-1]:
@@ -42,8 +42,8 @@ def plain_reference(model_name, prompt_ids, tokens):
     return logits
 
 
-def check_against_plain(record, model_name="random:tiny"):
-    ref = plain_reference(model_name, record["prompt_ids"], record["tokens"])
+def check_against_plain(record, model_name="random:tiny", approx="v1"):
+    ref = plain_reference(model_name, record["prompt_ids"], record["tokens"], approx)
     for step, (mine, theirs, token) in enumerate(zip(record["logits"], ref, record["tokens"], strict=True)):
         mine = torch.tensor(mine)
         diff = (mine - theirs).abs().max().item()
@@ -62,6 +62,16 @@ def test_two_party_generation_matches_plaintext_simulation(tmp_path, dealer):
                          nproc=world_size(dealer))
     assert len(record["tokens"]) == 4
     check_against_plain(record)
+
+
+@pytest.mark.parametrize("dealer", ["tfp", "ttp"])
+def test_fast_numerics_match_their_plaintext_simulation(tmp_path, dealer):
+    """The fast preset (dealer comparisons and exp tables, grouped max) under both dealers computes
+    what PlainBackend(Approximations.preset("fast")) computes."""
+    record = run_parties(tmp_path, "--dealer", dealer, "--new-tokens", "3", "--approx", "fast",
+                         nproc=world_size(dealer))
+    assert len(record["tokens"]) == 3
+    check_against_plain(record, approx="fast")
 
 
 def test_topk_and_gather_under_mpc_select_what_plaintext_selects(tmp_path):

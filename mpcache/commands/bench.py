@@ -43,8 +43,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="both: one record with and one without mask reuse")
     m.add_argument("--no-mask-reuse", dest="mask_reuse", action="store_const", const="off")
     m.add_argument("--timeout", type=float, default=600, help="seconds a party waits for the other")
+    m.add_argument("--approx", default="v1",
+                   help="approximation preset(s), comma list (v1, fast): one record each, same run")
     m.add_argument("--json", required=True, help="file to append the records to")
     m.set_defaults(run=run)
+    from mpcache.commands import bench_ops
+
+    bench_ops.add_parser(bench)
 
     t = bench.add_parser("topk", help="oblivious top-k constructions under 2PC: bytes, rounds, seconds")
     t.add_argument("--sizes", type=_ints, default=[16, 64, 256, 2048], help="n, e.g. 16,64,256,2048")
@@ -104,6 +109,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.new_tokens < 2:
         raise UserError("--new-tokens must be at least 2 (the first token comes from the prefill)")
+    from mpcache.backend import Approximations
+
+    args.approx_presets = [a.strip() for a in args.approx.split(",") if a.strip()]
+    for name in args.approx_presets:
+        if name == "exact" or Approximations.preset(name).exact:
+            raise UserError("--approx: MPC needs an approximation preset (v1, fast)")
     from mpcache.policies import POLICIES, parse_spec
 
     args.policies = [p.strip() for p in args.policy.split(",") if p.strip()]

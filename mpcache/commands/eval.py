@@ -25,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ppl-tokens", type=int, default=32, help="teacher-forced tokens scored (ppl)")
     p.add_argument("--json", required=True, help="file to append the records to")
     p.add_argument("--details", action="store_true", help="add per-sample results to each record")
+    p.add_argument("--approx", default="exact",
+                   help="numerics: exact, or an MPC approximation preset simulated in plaintext (v1, fast)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
 
@@ -52,7 +54,7 @@ def _ints(text: str, flag: str) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from mpcache.backend import PlainBackend
+    from mpcache.backend import Approximations, PlainBackend
     from mpcache.eval.sweep import SweepConfig, run_sweep, write_records
     from mpcache.models import Transformer, load_model
     from mpcache.policies import parse_spec
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--first-sample must be >= 0, got {args.first_sample}")
     if args.max_new_tokens < 1 or args.ppl_tokens < 1:
         raise UserError("--max-new-tokens and --ppl-tokens must be at least 1")
+    approx = Approximations.preset(args.approx)
     cfg = SweepConfig(args.task, policies, budgets, lengths, args.samples, args.seed, args.model,
                       args.max_new_tokens, args.ppl_tokens, args.details, args.first_sample)
     model = load_model(args.model)
@@ -80,12 +83,18 @@ def run(args: argparse.Namespace) -> int:
     from mpcache.commands.train import ensure_trained
 
     ensure_trained(policies, model, not args.no_progress)
-    transformer = Transformer(model.config, model.weights, PlainBackend())
+    transformer = Transformer(model.config, model.weights, PlainBackend(approx))
+
+    def write(batch):
+        for rec in batch:
+            rec["approx"] = args.approx
+        write_records(args.json, batch)
+
     total = len(lengths) * args.samples * len(cfg.runs())
     with tqdm(total=total, desc=f"eval {args.task}", unit="run", disable=args.no_progress,
               file=sys.stderr) as bar:
         records = run_sweep(cfg, transformer, model.tokenizer, bar,
-                            on_records=lambda batch: write_records(args.json, batch))
+                            on_records=write)
     for rec in records:
         metric = f"ppl {rec['perplexity']}" if "perplexity" in rec else f"acc {rec['accuracy']:.3f}"
         print(f"{rec['task']} L={rec['length']} {rec['policy']} B={rec['budget']}: {metric}, "

@@ -26,11 +26,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mpcache.eval.plot import load_records, merge_chunks, plot_records, table
     from mpcache.eval.plot_mpc import is_mpc_record, plot_mpc
+    from mpcache.eval.plot_ops import is_ops_record, plot_ops
 
     path = args.file or args.json_file
     if not path:
         raise UserError("plot needs a records FILE")
     records = load_records(path)
+    ops = [r for r in records if is_ops_record(r)]
+    if ops:
+        from protocols.ops_bench import table as ops_table
+
+        plot_ops(ops, args.out)
+        print(ops_table(ops))
+        print(f"wrote {args.out} ({len(ops)} operator records)")
+        return 0
     mpc = [r for r in records if is_mpc_record(r)]
     if mpc:
         plot_mpc(mpc, args.out)

@@ -29,7 +29,7 @@ def load_records(path: str) -> list[dict]:
         except json.JSONDecodeError:
             raise UserError(f"{path}:{n}: not a JSON line") from None
         is_eval = isinstance(rec, dict) and {"task", "policy", "budget", "length"} <= rec.keys()
-        if not (is_eval or (isinstance(rec, dict) and rec.get("kind") == "mpc")):
+        if not (is_eval or (isinstance(rec, dict) and rec.get("kind") in ("mpc", "ops"))):
             raise UserError(f"{path}:{n}: not an mpcache eval or bench record")
         records.append(rec)
     if not records:

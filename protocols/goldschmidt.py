@@ -1,0 +1,162 @@
+"""Shallower schedules of the same formulas (``Approximations(iteration="goldschmidt")``).
+
+- Newton for 1/d and 1/sqrt(v) run as Goldschmidt's coupled iterations: the same iterates in exact
+  arithmetic (g = d*y, h = y resp. y/2), but the two products of a step are independent, so a step
+  of 1/d costs one round (Newton: two) and a step of 1/sqrt(v) two (Newton: three).
+- The output scale of a range reduction (4^-(j+1) or 2^-p for level j, p) is a local function of
+  the one-hot level (public constants times shared bits); the vector is multiplied by it in the
+  same round that scales the input into [1/4, 1) (one batched Beaver product), instead of after
+  the iterations.
+- SiLU: x * sigma(x) = x (1 - y) + (x [x >= 0]) (2y - 1), y = 1/(1 + exp(-|x|)); x [x >= 0] is
+  computed with |x| in one round, and the final two products in one round.
+
+``mpcache.approx`` computes the same iterates (the plaintext twin needs no change).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mpcache import approx
+from protocols.nonlinear import (
+    HI_BITS,
+    Numerics,
+    _mpc_from_share,
+    _ring_mul,
+    _trunc,
+    exp_neg,
+    ltz,
+    nl_from_ring,
+    one_hot_levels,
+    split_digits,
+)
+
+OUT_BITS = 16 + HI_BITS  # the scaled vector (x * 2^-p, e * 4^-(j+1)) is kept at 24 bits
+
+
+def ring_mul_many(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    """Exact ring products of several independent (left, right) share pairs in one Beaver round."""
+    lefts, rights, shapes = [], [], []
+    for a, b in pairs:
+        a, b = torch.broadcast_tensors(a, b)
+        shapes.append(a.shape)
+        lefts.append(a.reshape(-1))
+        rights.append(b.reshape(-1))
+    flat = _ring_mul(_mpc_from_share(torch.cat(lefts), 0), _mpc_from_share(torch.cat(rights), 0))
+    out, start = [], 0
+    for shape in shapes:
+        n = int(torch.Size(shape).numel())
+        out.append(flat[start : start + n].reshape(shape))
+        start += n
+    return out
+
+
+SCALE_BITS = 32  # fractional bits of a level's output scale (a local constant; 2^-16 .. 2^6 fit)
+
+
+def level_constant(level: torch.Tensor, scales: list[float], bits: int) -> torch.Tensor:
+    """Share of scales[level] at ``bits`` fractional bits: local (public constants x shared bits)."""
+    consts = torch.tensor([round(c * 2.0**bits) for c in scales], dtype=torch.int64)
+    return (level * consts).sum(-1, keepdim=True)
+
+
+def _scaled_pair(v, x_share: torch.Tensor, level: torch.Tensor, in_scales: list[float],
+                 out_scales: list[float]):
+    """One round: (v * in_scales[level] at 16 bits, x * out_scales[level] at OUT_BITS).
+
+    A scale c = m 2^e (m in [1, 2)) is applied as an exact power of two, then the mantissa at 16
+    bits: every truncated value stays near v c 2^32 <= 2^33."""
+    digits = split_digits(level_constant(level, out_scales, SCALE_BITS), SCALE_BITS)
+    stacked = torch.stack([d for d, _ in digits])  # [k, ..., 1]
+    v_share = v._tensor.share.expand(*level.shape)
+    prod_v, prod_x = ring_mul_many([(v_share, level), (x_share.unsqueeze(0), stacked)])
+    vn = 0
+    for j, c in enumerate(in_scales):
+        m, e = math.frexp(c)  # c = m 2^e, m in [1/2, 1)
+        mantissa = round(m * 2.0**17)  # m * 2 at 16 bits
+        vn = vn + _trunc(_trunc(prod_v[..., j : j + 1], 1 - e) * mantissa, 16)
+    xs = sum(_trunc(prod_x[i], 16 + f - OUT_BITS) for i, (_, f) in enumerate(digits))
+    return _mpc_from_share(vn), xs
+
+
+def times_hi(xs: torch.Tensor, y) -> torch.Tensor:
+    """(x at OUT_BITS) * y (an MPCTensor at 16 bits, a few units) -> MPCTensor at 16 bits, one
+    round; y is split into 8-bit digits so no truncated value exceeds ~2^34."""
+    digits = split_digits(y._tensor.share, 16)
+    stacked = _mpc_from_share(torch.stack([d for d, _ in digits]), 0)
+    prod = _ring_mul(_mpc_from_share(xs.unsqueeze(0), 0), stacked)
+    return _mpc_from_share(sum(_trunc(prod[i], OUT_BITS + f - 16) for i, (_, f) in enumerate(digits)))
+
+
+def times_reciprocal(e, d, nm: Numerics):
+    """e / d for d >= 1 ([..., 1]), e [..., n] (softmax: the exp values over their sum)."""
+    step = nm.approx.range_step
+    thresholds = approx.recip_thresholds(step)
+    level = one_hot_levels(d, thresholds, nm, "count")
+    scales = [2.0 ** (-(j + 1) * step) for j in range(len(thresholds) + 1)]
+    dn, es = _scaled_pair(d, e._tensor.share, level, scales, scales)
+    a, b = approx.guess("recip", nm.approx.initial_guess, step)
+    h = a - dn * b
+    g = dn * h
+    for step in range(nm.approx.reciprocal_iterations):
+        f = 2.0 - g  # 1 + r, r = 1 - d y
+        if step == nm.approx.reciprocal_iterations - 1:
+            h = h * f
+        else:
+            g, h = _pair(nl_stack([g, h]) * f)
+    return times_hi(es, h)
+
+
+def rms_norm(x, eps: float, nm: Numerics):
+    """x / sqrt(mean(x^2) + eps), as ``nonlinear.rms_norm`` with the shallower schedule."""
+    from crypten.mpc.primitives import beaver
+
+    x10 = nl_from_ring(_trunc(x._tensor.share, 6), 10)
+    squares = _trunc(beaver.square(x10._tensor).share, 4)
+    total = squares.sum(-1, keepdim=True)
+    v = _mpc_from_share(total.div(x.shape[-1], rounding_mode="trunc")) + eps
+    step = nm.approx.range_step
+    kmin, kmax = approx.inv_sqrt_powers(step)
+    level = one_hot_levels(v, [2.0 ** (k * step) for k in range(kmin, kmax + 1)], nm, "wide")
+    powers = [kmin + j for j in range(kmax - kmin + 2)]  # v / 2^(p step) in [2^-step, 1)
+    vn, xs = _scaled_pair(v, x._tensor.share, level, [2.0 ** (-p * step) for p in powers],
+                          [2.0 ** (-p * step / 2) for p in powers])
+    a, b = approx.guess("inv_sqrt", nm.approx.initial_guess, step)
+    y0 = a - vn * b
+    g, h = vn * y0, y0 * 0.5
+    for step in range(nm.approx.inv_sqrt_iterations):
+        r = 0.5 - g * h
+        if step == nm.approx.inv_sqrt_iterations - 1:
+            h = h + h * r
+        else:
+            g, h = _pair(nl_stack([g, h]) * (r + 1.0))
+    return times_hi(xs, h * 2.0)
+
+
+def silu(x, nm: Numerics):
+    a = nm.approx
+    positive = 1 - ltz(x, nm)  # scale 1
+    t, xp = _pair(x.unsqueeze(0) * nl_stack([positive * 2 - 1, positive]))  # |x|, x [x >= 0]
+    den = exp_neg(t, nm) + 1.0
+    g0, g1 = approx.guess("sigmoid", a.initial_guess)
+    h = g0 - den * g1
+    g = den * h
+    for step in range(a.sigmoid_iterations):
+        f = 2.0 - g
+        if step == a.sigmoid_iterations - 1:
+            h = h * f
+        else:
+            g, h = _pair(nl_stack([g, h]) * f)
+    return (nl_stack([x, xp]) * nl_stack([1.0 - h, h * 2.0 - 1.0])).sum(0)
+
+
+def _pair(stacked):
+    return stacked[0], stacked[1]
+
+
+def nl_stack(tensors):
+    from protocols.compat import import_crypten
+
+    return import_crypten().stack(tensors)

@@ -169,11 +169,9 @@ MPC_SPECS = [
 
 @pytest.mark.slow
 def test_options_under_mpc_match_plaintext(tmp_path):
-    from tests.test_mpc_policies import check_runs, needs_ordered_topk
+    from tests.test_mpc_policies import check_runs
     from tests.test_mpc_two_party import run_parties
 
-    if needs_ordered_topk.args[0]:
-        pytest.skip(needs_ordered_topk.kwargs["reason"])
     record = run_parties(tmp_path, "--policy", ",".join(MPC_SPECS), "--prompt-len", "256",
                          "--prefill", "plaintext", "--new-tokens", "3", "--timeout", "300", timeout=1500)
     assert [r["policy"] for r in record["runs"]] == MPC_SPECS

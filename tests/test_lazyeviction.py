@@ -14,6 +14,7 @@ from mpcache.generate import generate
 from mpcache.models import Transformer, load_model
 from mpcache.policies import make_policy
 from mpcache.policies.lazyeviction import LazyEvictionPolicy, recurrence_score, track
+from tests.policy_helpers import attended_per_step
 
 T = 300
 
@@ -30,19 +31,7 @@ def prompt():
 
 def _sizes(loaded, policy, ids, steps, backend=None):
     """Keys attended by layer 0 at each decode step."""
-    seen = []
-    inner = policy.decode_kv
-
-    def spy(layer, q, cache, b):
-        k, v = inner(layer, q, cache, b)
-        if layer == 0:
-            seen.append(k.shape[1])
-        return k, v
-
-    policy.decode_kv = spy
-    model = Transformer(loaded.config, loaded.weights, backend or PlainBackend(), policy)
-    generate(model, ids, steps + 1)
-    return seen
+    return attended_per_step(loaded, policy, ids, steps, backend)[0]
 
 
 def test_tracking_by_hand():

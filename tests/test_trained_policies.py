@@ -18,6 +18,7 @@ from mpcache.learned.locret import LocretTrainConfig, train_heads
 from mpcache.models import Transformer, load_model
 from mpcache.policies import make_policy
 from mpcache.policies.locret import chunked_keep
+from tests.policy_helpers import attended_per_step
 
 T = 300
 
@@ -34,18 +35,7 @@ def prompt():
 
 def _run(loaded, policy, ids, steps, backend=None):
     """(keys attended by layer 0 per decode step, final cache)."""
-    seen = []
-    inner = policy.decode_kv
-
-    def spy(layer, q, cache, b):
-        k, v = inner(layer, q, cache, b)
-        if layer == 0:
-            seen.append(k.shape[1])
-        return k, v
-
-    policy.decode_kv = spy
-    model = Transformer(loaded.config, loaded.weights, backend or PlainBackend(), policy)
-    result = generate(model, ids, steps + 1)
+    seen, result = attended_per_step(loaded, policy, ids, steps, backend)
     return seen, result.cache
 
 

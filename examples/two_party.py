@@ -67,8 +67,11 @@ def main() -> int:
         say(f"[setting up {args.model}: the server shares and masks its weights once ...]")
         pm = build(party, args.model, mask_reuse=not args.no_mask_reuse, reveal_logits=args.reveal_logits)
         check_same(pm.backend, (args.policy, args.budget))
-        say(f"[policy {args.policy}, budget {args.budget}: which tokens are attended stays secret; "
-            f"the counts are public]")
+        if args.policy == "full":
+            say("[policy full: every cached token is attended]")
+        else:
+            say(f"[policy {args.policy}, budget {args.budget}: which tokens are attended stays secret; "
+                f"the counts are public]")
         tok = pm.model.tokenizer
         ids = tok.encode(args.prompt, chat=args.chat) if party.is_client else None
         table = CostTable()

@@ -249,7 +249,8 @@ def run_party(body: Callable[[], int], role: str | None = None) -> int:
         if os.environ.get("MPCACHE_DEBUG"):
             traceback.print_exc()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        exit_now(f"mpcache: {role}: the two-party computation failed — the other party died, was "
-                 f"killed or timed out ({type(exc).__name__}: {first[:200]})", FAULT_EXIT)
+        peer = {"client": " with the server", "server": " with the client"}.get(role, "")
+        exit_now(f"mpcache: {role}: the two-party computation{peer} failed — the other party died, "
+                 f"was killed or timed out ({type(exc).__name__}: {first[:200]})", FAULT_EXIT)
     shutdown()
     return code

@@ -43,6 +43,15 @@ def _arch(config) -> dict:
     return json.loads(json.dumps(config.to_dict()))  # as it comes back from the wire
 
 
+def _start_mpc(args, channel, rank: int) -> tuple[Peer, runtime.Party]:
+    """After the settings check: tell the peer when this party ends, then join the MPC session."""
+    me, other = ("server", "client") if rank == runtime.SERVER else ("client", "server")
+    peer = Peer(channel, me, other)
+    runtime.on_exit(_notify_peer(peer))
+    _mpc_env(args, rank)
+    return peer, runtime.init(args.dealer, args.timeout, args.connect_timeout)
+
+
 def _mpc_env(args, rank: int) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(runtime.world_size(args.dealer)),
                       MASTER_ADDR=args.addr if args.addr != "0.0.0.0" else "127.0.0.1",
@@ -108,10 +117,7 @@ def serve(args) -> int:
     say(f"[server: listening on {args.addr}:{args.port} (MPC on port {args.port + 1}); waiting for a "
         f"client{extra}; Ctrl-C stops]")
     channel = lobby.wait_for_parties(args.dealer == "ttp")
-    peer = Peer(channel, "server", "client")
-    runtime.on_exit(_notify_peer(peer))
-    _mpc_env(args, runtime.SERVER)
-    party = runtime.init(args.dealer, args.timeout, args.connect_timeout)
+    peer, party = _start_mpc(args, channel, runtime.SERVER)
     say("[server: sharing and masking the weights once ...]")
     pm = build(party, args.model, loaded=model)
     say(f"[server: ready (setup {pm.setup.online_bytes / 1e6:.0f} MB, {pm.setup.compute_s:.0f} s); "
@@ -170,10 +176,7 @@ def chat(args) -> int:
     say(f"[connected to {describe(server)}; {runtime.DEALER_NOTE[args.dealer]}]")
     if args.max_new_tokens > max_new:
         say(f"[the server caps answers at {max_new} tokens (you asked for {args.max_new_tokens})]")
-    peer = Peer(channel, "client", "server")
-    runtime.on_exit(_notify_peer(peer))
-    _mpc_env(args, runtime.CLIENT)
-    party = runtime.init(args.dealer, args.timeout, args.connect_timeout)
+    peer, party = _start_mpc(args, channel, runtime.CLIENT)
     say("[setting up: the server shares and masks its weights once ...]")
     pm = build(party, args.model, loaded=model)
     tok = pm.model.tokenizer

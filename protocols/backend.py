@@ -81,6 +81,9 @@ class MPCBackend(Backend):
         self._registry: OrderedDict[tuple, tuple[torch.Tensor, FixedOperand]] = OrderedDict()
         self._cache_slots = cache_slots
         self.last_logits: torch.Tensor | None = None  # with reveal/debug_logits (client only)
+        # debug_logits (tests only): every selection is also revealed to the client, as indices
+        # [H, k], so a test can replay them on the plaintext backend and check each one.
+        self.debug_selections: list[torch.Tensor] = []
 
     # --- helpers -----------------------------------------------------------------------------------
     def _share(self, value: torch.Tensor, src: int):
@@ -215,7 +218,7 @@ class MPCBackend(Backend):
             config = self.topk_config
             if method is not None:
                 config = replace(config, method=method)
-            return topk.select(scores, k, forced, config)
+            return self._debug_selection(topk.select(scores, k, forced, config))
 
     def gather(self, selection, x):
         """One-hot [H or 1, k, n] times rows x [H, n, m]. When x is a view of a fixed operand (the
@@ -230,7 +233,16 @@ class MPCBackend(Backend):
         """One-hot [H, 1, n] of each row's minimum (the first one on ties): one tournament."""
         with self.meter.phase("selection"):
             _, idx = nl.tree_max(scores * -1.0, with_index=True)  # [H, 1]
-            return (idx - torch.arange(scores.shape[-1], dtype=torch.float32)).eq(0).unsqueeze(1)
+            one_hot = (idx - torch.arange(scores.shape[-1], dtype=torch.float32)).eq(0).unsqueeze(1)
+            return self._debug_selection(one_hot)
+
+    def _debug_selection(self, one_hot):
+        """With debug_logits, reveal a selection's indices to the client (tests replay them)."""
+        if self.debug_logits:
+            plain = reveal(one_hot, dst=CLIENT)
+            if self.rank == CLIENT:
+                self.debug_selections.append(plain.argmax(-1))
+        return one_hot
 
     def drop(self, selection, x):
         """x [H, n, m] without the row picked by the one-hot ``selection`` [H, 1, n], order kept:

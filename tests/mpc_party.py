@@ -58,9 +58,11 @@ def main() -> int:
         ids = ids if party.is_client else None
         logits = []
 
-        def on_token(token, cost):
-            if party.is_client and pm.backend.last_logits is not None:
-                logits.append(pm.backend.last_logits.tolist())
+        def on_token(token, cost):  # None where the token did not come from the MPC (plaintext prefill)
+            if party.is_client:
+                last = pm.backend.last_logits
+                logits.append(None if last is None else last.tolist())
+                pm.backend.last_logits = None
 
         from mpcache.policies import parse_spec
 
@@ -69,6 +71,7 @@ def main() -> int:
             spec, _, budget = item.partition("@")
             policy = parse_spec(spec, float(budget) if budget else args.budget)
             logits.clear()
+            pm.backend.debug_selections.clear()
             run = private_generate(pm, ids, args.new_tokens, on_token, policy=policy, prefill=args.prefill)
             phases = {}
             for step in run.steps:
@@ -77,7 +80,8 @@ def main() -> int:
             cache = run.result.cache
             runs.append({"policy": item, "tokens": run.result.new_ids, "logits": list(logits),
                          "cache_lengths": [lc.length for lc in cache.layers],
-                         "mean_attended": cache.mean_attended(), "phase_bytes": phases})
+                         "mean_attended": cache.mean_attended(), "phase_bytes": phases,
+                         "selections": [s.tolist() for s in pm.backend.debug_selections]})
         if party.is_client:
             Path(args.out).write_text(json.dumps({"prompt_ids": ids, **runs[0], "runs": runs}))
         return 0

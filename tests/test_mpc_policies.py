@@ -1,15 +1,16 @@
-"""Every KV-cache policy under two real parties: the MPC tokens equal the tokens of the same policy on
-PlainBackend with the MPC approximations, on prompts long enough that the policy really drops tokens."""
+"""Every KV-cache policy under two real parties: each MPC selection and token equals the one of the
+same policy on PlainBackend with the MPC approximations (up to fixed-point near-ties), on prompts long
+enough that the policy really drops tokens."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mpcache.backend import Approximations, PlainBackend
-from mpcache.generate import generate
 from mpcache.models import Transformer, load_model
 from mpcache.policies import parse_spec
-from tests.test_mpc_two_party import run_parties
+from tests.test_mpc_two_party import LOGIT_TOL, run_parties
 
 # (policy spec @ budget). s1/s2 are small so that a 256-token prompt has enough clusters for both
 # levels (and the composed one-hot); share_skip=0 pairs random:tiny's two layers (leader, follower).
@@ -23,22 +24,75 @@ POLICIES = [
 ]
 
 
-def plain_tokens(prompt_ids: list[int], item: str, new_tokens: int):
-    spec, _, budget = item.partition("@")
-    m = load_model("random:tiny")
-    model = Transformer(m.config, m.weights, PlainBackend(Approximations(exact=False)))
-    result = generate(model, prompt_ids, new_tokens, policy=parse_spec(spec, float(budget)))
-    return result.new_ids, result.cache
+# Fixed-point scores differ from the float ones by ~1e-4, so two candidates closer than that may
+# swap places under MPC. Such a swap is allowed (and then replayed); anything else is a bug.
+SCORE_TOL = 2e-3
+
+
+class ReplayBackend(PlainBackend):
+    """The plaintext backend that checks each selection against the one the MPC run made (revealed
+    by the debug run, in call order) and then continues with the MPC's, so one near-tie swap does
+    not make the rest of the run incomparable."""
+
+    def __init__(self, selections: list[list]):
+        super().__init__(Approximations(exact=False))
+        self.queue = [torch.tensor(s) for s in selections]
+        self.checked = 0
+
+    def _next(self, scores: torch.Tensor, mine: torch.Tensor, forced: torch.Tensor | None = None):
+        assert self.queue, "the plaintext run made more selections than the MPC run"
+        theirs = self.queue.pop(0)
+        assert theirs.shape == mine.shape, (theirs.shape, mine.shape)
+        if not torch.equal(theirs, mine):
+            for row in range(scores.shape[0]):
+                s = scores[row].float()
+                picked = torch.zeros_like(s, dtype=torch.bool).scatter_(0, theirs[row], True)
+                assert picked.sum() == theirs.shape[-1], f"duplicate picks {theirs[row].tolist()}"
+                if forced is not None:
+                    must = forced.expand_as(scores)[row].to(torch.bool)
+                    assert picked[must].all(), "a forced item was not selected"
+                    s = torch.where(must, torch.inf, s)
+                if picked.all():
+                    continue
+                worst_in, best_out = s[picked].min(), s[~picked].max()
+                assert worst_in > best_out - SCORE_TOL, (
+                    f"selection #{self.checked}: MPC kept {worst_in:.5f} below an unkept {best_out:.5f}")
+        self.checked += 1
+        return theirs
+
+    def topk(self, scores, k, forced=None):
+        return self._next(scores, super().topk(scores, k, forced), forced)
+
+    def argmin(self, scores):
+        return self._next(-scores, super().argmin(scores))  # the smallest is "picked"
 
 
 def check_runs(record: dict, prompt_len: int, new_tokens: int) -> None:
+    m = load_model("random:tiny")
     for run in record["runs"]:
-        tokens, cache = plain_tokens(record["prompt_ids"], run["policy"], new_tokens)
-        assert run["tokens"] == tokens, run["policy"]
+        spec, _, budget = run["policy"].partition("@")
+        backend = ReplayBackend(run["selections"])
+        model = Transformer(m.config, m.weights, backend)
+        cache = model.new_cache(parse_spec(spec, float(budget)))
+        # Teacher-forced along the MPC tokens: every MPC token is the plaintext argmax unless the
+        # two best logits are a near-tie.
+        logits = model.forward(record["prompt_ids"], cache)[-1]
+        for step, token in enumerate(run["tokens"]):
+            if run["logits"][step] is not None:  # None: the first token of a plaintext prefill
+                mine = torch.tensor(run["logits"][step])
+                assert (mine - logits).abs().max() < LOGIT_TOL, (run["policy"], step)
+            top2 = logits.topk(2).values
+            if top2[0] - top2[1] > 2 * LOGIT_TOL:
+                assert token == int(logits.argmax()), (run["policy"], step)
+            if step + 1 < len(run["tokens"]):
+                logits = model.forward([token], cache)[-1]
+        assert not backend.queue, "the MPC run made more selections than the plaintext run"
         assert run["cache_lengths"] == [lc.length for lc in cache.layers], run["policy"]
+        name = run["policy"].split(":")[0].split("@")[0]
+        # Selections were really checked where the policy makes them.
+        assert (backend.checked > 0) == (name in ("snapkv", "h2o", "quest", "mpcache")), run["policy"]
         # Eviction really happened: each step attended well under the prompt.
         assert run["mean_attended"] < 0.5 * prompt_len, run["policy"]
-        name = run["policy"].split(":")[0].split("@")[0]
         phases = run["phase_bytes"]
         # One-time static stage (Quest: its page bounds) and per-step selection traffic exactly
         # where the policy has them; StreamingLLM's public slices cost nothing.

@@ -32,9 +32,11 @@ def _crypten():
 
 
 def _mpc_from_share(share: torch.Tensor, scale_bits: int = 16):
-    crypten = _crypten()
-    result = crypten.mpc.MPCTensor.from_shares(share, precision=scale_bits)
-    return result
+    from protocols.fastcrypten import from_share
+
+    if share.is_cuda:
+        return _crypten().mpc.MPCTensor.from_shares(share, precision=scale_bits)
+    return from_share(share, scale_bits)
 
 
 def _rank() -> int:

@@ -73,7 +73,7 @@ class MPCBackend(Backend):
         self.meter = meter or Meter(self.comm)
         self.dealer = _MeteredDealer(make_dealer(party.dealer, party.rank), self.meter)
         self.numerics = nl.Numerics(self.approx, self.dealer)
-        fastcrypten.install()  # frozen config, one-message openings, less per-tensor overhead
+        fastcrypten.install(party.timeout_s)  # frozen config, direct openings, less per-tensor overhead
         if party.dealer == "ttp":
             _meter_ttp_requests(self.meter)
         # Cached operands masked once, by the storage of their share (LRU; strong refs keep the

@@ -12,7 +12,7 @@ bookkeeping around tiny operations, not arithmetic:
   ``cfg.debug.validation_mode``; with validation off (checked once, here) the wrapper is removed.
 - ``from_share`` builds an MPCTensor around an existing share without either detour.
 
-``install()`` also installs ``protocols.fastcomm`` (two-party openings by one message exchange)
+``install()`` also installs ``protocols.fastcomm`` (two-party openings over a direct connection)
 and freezes CrypTen's config (``protocols.fastcfg``); it is idempotent.
 """
 
@@ -44,10 +44,11 @@ def from_share(share: torch.Tensor, precision: int | None = None):
     return result
 
 
-def install() -> None:
+def install(timeout_s: float = 60.0) -> None:
+    """Both parties, at the same point (``MPCBackend``): ``timeout_s`` bounds a silent peer."""
     crypten = import_crypten()
     fastcfg.freeze()
-    fastcomm.install()
+    fastcomm.install(timeout_s)
     from crypten.cryptensor import CrypTensor
     from crypten.encoder import FixedPointEncoder
     from crypten.mpc import MPCTensor

@@ -203,8 +203,11 @@ def check_openings(party, out: str) -> int:
     comm, gen = backend.comm, torch.Generator().manual_seed(party.rank)
     big = torch.randint(-2**63, 2**63 - 1, (300, 7), generator=gen)
     cases = [(big, False), (big.t(), False), (torch.zeros(0, dtype=torch.long), False),
-             ([big[:5], torch.full((2, 3), 2**62, dtype=torch.long), big[0, 0]], True)]
-    record = {}
+             ([big[:5], torch.full((2, 3), 2**62, dtype=torch.long), big[0, 0]], True),
+             (torch.randint(-2**63, 2**63 - 1, (40000,), generator=gen), False)]  # > fastcomm.SMALL
+    from protocols import fastcomm
+
+    record = {"linked": fastcomm.linked()}
     for name, fn in (("exchange", DistributedCommunicator.all_reduce),
                      ("allreduce", DistributedCommunicator._mpcache_all_reduce)):
         before = (comm.comm_rounds, comm.comm_bytes)

@@ -89,10 +89,10 @@ def exp_limit(x: torch.Tensor, iterations: int) -> torch.Tensor:
 
 
 def count_at_least(x: torch.Tensor, thresholds: list[float]) -> torch.Tensor:
-    """How many thresholds each entry of x [..., 1] reaches (x's dtype): one comparison with all of
-    them (thresholds rounded to x's dtype, as a Python scalar compared with x is)."""
+    """How many thresholds each entry of x reaches (x's dtype): one comparison with all of them
+    (thresholds rounded to x's dtype, as a Python scalar compared with x is)."""
     t = torch.tensor(thresholds, dtype=x.dtype)
-    return (x >= t).sum(-1, keepdim=True).to(x.dtype)
+    return (x.unsqueeze(-1) >= t).sum(-1).to(x.dtype)
 
 
 def reciprocal_at_least_one(d: torch.Tensor, iterations: int, initial_guess: str = "chord",

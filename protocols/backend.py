@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from mpcache.backend import Approximations, Backend
-from protocols import fastcfg, topk
+from protocols import fastcrypten, topk
 from protocols import nonlinear as nl
 from protocols.accounting import Meter
 from protocols.compat import import_crypten
@@ -73,7 +73,7 @@ class MPCBackend(Backend):
         self.meter = meter or Meter(self.comm)
         self.dealer = _MeteredDealer(make_dealer(party.dealer, party.rank), self.meter)
         self.numerics = nl.Numerics(self.approx, self.dealer)
-        fastcfg.freeze()
+        fastcrypten.install()  # frozen config, one-message openings, less per-tensor overhead
         if party.dealer == "ttp":
             _meter_ttp_requests(self.meter)
         # Cached operands masked once, by the storage of their share (LRU; strong refs keep the

@@ -73,6 +73,11 @@ class MPCBackend(Backend):
         self.meter = meter or Meter(self.comm)
         self.dealer = _MeteredDealer(make_dealer(party.dealer, party.rank), self.meter)
         self.numerics = nl.Numerics(self.approx, self.dealer)
+        # Selections compare exactly (ties and near-ties must match the plaintext): with the fast
+        # presets by the dealer's whole-ring digit comparison (3 rounds), else CrypTen's circuit.
+        fast = self.approx.comparison == "dealer"
+        self._select_dealer = self.dealer if fast else None
+        self._select_nm = _RingNumerics(self.approx, self.dealer) if fast else nl.CRYPTEN
         fastcfg.freeze()
         if party.dealer == "ttp":
             _meter_ttp_requests(self.meter)
@@ -218,7 +223,7 @@ class MPCBackend(Backend):
             config = self.topk_config
             if method is not None:
                 config = replace(config, method=method)
-            return self._debug_selection(topk.select(scores, k, forced, config))
+            return self._debug_selection(topk.select(scores, k, forced, config, self._select_dealer))
 
     def gather(self, selection, x):
         """One-hot [H or 1, k, n] times rows x [H, n, m]. When x is a view of a fixed operand (the
@@ -232,7 +237,7 @@ class MPCBackend(Backend):
     def argmin(self, scores):
         """One-hot [H, 1, n] of each row's minimum (the first one on ties): one tournament."""
         with self.meter.phase("selection"):
-            _, idx = nl.tree_max(scores * -1.0, with_index=True)  # [H, 1]
+            _, idx = nl.row_max(scores * -1.0, with_index=True, nm=self._select_nm)  # [H, 1]
             one_hot = (idx - torch.arange(scores.shape[-1], dtype=torch.float32)).eq(0).unsqueeze(1)
             return self._debug_selection(one_hot)
 
@@ -279,7 +284,7 @@ class MPCBackend(Backend):
         same rounds."""
         with self.meter.phase("selection"):
             moved = x.transpose(dim, -1) if dim not in (-1, x.dim() - 1) else x
-            out = nl.tree_max(moved)  # [..., 1]
+            out = nl.row_max(moved, nm=self._select_nm)  # [..., 1]
             out = out.transpose(dim, -1) if moved is not x else out
             return out if keepdim else out.squeeze(dim)
 
@@ -362,6 +367,16 @@ def reveal(x, dst: int | None = None) -> torch.Tensor | None:
     if ring is None:
         return None
     return (ring.double() / x._tensor.encoder.scale).float()
+
+
+class _RingNumerics(nl.Numerics):
+    """Numerics whose comparisons are exact on the whole ring (the dealer's digit comparison), for
+    the maxima of a selection: a fast preset's value comparison resolves only 2^-8."""
+
+    def ltz(self, x, kind: str = "value"):
+        from protocols import digits
+
+        return nl._mpc_from_share(digits.ltz_ring(x._tensor.share, self.dealer, nl._rank()), 0)
 
 
 class _MeteredDealer:

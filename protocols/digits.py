@@ -49,6 +49,12 @@ class DigitSpec:
 KINDS = {"value": (8, 20), "count": (3, 20), "wide": (16, 40)}
 
 
+# Exact comparisons over the whole 64-bit ring (top-k keys, the maxima of a selection): 63 low
+# bits in digits. TFP never builds tables, so 3 digits of 21 bits (3 rounds); a TTP dealer sends
+# 2^w entries per digit, so 7 digits of 9 bits there (4 rounds).
+RING_SPECS = {"tfp": DigitSpec(0, 3, 21), "ttp": DigitSpec(0, 7, 9)}
+
+
 def spec_for(kind: str, digit_bits: int) -> DigitSpec:
     """The comparison of ``kind`` with digits of ``digit_bits`` (5 or 10: W - 1 = 20 or 40)."""
     frac_bits, low_bits = KINDS[kind]
@@ -74,6 +80,8 @@ def _ring_mul(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
 
 def _borrow(e: torch.Tensor, g: torch.Tensor, me: torch.Tensor, mg: torch.Tensor):
     """Shares of (borrow, m * borrow) from the per-digit [..., D] shares, by a product tree."""
+    if e.shape[-1] == 1:  # one digit: no tree
+        return g[..., 0], mg[..., 0]
     # node: (G, E, mG, mE); the lowest block is only ever a low operand, so it needs only G
     nodes = [(g[..., d], e[..., d], mg[..., d], me[..., d]) for d in range(e.shape[-1])]
     nodes[0] = (nodes[0][0], None, None, None)
@@ -107,7 +115,7 @@ def ltz_share(share: torch.Tensor, spec: DigitSpec, dealer, rank: int, in_bits: 
     t = share.div(1 << shift, rounding_mode="floor") if shift > 0 else share * (1 << -shift)
     top = spec.width - 1
     if rank == 0:
-        t = t + (1 << top)
+        t = t + ((1 << top) if top < 63 else -(1 << 63))  # 2^63 wraps to -2^63 in the ring
     handle, r_share = dealer.cmp_begin(tuple(t.shape), spec)
     c = open_ring(t + r_share)
     e, g, me, mg, m = dealer.cmp_select(handle, digits_of(c, spec))
@@ -117,6 +125,27 @@ def ltz_share(share: torch.Tensor, spec: DigitSpec, dealer, rank: int, in_bits: 
     c_top = (c >> top) & 1
     bit = torch.where(c_top.bool(), one - s, s)  # bit W-1 of y: set iff x >= 0
     return one - bit
+
+
+def ltz_ring(share: torch.Tensor, dealer, rank: int) -> torch.Tensor:
+    """Share (scale 1) of [x < 0] for ANY ring value x (exact, whatever its scale or size)."""
+    return ltz_share(share, RING_SPECS[dealer.name], dealer, rank, in_bits=0)
+
+
+def ltz_small(share: torch.Tensor, bits: int, dealer, rank: int) -> torch.Tensor:
+    """Share (scale 1) of [x < 0] for a ring integer |x| < 2^bits (a count against k): one digit,
+    one round."""
+    return ltz_share(share, DigitSpec(0, 1, bits), dealer, rank, in_bits=0)
+
+
+def onehot_share(share: torch.Tensor, values: int, bits: int, dealer, rank: int) -> torch.Tensor:
+    """Shares (scale 1) [..., values] of [v == u] for u = 0..values-1, v a secret ring integer in
+    [0, 2^bits): ONE opening of v + r, then a table entry per u (local)."""
+    spec = DigitSpec(0, 1, bits)
+    handle, r_share = dealer.cmp_begin(tuple(share.shape), spec, with_m=False)
+    c = open_ring(share + r_share)
+    return torch.stack([dealer.cmp_select(handle, digits_of(c - u, spec))[0][..., 0] for u in range(values)],
+                       dim=-1)
 
 
 # --- dealer material -------------------------------------------------------------------------------

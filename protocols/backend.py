@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from mpcache.backend import Approximations, Backend
+from mpcache.selected import SelectedRows
 from protocols import fastcfg, topk
 from protocols import nonlinear as nl
 from protocols.accounting import Meter
@@ -233,6 +234,18 @@ class MPCBackend(Backend):
             if fixed is not None:
                 return self._fixed(selection, fixed, "matmul")
             return selection.matmul(x)
+
+    def select_clusters(self, selection, x, count: int, size: int, picked: int):
+        """With x fixed (the cache): rows attended in place through x's mask (``mpcache.selected``),
+        so the picked keys/values are never opened; otherwise the gathered rows."""
+        if self.mask_reuse and not torch.is_tensor(x) and self._lookup_view(x) is not None:
+            return SelectedRows(selection, x, count, size, picked)
+        return super().select_clusters(selection, x, count, size, picked)
+
+    def scatter(self, selection, x, n: int):
+        """selection^T [H, n, k] times rows x [H, k, m]: one Beaver product (opens both)."""
+        with self.meter.phase("selection"):
+            return selection.transpose(-1, -2).matmul(x)
 
     def argmin(self, scores):
         """One-hot [H, 1, n] of each row's minimum (the first one on ties): one tournament."""

@@ -22,7 +22,7 @@ import torch
 
 from mpcache.backend import Approximations, Backend
 from mpcache.selected import SelectedRows
-from protocols import fastcfg, topk
+from protocols import fastcfg, selectcmp, topk
 from protocols import nonlinear as nl
 from protocols.accounting import Meter
 from protocols.compat import import_crypten
@@ -76,9 +76,8 @@ class MPCBackend(Backend):
         self.numerics = nl.Numerics(self.approx, self.dealer)
         # Selections compare exactly (ties and near-ties must match the plaintext): with the fast
         # presets by the dealer's whole-ring digit comparison (3 rounds), else CrypTen's circuit.
-        fast = self.approx.comparison == "dealer"
-        self._select_dealer = self.dealer if fast else None
-        self._select_nm = _RingNumerics(self.approx, self.dealer) if fast else nl.CRYPTEN
+        self._select_nm = selectcmp.numerics(self.approx, self.dealer)
+        self._select_dealer = self._select_nm.dealer
         fastcfg.freeze()
         if party.dealer == "ttp":
             _meter_ttp_requests(self.meter)
@@ -250,7 +249,7 @@ class MPCBackend(Backend):
     def argmin(self, scores):
         """One-hot [H, 1, n] of each row's minimum (the first one on ties): one tournament."""
         with self.meter.phase("selection"):
-            _, idx = nl.row_max(scores * -1.0, with_index=True, nm=self._select_nm)  # [H, 1]
+            _, idx = selectcmp.exact_max(scores * -1.0, self._select_nm, with_index=True)  # [H, 1]
             one_hot = (idx - torch.arange(scores.shape[-1], dtype=torch.float32)).eq(0).unsqueeze(1)
             return self._debug_selection(one_hot)
 
@@ -294,10 +293,10 @@ class MPCBackend(Backend):
 
     def amax(self, x, dim: int, keepdim: bool = False):
         """Max over ``dim``: a tournament of secret comparisons, every independent max of x in the
-        same rounds."""
+        same rounds (``selectcmp.exact_max``)."""
         with self.meter.phase("selection"):
             moved = x.transpose(dim, -1) if dim not in (-1, x.dim() - 1) else x
-            out = nl.row_max(moved, nm=self._select_nm)  # [..., 1]
+            out = selectcmp.exact_max(moved, self._select_nm)  # [..., 1]
             out = out.transpose(dim, -1) if moved is not x else out
             return out if keepdim else out.squeeze(dim)
 
@@ -380,16 +379,6 @@ def reveal(x, dst: int | None = None) -> torch.Tensor | None:
     if ring is None:
         return None
     return (ring.double() / x._tensor.encoder.scale).float()
-
-
-class _RingNumerics(nl.Numerics):
-    """Numerics whose comparisons are exact on the whole ring (the dealer's digit comparison), for
-    the maxima of a selection: a fast preset's value comparison resolves only 2^-8."""
-
-    def ltz(self, x, kind: str = "value"):
-        from protocols import digits
-
-        return nl._mpc_from_share(digits.ltz_ring(x._tensor.share, self.dealer, nl._rank()), 0)
 
 
 class _MeteredDealer:

@@ -166,10 +166,18 @@ def keep_allpairs(key, k: int, dealer=None) -> torch.Tensor:
     rank = torch.zeros_like(key.share)
     rank.index_add_(-1, i, below)
     rank.index_add_(-1, j, ones - below)
-    diff = rank - _public(torch.full_like(rank, k))  # in [-k, n - 1 - k]
+    return _public(torch.ones_like(rank)) - _ge_count(rank, k, n, dealer)
+
+
+def _ge_count(count: torch.Tensor, k: int, n: int, dealer=None) -> torch.Tensor:
+    """Share of [count >= k] for a secret count in [0, n]: with a dealer a one-digit comparison
+    (1 round), else CrypTen's circuit."""
+    diff = count - _public(torch.full_like(count, k))  # in [-k, n - k]
     if dealer is None:
-        return _lt(diff)
-    return digits.ltz_small(diff, max(1, math.ceil(math.log2(n + 1))), dealer, nl._rank())
+        below = _lt(diff)
+    else:
+        below = digits.ltz_small(diff, max(1, math.ceil(math.log2(n + 1))), dealer, nl._rank())
+    return _public(torch.ones_like(count)) - below
 
 
 def keep_bisect(key, k: int, value_bits: int, scale_bits: int = 16, radix_bits: int = 1, dealer=None
@@ -186,7 +194,7 @@ def keep_bisect(key, k: int, value_bits: int, scale_bits: int = 16, radix_bits: 
     for j in range(bits - r, -1, -r):
         candidates = t + _public(steps << j)  # [2^r - 1, H, 1]
         counts = _ge(key, candidates, dealer).sum(-1, keepdim=True)
-        enough = _ge(_ring(counts), _public(torch.full_like(counts, k)), dealer)
+        enough = _ge_count(counts, k, n, dealer)
         t = t + enough.sum(0) * (1 << j)
     return _ge(key, t, dealer)
 

@@ -212,7 +212,9 @@ class MPCachePolicy(Policy):
         self._static_sel[layer] = choice
         if choice is not None:
             evict(cache, choice, backend)
-        if role != "follower" and self.dynamic:
+        # Summaries only where a score reads them (score2 = max without the level-1 stage reads the
+        # keys themselves): under MPC, summarising a 2k-token cache is ~130 MB per layer.
+        if role != "follower" and self.dynamic and (self.hierarchy or self.score2 != "max"):
             cache.state["summaries"] = Summaries(self.s1, self.s2, self.alpha, self.score)
             cache.state["summaries"].update(cache.k, backend)
 
@@ -234,8 +236,8 @@ class MPCachePolicy(Policy):
 
     # --- dynamic selection ------------------------------------------------------------------------
     def _select(self, q: Tensor, cache: LayerCache, backend: Backend) -> Selection | None:
-        summaries: Summaries = cache.state["summaries"]
-        full1 = summaries.update(cache.k, backend)
+        summaries: Summaries | None = cache.state.get("summaries")
+        full1 = summaries.update(cache.k, backend) if summaries is not None else cache.length // self.s1
         n, n_budget = cache.length, cache.state["n_budget"]
         if full1 == 0 or n <= n_budget:
             return None

@@ -130,9 +130,10 @@ def test_policies_under_mpc_prefill_read_the_secret_prompt_attention(tmp_path):
 
 @pytest.mark.slow
 def test_mpcache_under_the_fast_preset_matches_plaintext(tmp_path):
-    """--approx fast: the selections compare with the dealer's exact ring comparison and attend
-    through the cache's mask; each equals the plaintext one with the fast numerics."""
-    policies = ["mpcache:s1=16:s2=8@0.1",
+    """--approx fast: the selections (top-k, argmin, maxima) compare with the dealer's exact ring
+    comparison, clusters are attended through the cache's mask; each selection equals the plaintext
+    one with the fast numerics."""
+    policies = ["mpcache:s1=16:s2=8@0.1", "h2o@0.1", "quest:page=8@0.1",
                 "mpcache:s1=16:s2=8:static=false:hierarchy=false:score2=max:group=maxnorm:share=false@0.1"]
     record = run_parties(tmp_path, "--policy", ",".join(policies), "--prompt-len", "256", "--approx", "fast",
                          "--prefill", "plaintext", "--new-tokens", "4", "--timeout", "120", timeout=900)

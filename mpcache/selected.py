@@ -80,14 +80,12 @@ def attend(b: Backend, q: Tensor, keys: SelectedRows, values: SelectedRows) -> t
     sel, count, size, picked = keys.selection, keys.count, keys.size, keys.picked
     n, full = keys.x.shape[1], keys.count * keys.size
     scores = b.matmul_t(q, keys.x)  # [H, G, n]
-    with b.phase("selection"):
-        chosen = _by_head(b.gather(sel, _by_cluster(scores[:, :, :full], count, size)), picked, size)
+    chosen = _by_head(b.gather(sel, _by_cluster(scores[:, :, :full], count, size)), picked, size)
     if full < n:
         chosen = b.cat([chosen, scores[:, :, full:]], dim=2)
     probs = b.softmax(chosen)
-    with b.phase("selection"):
-        head = _by_cluster(probs[:, :, : picked * size], picked, size)
-        spread = _by_head(b.scatter(sel, head, count), count, size)
+    head = _by_cluster(probs[:, :, : picked * size], picked, size)
+    spread = _by_head(b.scatter(sel, head, count), count, size)  # zeros at unpicked clusters
     if full < n:
         spread = b.cat([spread, probs[:, :, picked * size :]], dim=2)
     return probs, b.matmul(spread, values.x)

@@ -38,6 +38,12 @@ class DigitSpec:
         return self.digits * self.digit_bits + 1
 
     @property
+    def top(self) -> int:
+        """The bit of y = x + 2^top that is set iff x >= 0: W - 1, at most 63 (the whole ring; then
+        the digits cover the 63 low bits, the highest digit's top bit unused)."""
+        return min(self.width - 1, 63)
+
+    @property
     def bound(self) -> float:
         """|x| must stay below this (else the comparison is wrong)."""
         return 2.0 ** (self.width - 1 - self.frac_bits)
@@ -50,9 +56,9 @@ KINDS = {"value": (8, 20), "count": (3, 20), "wide": (16, 40)}
 
 
 # Exact comparisons over the whole 64-bit ring (top-k keys, the maxima of a selection): 63 low
-# bits in digits. TFP never builds tables, so 3 digits of 21 bits (3 rounds); a TTP dealer sends
-# 2^w entries per digit, so 7 digits of 9 bits there (4 rounds).
-RING_SPECS = {"tfp": DigitSpec(0, 3, 21), "ttp": DigitSpec(0, 7, 9)}
+# bits in digits. TFP never builds tables, so 2 digits of 32 bits (2 rounds, 80 B); a TTP dealer
+# sends 2^w entries per digit, so 7 digits of 9 bits there (4 rounds).
+RING_SPECS = {"tfp": DigitSpec(0, 2, 32), "ttp": DigitSpec(0, 7, 9)}
 
 
 def spec_for(kind: str, digit_bits: int) -> DigitSpec:
@@ -64,7 +70,9 @@ def spec_for(kind: str, digit_bits: int) -> DigitSpec:
 
 
 def digits_of(c: torch.Tensor, spec: DigitSpec) -> torch.Tensor:
-    """[..., D] the w-bit digits of the public ring value c (least significant first)."""
+    """[..., D] the w-bit digits of the ring value c mod 2^top (least significant first)."""
+    if spec.digits * spec.digit_bits > spec.top:
+        c = c & ((1 << spec.top) - 1)
     mask = (1 << spec.digit_bits) - 1
     shifts = torch.arange(spec.digits, dtype=torch.int64) * spec.digit_bits
     return (c.unsqueeze(-1) >> shifts) & mask
@@ -113,7 +121,7 @@ def ltz_share(share: torch.Tensor, spec: DigitSpec, dealer, rank: int, in_bits: 
     """Share (scale 1) of [x < 0] for x shared as ``share`` at ``in_bits`` fractional bits."""
     shift = in_bits - spec.frac_bits
     t = share.div(1 << shift, rounding_mode="floor") if shift > 0 else share * (1 << -shift)
-    top = spec.width - 1
+    top = spec.top
     if rank == 0:
         t = t + ((1 << top) if top < 63 else -(1 << 63))  # 2^63 wraps to -2^63 in the ring
     handle, r_share = dealer.cmp_begin(tuple(t.shape), spec)
@@ -156,7 +164,9 @@ def suffix_counts(c: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     top = (1 << w) - 1
     n = top - c
     total = top * (top + 1) // 2
-    return n, total - c * (c + 1) // 2
+    # c (c + 1) / 2 without overflowing int64 for w = 32: halve the even factor first
+    tri = torch.where(c % 2 == 0, (c // 2) * (c + 1), c * ((c + 1) // 2))
+    return n, total - tri
 
 
 def tables_at(tables: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,7 +181,7 @@ def onehot_tables(r: torch.Tensor, spec: DigitSpec) -> tuple[torch.Tensor, torch
     """(onehot [..., D, 2^w], m * onehot, m) of the dealer's r (int64 0/1 entries)."""
     d = digits_of(r, spec)
     onehot = torch.nn.functional.one_hot(d, 1 << spec.digit_bits).to(torch.int64)
-    m = (r >> (spec.width - 1)) & 1
+    m = (r >> spec.top) & 1
     return onehot, onehot * m[..., None, None], m
 
 

@@ -22,7 +22,7 @@ import torch
 
 from mpcache.backend import Approximations, Backend
 from mpcache.selected import SelectedRows
-from protocols import fastcfg, selectcmp, topk
+from protocols import fastcrypten, selectcmp, topk
 from protocols import nonlinear as nl
 from protocols.accounting import Meter
 from protocols.compat import import_crypten
@@ -75,10 +75,10 @@ class MPCBackend(Backend):
         self.dealer = _MeteredDealer(make_dealer(party.dealer, party.rank), self.meter)
         self.numerics = nl.Numerics(self.approx, self.dealer)
         # Selections compare exactly (ties and near-ties must match the plaintext): with the fast
-        # presets by the dealer's whole-ring digit comparison (3 rounds), else CrypTen's circuit.
+        # presets by the dealer's whole-ring digit comparison (2 rounds), else CrypTen's circuit.
         self._select_nm = selectcmp.numerics(self.approx, self.dealer)
         self._select_dealer = self._select_nm.dealer
-        fastcfg.freeze()
+        fastcrypten.install()  # frozen config, one-message openings, less per-tensor overhead
         if party.dealer == "ttp":
             _meter_ttp_requests(self.meter)
         # Cached operands masked once, by the storage of their share (LRU; strong refs keep the

@@ -16,6 +16,7 @@ Both parties call every method in the same order with the same shapes (shapes ar
 from __future__ import annotations
 
 import itertools
+from functools import lru_cache
 
 import torch
 
@@ -62,7 +63,13 @@ def viewed(b: torch.Tensor, view: tuple | None) -> torch.Tensor:
 
 
 def result_shape(kind: str, a_shape, b_shape) -> torch.Size:
-    """Shape of ``a ∘ b`` without computing it (meta tensors)."""
+    """Shape of ``a ∘ b`` without computing it (meta tensors; memoised: the same few shapes recur
+    at every decode step, and a meta computation costs ~1 ms)."""
+    return _result_shape(kind, tuple(a_shape), tuple(b_shape))
+
+
+@lru_cache(maxsize=4096)
+def _result_shape(kind: str, a_shape: tuple, b_shape: tuple) -> torch.Size:
     a = torch.empty(tuple(a_shape), device="meta", dtype=torch.float32)
     b = torch.empty(tuple(b_shape), device="meta", dtype=torch.float32)
     return apply(kind, a, b).shape

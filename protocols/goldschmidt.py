@@ -31,6 +31,7 @@ from protocols.nonlinear import (
     nl_from_ring,
     one_hot_levels,
     split_digits,
+    trunc_columns,
 )
 
 OUT_BITS = 16 + HI_BITS  # the scaled vector (x * 2^-p, e * 4^-(j+1)) is kept at 24 bits
@@ -72,11 +73,9 @@ def _scaled_pair(v, x_share: torch.Tensor, level: torch.Tensor, in_scales: list[
     stacked = torch.stack([d for d, _ in digits])  # [k, ..., 1]
     v_share = v._tensor.share.expand(*level.shape)
     prod_v, prod_x = ring_mul_many([(v_share, level), (x_share.unsqueeze(0), stacked)])
-    vn = 0
-    for j, c in enumerate(in_scales):
-        m, e = math.frexp(c)  # c = m 2^e, m in [1/2, 1)
-        mantissa = round(m * 2.0**17)  # m * 2 at 16 bits
-        vn = vn + _trunc(_trunc(prod_v[..., j : j + 1], 1 - e) * mantissa, 16)
+    frexp = [math.frexp(c) for c in in_scales]  # c = m 2^e, m in [1/2, 1)
+    mantissas = torch.tensor([round(m * 2.0**17) for m, _ in frexp], dtype=torch.int64)  # 2m at 16 bits
+    vn = _trunc(trunc_columns(prod_v, [1 - e for _, e in frexp]) * mantissas, 16).sum(-1, keepdim=True)
     xs = sum(_trunc(prod_x[i], 16 + f - OUT_BITS) for i, (_, f) in enumerate(digits))
     return _mpc_from_share(vn), xs
 

@@ -32,9 +32,11 @@ def _crypten():
 
 
 def _mpc_from_share(share: torch.Tensor, scale_bits: int = 16):
-    crypten = _crypten()
-    result = crypten.mpc.MPCTensor.from_shares(share, precision=scale_bits)
-    return result
+    from protocols.fastcrypten import from_share
+
+    if share.is_cuda:
+        return _crypten().mpc.MPCTensor.from_shares(share, precision=scale_bits)
+    return from_share(share, scale_bits)
 
 
 def _rank() -> int:
@@ -55,6 +57,14 @@ def _trunc(share: torch.Tensor, bits: int) -> torch.Tensor:
     if bits <= 0:
         return share * (1 << -bits)
     return share.div(1 << bits, rounding_mode="trunc")
+
+
+def trunc_columns(share: torch.Tensor, bits: list[int]) -> torch.Tensor:
+    """``_trunc`` of column j (the last dim) by ``bits[j]``, all columns in one pass (the same
+    values: an exact power-of-two product, then truncating integer division)."""
+    up = torch.tensor([1 << -b if b < 0 else 1 for b in bits], dtype=torch.int64)
+    down = torch.tensor([1 << b if b > 0 else 1 for b in bits], dtype=torch.int64)
+    return (share * up).div(down, rounding_mode="trunc")
 
 
 @dataclass
@@ -118,8 +128,7 @@ def scale_by_level(y, level: torch.Tensor, exponents: list[int], out_bits: int) 
     """Share of y * 2^exponents[level] at ``out_bits`` fractional bits (y at 16 bits, [..., 1])."""
     onehot = _mpc_from_share(level, 0)
     prod = _ring_mul(y.expand(*level.shape) if y.shape != level.shape else y, onehot)  # 16 bits
-    terms = [_trunc(prod[..., j : j + 1], 16 - e - out_bits) for j, e in enumerate(exponents)]
-    return torch.stack(terms, dim=0).sum(0)
+    return trunc_columns(prod, [16 - e - out_bits for e in exponents]).sum(-1, keepdim=True)
 
 
 # Digits of the high-precision factor in ``mul_hi``: x (16 bits) times h (16 + HI_BITS bits) at once

@@ -31,6 +31,8 @@ def main() -> int:
                    help="run each top-k construction (comma list) on random and tied scores")
     p.add_argument("--check-mul-hi", type=int, default=0, metavar="N",
                    help="run nonlinear.mul_hi on N elements of random sizes, write the max error")
+    p.add_argument("--check-openings", action="store_true",
+                   help="open shares by the message exchange and by gloo's all-reduce; write both")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -42,6 +44,8 @@ def main() -> int:
             return check_selection(party, args.out)
         if args.check_mul_hi:
             return check_mul_hi(party, args.out, args.check_mul_hi)
+        if args.check_openings:
+            return check_openings(party, args.out)
         if args.check_topk:
             return check_topk(party, args.out, args.check_topk.split(","), args.approx)
         from mpcache.backend import Approximations
@@ -185,6 +189,34 @@ def check_mul_hi(party, out: str, elements: int) -> int:
         worst = max(worst, (got - exact).abs().max().item())
     if party.is_client:
         Path(out).write_text(json.dumps({"elements": elements, "max_error": worst}))
+    return 0
+
+
+def check_openings(party, out: str) -> int:
+    """Openings (single, batched, empty, non-contiguous, wrapping int64 sums) through the patched
+    ``all_reduce`` (protocols.fastcomm) and through CrypTen's original; the counted rounds and bytes
+    of each. The client writes the results."""
+    import torch
+    from crypten.communicator.distributed_communicator import DistributedCommunicator
+
+    from protocols.backend import MPCBackend
+
+    backend = MPCBackend(party)  # installs the exchange
+    comm, gen = backend.comm, torch.Generator().manual_seed(party.rank)
+    big = torch.randint(-2**63, 2**63 - 1, (300, 7), generator=gen)
+    cases = [(big, False), (big.t(), False), (torch.zeros(0, dtype=torch.long), False),
+             ([big[:5], torch.full((2, 3), 2**62, dtype=torch.long), big[0, 0]], True)]
+    record = {}
+    for name, fn in (("exchange", DistributedCommunicator.all_reduce),
+                     ("allreduce", DistributedCommunicator._mpcache_all_reduce)):
+        before = (comm.comm_rounds, comm.comm_bytes)
+        results = [fn(comm, x, batched=batched) for x, batched in cases]
+        flat = [r if isinstance(r, list) else [r] for r in results]
+        record[name] = {"values": [[t.tolist() for t in rs] for rs in flat],
+                        "shapes": [[list(t.shape) for t in rs] for rs in flat],
+                        "counted": [comm.comm_rounds - before[0], comm.comm_bytes - before[1]]}
+    if party.is_client:
+        Path(out).write_text(json.dumps(record))
     return 0
 
 

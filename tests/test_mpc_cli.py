@@ -60,12 +60,12 @@ def test_bench_mpc_plaintext_prefill_one_record_per_policy(tmp_path):
     stage and the keys attended; the record says it is not a private run."""
     out = tmp_path / "mpc.jsonl"
     proc = mpcache("bench", "mpc", "--model", "random:tiny", "--length", "192", "--new-tokens", "3",
-                   "--prefill", "plaintext", "--policy", "full,mpcache:s1=16:s2=8", "--json", str(out),
-                   timeout=600)
+                   "--prefill", "plaintext", "--policy", "full,mpcache:s1=16:s2=8:preset=paper",
+                   "--json", str(out), timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "NOT A PRIVATE RUN" in proc.stderr
     full, mpc = [json.loads(line) for line in out.read_text().splitlines()]
-    assert (full["policy"], mpc["policy"]) == ("full", "mpcache:s1=16:s2=8")
+    assert (full["policy"], mpc["policy"]) == ("full", "mpcache:s1=16:s2=8:preset=paper")
     for r in (full, mpc):
         assert r["prefill_mode"] == "plaintext" and not r["private"] and "NOT A PRIVATE RUN" in r["note"]
         assert all(k in r["static"] for k in FIELDS)

@@ -139,3 +139,14 @@ def test_mul_hi_never_wraps_on_many_elements(tmp_path):
     r = run_parties(tmp_path, "--check-mul-hi", str(8 << 20))
     assert r["elements"] == 8 << 20
     assert r["max_error"] < 1e-3, f"mul_hi is off by {r['max_error']} (a wrapped local truncation)"
+
+
+def test_openings_by_message_exchange_equal_gloo_all_reduce(tmp_path):
+    """protocols.fastcomm opens two-party shares by one message each way instead of gloo's
+    all-reduce: the same sums (wrapping int64, batched, empty, transposed inputs), shapes, and the
+    same counted rounds and bytes."""
+    r = run_parties(tmp_path, "--check-openings", timeout=120)
+    assert r["exchange"]["values"] == r["allreduce"]["values"]
+    assert r["exchange"]["shapes"] == r["allreduce"]["shapes"] == [[[300, 7]], [[7, 300]], [[0]],
+                                                                    [[5, 7], [2, 3], []]]
+    assert r["exchange"]["counted"] == r["allreduce"]["counted"] == [4, 8 * 2 * (2 * 2100 + 35 + 6 + 1)]

@@ -28,7 +28,7 @@ def _static_cache(static_heads: str, window_free: bool = False):
     q = torch.zeros(4, t, d)
     q[0, :, 0] = q[1, :, 0] = 10.0  # heads 0, 1 (KV 0) look at a; head 3 (KV 1) at nothing
     q[2, :, 1] = 10.0  # head 2 (KV 1) looks at j
-    policy = make_policy("mpcache", 0.1, rho=9 / 40, dynamic=False, share=False,
+    policy = make_policy("mpcache", 0.1, rho=9 / 40, static=True, dynamic=False, share=False,
                          static_heads=static_heads, window_free=window_free)
     cache = LayerCache()
     cache.append(k, k.clone(), BACKEND)
@@ -89,6 +89,7 @@ def _decode_once(length: int, budget: float, **options):
     gen = torch.Generator().manual_seed(length)
     k, v = torch.randn(2, 3, length, 8, generator=gen)
     q = torch.randn(9, 1, 8, generator=gen)
+    options.setdefault("preset", "paper")  # options not given are the original design's
     policy = make_policy("mpcache", budget, static=False, share=False, **options)
     cache = LayerCache()
     cache.append(k, v, BACKEND)
@@ -98,7 +99,8 @@ def _decode_once(length: int, budget: float, **options):
 
 
 @pytest.mark.parametrize("options", [{}, {"score": "signed", "alpha": 1.0}, {"score2": "max"},
-                                     {"score2": "max", "hierarchy": False, "group": "max"}])
+                                     {"score2": "max", "hierarchy": False, "group": "max"},
+                                     {"preset": "retrieval"}])
 def test_forced_clusters_are_inside_the_budget(options):
     length, budget = 413, 0.2  # n = 83 >= s1 + 2*s2: room for the forced clusters and the tail
     k, _, keys = _decode_once(length, budget, **options)
@@ -123,7 +125,8 @@ def test_level2_token_max_picks_the_clusters_with_the_best_single_key():
 def test_unknown_option_values_are_user_errors():
     from mpcache.errors import UserError
 
-    for key, value in (("static_heads", "all"), ("score", "cosine"), ("group", "mean"), ("score2", "x")):
+    for key, value in (("static_heads", "all"), ("score", "cosine"), ("group", "mean"), ("score2", "x"),
+                       ("preset", "fast")):
         with pytest.raises(UserError, match=key):
             make_policy("mpcache", 0.1, **{key: value})
 
@@ -147,7 +150,7 @@ def test_force_last_false_forces_only_the_sink_cluster(force_last):
         noise = 0.1 * torch.rand(16, 8, generator=gen)
         k[h, length - 16 :] = -10.0 * q[h * g : (h + 1) * g, 0].sum(0) - noise
     policy = make_policy("mpcache", 0.25, static=False, share=False, hierarchy=False, score2="max",
-                         force_last=force_last)
+                         group="sum", force_last=force_last)
     cache = LayerCache()
     cache.append(k, v, BACKEND)
     policy.after_prefill(0, PromptInfo(None, None, num_layers=1), cache, BACKEND)
@@ -161,9 +164,9 @@ def test_force_last_false_forces_only_the_sink_cluster(force_last):
 # The options under 2PC (random:tiny, plaintext prefill): same tokens and cache lengths as the
 # plaintext simulation of the MPC numerics, selection traffic where expected (~90 s).
 MPC_SPECS = [
-    "mpcache:s1=16:s2=8:static_heads=kv:window_free=true:score=signed:alpha=1:group=maxnorm@0.1",
+    "mpcache:s1=16:s2=8:preset=paper:static_heads=kv:window_free=true:score=signed:alpha=1:group=maxnorm@0.1",
     "mpcache:s1=16:s2=8:static=false:hierarchy=false:score2=max:group=maxnorm:share=false@0.1",
-    "mpcache:s1=16:s2=8:share_skip=0:score2=max:group=max:force_last=false@0.1",
+    "mpcache:s1=16:s2=8:preset=paper:share_skip=0:score2=max:group=max:force_last=false@0.1",
 ]
 
 
@@ -176,3 +179,32 @@ def test_options_under_mpc_match_plaintext(tmp_path):
                          "--prefill", "plaintext", "--new-tokens", "3", "--timeout", "300", timeout=1500)
     assert [r["policy"] for r in record["runs"]] == MPC_SPECS
     check_runs(record, 256, 3)
+
+
+def test_presets_set_the_option_group_and_explicit_options_win():
+    from mpcache.policies import parse_spec
+
+    def group(p):
+        return p.static, p.hierarchy, p.share, p.score2, p.group
+
+    assert group(parse_spec("mpcache", 0.1)) == (False, False, False, "max", "maxnorm")  # retrieval
+    assert group(parse_spec("mpcache:preset=paper", 0.1)) == (True, True, True, "summary", "sum")
+    explicit = parse_spec("mpcache:preset=paper:share=off:score2=max", 0.1)
+    assert group(explicit) == (True, True, False, "max", "sum")
+    assert group(parse_spec("mpcache:static=true:group=sum", 0.1)) == (True, False, False, "max", "sum")
+
+
+def test_token_max_without_hierarchy_builds_no_summaries():
+    # The default reads the keys themselves: no cluster min/max to compute (secret comparisons
+    # under MPC) or to store.
+    length = 256
+    gen = torch.Generator().manual_seed(1)
+    k, v = torch.randn(2, 3, length, 8, generator=gen)
+    for preset, stored in (("retrieval", False), ("paper", True)):
+        policy = make_policy("mpcache", 0.25, preset=preset, static=False, share=False)
+        cache = LayerCache()
+        cache.append(k, v, BACKEND)
+        policy.after_prefill(0, PromptInfo(None, None, num_layers=1), cache, BACKEND)
+        keys, _ = policy.decode_kv(0, torch.randn(9, 1, 8, generator=gen), cache, BACKEND)
+        assert ("summaries" in cache.state) == stored and (policy.extra_nbytes(cache) > 0) == stored
+        assert keys.shape[1] <= math.ceil(0.25 * length)

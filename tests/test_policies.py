@@ -69,11 +69,12 @@ def test_quest_attends_at_most_the_budget_within_a_page(small, prompt):
         assert all(n_budget - 16 < n <= n_budget for n in step), step
 
 
+@pytest.mark.parametrize("preset", ["retrieval", "paper"])
 @pytest.mark.parametrize("budget", [0.15, 0.2])
-def test_mpcache_attends_at_most_the_budget_within_a_cluster(small, prompt, budget):
+def test_mpcache_attends_at_most_the_budget_within_a_cluster(small, prompt, budget, preset):
     # (At tiny budgets the two always-kept end clusters + the tail may exceed it; not at these.)
     n_budget = math.ceil(budget * T)
-    for step in _attended_per_step(small, make_policy("mpcache", budget), prompt):
+    for step in _attended_per_step(small, make_policy("mpcache", budget, preset=preset), prompt):
         assert all(n_budget - 16 < n <= n_budget for n in step), step
 
 
@@ -105,7 +106,7 @@ def test_compressed_policies_change_the_logits(small, prompt):
 
 
 def test_mpcache_summaries_computed_once_per_filled_cluster(small, prompt):
-    policy = make_policy("mpcache", 0.1)
+    policy = make_policy("mpcache", 0.1, preset="paper")
     result = generate(_model(small, policy), prompt, 40)
     for lc in result.cache.layers:
         summaries = lc.state.get("summaries")
@@ -134,16 +135,17 @@ class CountingBackend(PlainBackend):
 
 
 def test_mpcache_roles_follow_the_design_pattern():
-    policy = MPCachePolicy()
+    policy = MPCachePolicy(preset="paper")
     roles = [policy.role(i, 30) for i in range(30)]
     assert roles[:2] == roles[28:] == ["alone", "alone"]
     assert roles[2:28] == ["leader", "follower"] * 13
-    assert [MPCachePolicy(share=False).role(i, 30) for i in range(30)] == ["alone"] * 30
+    assert [MPCachePolicy(preset="paper", share=False).role(i, 30) for i in range(30)] == ["alone"] * 30
+    assert [MPCachePolicy().role(i, 30) for i in range(30)] == ["alone"] * 30  # retrieval: no sharing
 
 
 def test_mpcache_follower_layer_does_no_selection_work(small, prompt):
     # random:small has 8 layers: 0, 1, 6, 7 alone; (2, 3) and (4, 5) shared -> 6 layers select.
-    policy = make_policy("mpcache", 0.1)
+    policy = make_policy("mpcache", 0.1, preset="paper")
     backend = CountingBackend()
     model = _model(small, policy, backend)
     cache = model.new_cache()
@@ -153,7 +155,7 @@ def test_mpcache_follower_layer_does_no_selection_work(small, prompt):
     backend.topk_calls = 0
     model.forward([5], cache)
     assert backend.topk_calls == 6 * 2  # level 1 + level 2 per selecting layer, none for followers
-    unshared = make_policy("mpcache", 0.1, share=False)
+    unshared = make_policy("mpcache", 0.1, preset="paper", share=False)
     backend2 = CountingBackend()
     model2 = _model(small, unshared, backend2)
     cache2 = model2.new_cache()
@@ -170,7 +172,7 @@ def test_mpcache_follower_layer_does_no_selection_work(small, prompt):
 
 
 def test_mpcache_static_eviction_keeps_the_window(small, prompt):
-    policy = make_policy("mpcache", 0.1, dynamic=False)
+    policy = make_policy("mpcache", 0.1, preset="paper", dynamic=False)
     model = _model(small, policy)
     full_cache = _model(small, make_policy("full")).new_cache()
     _model(small, make_policy("full")).forward(prompt, full_cache)
@@ -186,7 +188,8 @@ def test_mpcache_static_eviction_keeps_the_window(small, prompt):
         assert rows == sorted(rows) and rows[-1] < T - window
 
 
-@pytest.mark.parametrize("spec", ["streaming", "h2o", "snapkv", "quest", "mpcache", "mpcache:static=false"])
+@pytest.mark.parametrize("spec", ["streaming", "h2o", "snapkv", "quest", "mpcache", "mpcache:preset=paper",
+                                  "mpcache:preset=paper:static=false"])
 def test_prefill_once_runner_matches_plain_generate(small, prompt, spec):
     expected = generate(_model(small, parse_spec(spec, 0.1)), prompt, 10).new_ids
     model = _model(small, make_policy("full"))
@@ -239,7 +242,7 @@ def test_mpcache_dynamic_selection_matches_a_direct_reference(length):
     gen = torch.Generator().manual_seed(length)
     k, v = torch.randn(2, 3, length, 8, generator=gen)
     q = torch.randn(9, 1, 8, generator=gen)
-    policy = make_policy("mpcache", 0.2, static=False)
+    policy = make_policy("mpcache", 0.2, preset="paper", static=False)
     cache, backend = LayerCache(), PlainBackend()
     cache.append(k, v, backend)
     policy.after_prefill(0, PromptInfo(None, None, num_layers=1), cache, backend)

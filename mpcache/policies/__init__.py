@@ -60,7 +60,7 @@ def parse_options(name: str, items: list[str] | None) -> dict:
         if not sep or key not in fields or key == "budget":
             known = ", ".join(sorted(k for k in fields if k != "budget")) or "none"
             raise UserError(f"bad policy option {item!r} for {name!r} (KEY=VALUE; options: {known})")
-        options[key] = _convert(key, raw, fields[key].default)
+        options[key] = _convert(key, raw, fields[key].default, str(fields[key].type))
     return options
 
 
@@ -70,7 +70,11 @@ def parse_spec(spec: str, budget: float = 1.0) -> Policy:
     return make_policy(name, budget, **parse_options(name, items))
 
 
-def _convert(key: str, raw: str, default):
+def _convert(key: str, raw: str, default, kind: str = ""):
+    """``raw`` as the field's type: that of its default, or for a None default the annotation's
+    first type (``bool | None`` -> bool, ``str | None`` -> str, else float)."""
+    if default is None and kind.startswith(("bool", "str")):
+        default = False if kind.startswith("bool") else ""
     try:
         if isinstance(default, bool):
             if raw.lower() not in ("true", "false", "1", "0", "on", "off"):

@@ -19,6 +19,8 @@ mpcache_scoring.py): ``static_heads`` (mean | kv: per-KV-head static eviction, m
 mix, Quest's bound at alpha=1), ``group`` (sum | max | maxnorm over a GQA group's query heads),
 ``score2`` (summary | max: a level-2 cluster scored by the max of q.k over its tokens, no exp),
 ``force_last`` (False: only the sink cluster is forced).
+Presets (``preset``, see PRESETS) set static, hierarchy, share, score2 and group at once unless given:
+``retrieval`` (the default since issue 15's sweep) and ``paper`` (the original design above).
 Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secret; this file uses
 Backend ops only (matmul, sum, amax/amin, topk, gather, cat, + and * with public constants).
 """
@@ -114,6 +116,15 @@ class Selection:
     picked: int  # clusters chosen
 
 
+# Option groups. paper: the original design (DESIGN §4: static eviction, two-level summaries, sharing).
+# retrieval (the default, issue 15): no static stage, no level 1, no sharing; every level-2 cluster
+# scored by its best token's q.k, GQA heads combined by maxnorm (what finds the needle on SmolLM2).
+PRESETS: dict[str, dict] = {
+    "retrieval": dict(static=False, hierarchy=False, share=False, score2="max", group="maxnorm"),
+    "paper": dict(static=True, hierarchy=True, share=True, score2="summary", group="sum"),
+}
+
+
 @dataclass
 class MPCachePolicy(Policy):
     rho: float | None = None  # kept fraction after static eviction (None: from budget)
@@ -126,10 +137,11 @@ class MPCachePolicy(Policy):
     s1: int = 32
     s2: int = 16
     alpha: float = 0.6
-    static: bool = True
+    preset: str = "retrieval"  # sets the options below left at None (see PRESETS)
+    static: bool | None = None  # look-once static eviction after prefill
     dynamic: bool = True
-    hierarchy: bool = True  # level-1 stage (off: pick level-2 clusters directly)
-    share: bool = True  # cross-layer sharing of selections
+    hierarchy: bool | None = None  # level-1 stage (off: pick level-2 clusters directly)
+    share: bool | None = None  # cross-layer sharing of selections
     share_skip: int = 2  # layers at each end that always select on their own
     force_ends: bool = True  # always keep the first and last full cluster
     force_last: bool = True  # with force_ends: False keeps only the first (the tail holds the newest)
@@ -137,12 +149,17 @@ class MPCachePolicy(Policy):
     static_heads: str = "mean"  # mean: one kept set per layer (old) | kv: per KV head, max over its group
     window_free: bool = False  # True: the static window is kept on top of rho*T top tokens (old: inside)
     score: str = "linear"  # linear: q.c~ (old) | signed: sign-aware alpha mix (alpha=1: Quest's bound)
-    group: str = "sum"  # GQA group's query heads combined by: sum (old) | max | maxnorm (see scoring)
-    score2: str = "summary"  # level 2 scored by: summary (old) | max: max over the cluster's tokens of q.k
+    group: str | None = None  # GQA group's query heads combined by: sum (old) | max | maxnorm (see scoring)
+    score2: str | None = None  # level 2 scored by: summary (old) | max: max over the cluster's tokens of q.k
 
     name = "mpcache"
 
     def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise UserError(f"mpcache: preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        for key, value in PRESETS[self.preset].items():  # options given explicitly win over the preset
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         if self.s1 % self.s2 or self.s2 < 1:
             raise UserError(f"mpcache: s1 ({self.s1}) must be a multiple of s2 ({self.s2})")
         if self.importance not in ("max", "sum"):
@@ -212,11 +229,14 @@ class MPCachePolicy(Policy):
         self._static_sel[layer] = choice
         if choice is not None:
             evict(cache, choice, backend)
-        # Summaries only where a score reads them (score2 = max without the level-1 stage reads the
-        # keys themselves): under MPC, summarising a 2k-token cache is ~130 MB per layer.
-        if role != "follower" and self.dynamic and (self.hierarchy or self.score2 != "max"):
+        if role != "follower" and self.dynamic and self._uses_summaries():
             cache.state["summaries"] = Summaries(self.s1, self.s2, self.alpha, self.score)
             cache.state["summaries"].update(cache.k, backend)
+
+    def _uses_summaries(self) -> bool:
+        """Only level 1 and summary-scored level 2 read cluster summaries (score2=max without the
+        hierarchy reads the keys themselves: no min/max comparisons to build or store)."""
+        return self.hierarchy or self.score2 == "summary"
 
     def decode_kv(self, layer: int, q: Tensor, cache: LayerCache, backend: Backend) -> tuple[Tensor, Tensor]:
         if not self.dynamic:
@@ -237,8 +257,8 @@ class MPCachePolicy(Policy):
     # --- dynamic selection ------------------------------------------------------------------------
     def _select(self, q: Tensor, cache: LayerCache, backend: Backend) -> Selection | None:
         summaries: Summaries | None = cache.state.get("summaries")
-        full1 = summaries.update(cache.k, backend) if summaries is not None else cache.length // self.s1
         n, n_budget = cache.length, cache.state["n_budget"]
+        full1 = summaries.update(cache.k, backend) if summaries is not None else n // self.s1
         if full1 == 0 or n <= n_budget:
             return None
         m = self.s1 // self.s2

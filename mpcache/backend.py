@@ -17,6 +17,7 @@ import torch
 
 from mpcache import approx
 from mpcache.errors import UserError
+from mpcache.selected import SelectedRows, materialize
 
 Tensor = Any  # torch.Tensor in plaintext, a CrypTen tensor under MPC
 
@@ -179,6 +180,18 @@ class Backend:
         """
         raise NotImplementedError
 
+    def select_clusters(self, selection: Tensor, x: Tensor, count: int, size: int, picked: int):
+        """The ``picked`` clusters of ``size`` tokens that ``selection`` chooses among the first
+        ``count`` clusters of x [H, n, d], then every token after them (the tail). Here: the rows
+        themselves; a backend may return :class:`~mpcache.selected.SelectedRows` instead, which the
+        transformer attends through x's own mask (``mpcache.selected.attend``)."""
+        return materialize(self, SelectedRows(selection, x, count, size, picked))
+
+    def scatter(self, selection: Tensor, x: Tensor, n: int) -> Tensor:
+        """The transpose of :meth:`gather`: rows x [H, k, m] put at the positions ``selection``
+        picks among n, zeros elsewhere -> [H, n, m]."""
+        raise NotImplementedError
+
     def argmin(self, scores: Tensor) -> Tensor:
         """A selection of each row's minimum of ``scores`` [H, n] (the first one on ties):
         indices [H, 1] in plaintext, a secret one-hot [H, 1, n] under MPC (one tournament)."""
@@ -280,6 +293,11 @@ class PlainBackend(Backend):
         if selection.shape[0] != x.shape[0]:
             selection = selection.expand(x.shape[0], -1)
         return torch.gather(x, 1, selection[..., None].expand(-1, -1, x.shape[-1]))
+
+    def scatter(self, selection: torch.Tensor, x: torch.Tensor, n: int) -> torch.Tensor:
+        selection = selection.expand(x.shape[0], -1)
+        out = x.new_zeros(x.shape[0], n, x.shape[-1])
+        return out.scatter(1, selection[..., None].expand(-1, -1, x.shape[-1]), x)
 
     def argmin(self, scores: torch.Tensor) -> torch.Tensor:
         return scores.argmin(-1, keepdim=True)

@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from mpcache.backend import Approximations, Backend
-from protocols import fastcrypten, topk
+from mpcache.selected import SelectedRows
+from protocols import fastcrypten, selectcmp, topk
 from protocols import nonlinear as nl
 from protocols.accounting import Meter
 from protocols.compat import import_crypten
@@ -73,6 +74,10 @@ class MPCBackend(Backend):
         self.meter = meter or Meter(self.comm)
         self.dealer = _MeteredDealer(make_dealer(party.dealer, party.rank), self.meter)
         self.numerics = nl.Numerics(self.approx, self.dealer)
+        # Selections compare exactly (ties and near-ties must match the plaintext): with the fast
+        # presets by the dealer's whole-ring digit comparison (2 rounds), else CrypTen's circuit.
+        self._select_nm = selectcmp.numerics(self.approx, self.dealer)
+        self._select_dealer = self._select_nm.dealer
         fastcrypten.install()  # frozen config, one-message openings, less per-tensor overhead
         if party.dealer == "ttp":
             _meter_ttp_requests(self.meter)
@@ -218,7 +223,7 @@ class MPCBackend(Backend):
             config = self.topk_config
             if method is not None:
                 config = replace(config, method=method)
-            return self._debug_selection(topk.select(scores, k, forced, config))
+            return self._debug_selection(topk.select(scores, k, forced, config, self._select_dealer))
 
     def gather(self, selection, x):
         """One-hot [H or 1, k, n] times rows x [H, n, m]. When x is a view of a fixed operand (the
@@ -229,10 +234,22 @@ class MPCBackend(Backend):
                 return self._fixed(selection, fixed, "matmul")
             return selection.matmul(x)
 
+    def select_clusters(self, selection, x, count: int, size: int, picked: int):
+        """With x fixed (the cache): rows attended in place through x's mask (``mpcache.selected``),
+        so the picked keys/values are never opened; otherwise the gathered rows."""
+        if self.mask_reuse and not torch.is_tensor(x) and self._lookup_view(x) is not None:
+            return SelectedRows(selection, x, count, size, picked)
+        return super().select_clusters(selection, x, count, size, picked)
+
+    def scatter(self, selection, x, n: int):
+        """selection^T [H, n, k] times rows x [H, k, m]: one Beaver product (opens both)."""
+        with self.meter.phase("selection"):
+            return selection.transpose(-1, -2).matmul(x)
+
     def argmin(self, scores):
         """One-hot [H, 1, n] of each row's minimum (the first one on ties): one tournament."""
         with self.meter.phase("selection"):
-            _, idx = nl.tree_max(scores * -1.0, with_index=True)  # [H, 1]
+            _, idx = selectcmp.exact_max(scores * -1.0, self._select_nm, with_index=True)  # [H, 1]
             one_hot = (idx - torch.arange(scores.shape[-1], dtype=torch.float32)).eq(0).unsqueeze(1)
             return self._debug_selection(one_hot)
 
@@ -276,10 +293,10 @@ class MPCBackend(Backend):
 
     def amax(self, x, dim: int, keepdim: bool = False):
         """Max over ``dim``: a tournament of secret comparisons, every independent max of x in the
-        same rounds."""
+        same rounds (``selectcmp.exact_max``)."""
         with self.meter.phase("selection"):
             moved = x.transpose(dim, -1) if dim not in (-1, x.dim() - 1) else x
-            out = nl.tree_max(moved)  # [..., 1]
+            out = selectcmp.exact_max(moved, self._select_nm)  # [..., 1]
             out = out.transpose(dim, -1) if moved is not x else out
             return out if keepdim else out.squeeze(dim)
 

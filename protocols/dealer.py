@@ -187,7 +187,7 @@ class LocalDealer:
         if self.rank == 1:
             return (*theirs, m1)
         r_d = digits_of(pending.r, spec)
-        m = (pending.r >> (spec.width - 1)) & 1
+        m = (pending.r >> spec.top) & 1
         e, g = (r_d == c_digits).to(torch.int64), (r_d > c_digits).to(torch.int64)
         values = [e, g, e * m[..., None], g * m[..., None]]
         return (*[v - t for v, t in zip(values, theirs, strict=True)], m - m1)

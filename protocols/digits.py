@@ -38,6 +38,12 @@ class DigitSpec:
         return self.digits * self.digit_bits + 1
 
     @property
+    def top(self) -> int:
+        """The bit of y = x + 2^top that is set iff x >= 0: W - 1, at most 63 (the whole ring; then
+        the digits cover the 63 low bits, the highest digit's top bit unused)."""
+        return min(self.width - 1, 63)
+
+    @property
     def bound(self) -> float:
         """|x| must stay below this (else the comparison is wrong)."""
         return 2.0 ** (self.width - 1 - self.frac_bits)
@@ -49,6 +55,12 @@ class DigitSpec:
 KINDS = {"value": (8, 20), "count": (3, 20), "wide": (16, 40)}
 
 
+# Exact comparisons over the whole 64-bit ring (top-k keys, the maxima of a selection): 63 low
+# bits in digits. TFP never builds tables, so 2 digits of 32 bits (2 rounds, 80 B); a TTP dealer
+# sends 2^w entries per digit, so 7 digits of 9 bits there (4 rounds).
+RING_SPECS = {"tfp": DigitSpec(0, 2, 32), "ttp": DigitSpec(0, 7, 9)}
+
+
 def spec_for(kind: str, digit_bits: int) -> DigitSpec:
     """The comparison of ``kind`` with digits of ``digit_bits`` (5 or 10: W - 1 = 20 or 40)."""
     frac_bits, low_bits = KINDS[kind]
@@ -58,7 +70,9 @@ def spec_for(kind: str, digit_bits: int) -> DigitSpec:
 
 
 def digits_of(c: torch.Tensor, spec: DigitSpec) -> torch.Tensor:
-    """[..., D] the w-bit digits of the public ring value c (least significant first)."""
+    """[..., D] the w-bit digits of the ring value c mod 2^top (least significant first)."""
+    if spec.digits * spec.digit_bits > spec.top:
+        c = c & ((1 << spec.top) - 1)
     mask = (1 << spec.digit_bits) - 1
     shifts = torch.arange(spec.digits, dtype=torch.int64) * spec.digit_bits
     return (c.unsqueeze(-1) >> shifts) & mask
@@ -74,6 +88,8 @@ def _ring_mul(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
 
 def _borrow(e: torch.Tensor, g: torch.Tensor, me: torch.Tensor, mg: torch.Tensor):
     """Shares of (borrow, m * borrow) from the per-digit [..., D] shares, by a product tree."""
+    if e.shape[-1] == 1:  # one digit: no tree
+        return g[..., 0], mg[..., 0]
     # node: (G, E, mG, mE); the lowest block is only ever a low operand, so it needs only G
     nodes = [(g[..., d], e[..., d], mg[..., d], me[..., d]) for d in range(e.shape[-1])]
     nodes[0] = (nodes[0][0], None, None, None)
@@ -105,9 +121,9 @@ def ltz_share(share: torch.Tensor, spec: DigitSpec, dealer, rank: int, in_bits: 
     """Share (scale 1) of [x < 0] for x shared as ``share`` at ``in_bits`` fractional bits."""
     shift = in_bits - spec.frac_bits
     t = share.div(1 << shift, rounding_mode="floor") if shift > 0 else share * (1 << -shift)
-    top = spec.width - 1
+    top = spec.top
     if rank == 0:
-        t = t + (1 << top)
+        t = t + ((1 << top) if top < 63 else -(1 << 63))  # 2^63 wraps to -2^63 in the ring
     handle, r_share = dealer.cmp_begin(tuple(t.shape), spec)
     c = open_ring(t + r_share)
     e, g, me, mg, m = dealer.cmp_select(handle, digits_of(c, spec))
@@ -119,6 +135,27 @@ def ltz_share(share: torch.Tensor, spec: DigitSpec, dealer, rank: int, in_bits: 
     return one - bit
 
 
+def ltz_ring(share: torch.Tensor, dealer, rank: int) -> torch.Tensor:
+    """Share (scale 1) of [x < 0] for ANY ring value x (exact, whatever its scale or size)."""
+    return ltz_share(share, RING_SPECS[dealer.name], dealer, rank, in_bits=0)
+
+
+def ltz_small(share: torch.Tensor, bits: int, dealer, rank: int) -> torch.Tensor:
+    """Share (scale 1) of [x < 0] for a ring integer |x| < 2^bits (a count against k): one digit,
+    one round."""
+    return ltz_share(share, DigitSpec(0, 1, bits), dealer, rank, in_bits=0)
+
+
+def onehot_share(share: torch.Tensor, values: int, bits: int, dealer, rank: int) -> torch.Tensor:
+    """Shares (scale 1) [..., values] of [v == u] for u = 0..values-1, v a secret ring integer in
+    [0, 2^bits): ONE opening of v + r, then a table entry per u (local)."""
+    spec = DigitSpec(0, 1, bits)
+    handle, r_share = dealer.cmp_begin(tuple(share.shape), spec, with_m=False)
+    c = open_ring(share + r_share)
+    return torch.stack([dealer.cmp_select(handle, digits_of(c - u, spec))[0][..., 0] for u in range(values)],
+                       dim=-1)
+
+
 # --- dealer material -------------------------------------------------------------------------------
 
 
@@ -127,7 +164,9 @@ def suffix_counts(c: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     top = (1 << w) - 1
     n = top - c
     total = top * (top + 1) // 2
-    return n, total - c * (c + 1) // 2
+    # c (c + 1) / 2 without overflowing int64 for w = 32: halve the even factor first
+    tri = torch.where(c % 2 == 0, (c // 2) * (c + 1), c * ((c + 1) // 2))
+    return n, total - tri
 
 
 def tables_at(tables: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +181,7 @@ def onehot_tables(r: torch.Tensor, spec: DigitSpec) -> tuple[torch.Tensor, torch
     """(onehot [..., D, 2^w], m * onehot, m) of the dealer's r (int64 0/1 entries)."""
     d = digits_of(r, spec)
     onehot = torch.nn.functional.one_hot(d, 1 << spec.digit_bits).to(torch.int64)
-    m = (r >> (spec.width - 1)) & 1
+    m = (r >> spec.top) & 1
     return onehot, onehot * m[..., None, None], m
 
 

@@ -21,6 +21,11 @@ A construction turns the keys into secret *keep bits* (exactly k ones per row):
   compare-exchanges); the key at sorted position k-1 is the threshold.
 
 ``compact`` then makes the one-hot [H, k, n] in ascending position order, see there.
+
+Comparisons: CrypTen's exact circuit (~8 rounds), or with a ``dealer`` (the fast presets) the
+dealer-assisted digit comparison over the whole ring (``digits.ltz_ring``: exact too, 3 rounds with
+TFP); with a dealer the count against k is a one-digit comparison (1 round) and the compaction's
+one-hot one opening of v + r (``digits.onehot_share``) instead of a binary conversion.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 
 from mpcache.backend import check_topk
 from mpcache.errors import UserError
+from protocols import digits
 from protocols import nonlinear as nl
 
 METHODS = ("argmax", "allpairs", "bisect", "network")
@@ -76,29 +82,37 @@ def _public(value: torch.Tensor) -> torch.Tensor:
     return value if nl._rank() == 0 else torch.zeros_like(value)
 
 
-def _ge(a, b_share: torch.Tensor) -> torch.Tensor:
+def _lt(share: torch.Tensor, dealer=None) -> torch.Tensor:
+    """Share (scale 1) of [x < 0] for ring values x, exact on the whole ring: CrypTen's circuit, or
+    the dealer's digit comparison."""
+    if dealer is None:
+        return nl.ltz(_ring(share)).share
+    return digits.ltz_ring(share, dealer, nl._rank())
+
+
+def _ge(a, b_share: torch.Tensor, dealer=None) -> torch.Tensor:
     """Share (scale 1) of [a >= b] for ring values: 1 - [a - b < 0]."""
-    return _public(torch.ones_like(b_share)) - nl.ltz(_ring(a.share - b_share)).share
+    return _public(torch.ones_like(b_share)) - _lt(a.share - b_share, dealer)
 
 
-def clamp_ring(x, bits: int) -> torch.Tensor:
+def clamp_ring(x, bits: int, dealer=None) -> torch.Tensor:
     """Share of the ring value of x clamped to [-2^bits, 2^bits - 1]: one layer of 2n comparisons
     and one of products (min(x, hi) = x - (x - hi) [x > hi], likewise for lo)."""
     hi, lo = (1 << bits) - 1, -(1 << bits)
     over = x.share - _public(torch.full_like(x.share, hi))  # > 0: above the range
     under = _public(torch.full_like(x.share, lo)) - x.share  # > 0: below the range
     stacked = torch.stack([over, under])
-    outside = _ge(_ring(stacked), _public(torch.ones_like(stacked)))  # [excess >= 1]
+    outside = _ge(_ring(stacked), _public(torch.ones_like(stacked)), dealer)  # [excess >= 1]
     fix = nl._ring_mul(_ring(stacked), _ring(outside))  # excess where outside, else 0
     return x.share - fix[0] + fix[1]
 
 
-def keys(scores, forced: torch.Tensor | None = None, bound_bits: int | None = None):
+def keys(scores, forced: torch.Tensor | None = None, bound_bits: int | None = None, dealer=None):
     """Distinct ring keys [H, n] (see the module doc); ``forced`` is a public bool [n] or [H, n].
     With ``bound_bits`` the ring values are clamped to |.| <= 2^bound_bits first (bisection)."""
     n = scores.shape[-1]
     below = torch.arange(n - 1, -1, -1, dtype=torch.long)  # n-1-i: the lower index wins a tie
-    ring = scores.share if bound_bits is None else clamp_ring(scores, bound_bits)
+    ring = scores.share if bound_bits is None else clamp_ring(scores, bound_bits, dealer)
     share = ring * n + _public(below).expand(scores.shape)
     if forced is not None:
         f = forced.to(torch.bool).expand(scores.shape)
@@ -107,22 +121,22 @@ def keys(scores, forced: torch.Tensor | None = None, bound_bits: int | None = No
 
 
 # --- constructions: keys -> keep bits (shares, scale 1) -------------------------------------------
-def keep_argmax(key, k: int):
+def keep_argmax(key, k: int, dealer=None):
     """k tournaments; each pick is a one-hot (n equality tests, as two comparisons) that pushes
     the picked key down."""
     n = key.shape[-1]
     keep = torch.zeros_like(key.share)
     current = key
     for _ in range(k):
-        d = _argmax(current).share - _public(torch.arange(n, dtype=torch.long))  # [H, n]
-        below = nl.ltz(_ring(torch.stack([d, -d]))).share  # [d < 0], [d > 0]: one layer
+        d = _argmax(current, dealer).share - _public(torch.arange(n, dtype=torch.long))  # [H, n]
+        below = _lt(torch.stack([d, -d]), dealer)  # [d < 0], [d > 0]: one layer
         onehot = _public(torch.ones_like(d)) - below[0] - below[1]  # [d == 0]
         keep = keep + onehot
         current = _ring(current.share - onehot * PUSH_DOWN)
     return keep
 
 
-def _argmax(x):
+def _argmax(x, dealer=None):
     """Secret index (scale 1) of the largest ring value per row: a tournament of comparisons.
     Keys are distinct, so no tie rule is needed here."""
     crypten = nl._crypten()
@@ -132,7 +146,7 @@ def _argmax(x):
         m = n // 2
         left, right = x[..., 0 : 2 * m : 2], x[..., 1 : 2 * m : 2]
         il, ir = idx[..., 0 : 2 * m : 2], idx[..., 1 : 2 * m : 2]
-        take_right = nl.ltz(left - right)
+        take_right = _ring(_lt((left - right).share, dealer))
         delta = crypten.stack([right - left, ir - il])
         picked = _ring(nl._ring_mul(delta, take_right.unsqueeze(0).expand(delta.shape)))
         new_x, new_idx = left + picked[0], il + picked[1]
@@ -143,19 +157,31 @@ def _argmax(x):
     return idx
 
 
-def keep_allpairs(key, k: int) -> torch.Tensor:
+def keep_allpairs(key, k: int, dealer=None) -> torch.Tensor:
     """rank_i = #{j: key_j > key_i} from one layer of n(n-1)/2 comparisons; keep = [rank < k]."""
     n = key.shape[-1]
     i, j = torch.triu_indices(n, n, 1)
-    below = nl.ltz(_ring(key.share[..., i] - key.share[..., j])).share  # [key_i < key_j]: j beats i
+    below = _lt(key.share[..., i] - key.share[..., j], dealer)  # [key_i < key_j]: j beats i
     ones = _public(torch.ones_like(below))
     rank = torch.zeros_like(key.share)
     rank.index_add_(-1, i, below)
     rank.index_add_(-1, j, ones - below)
-    return nl.ltz(_ring(rank - _public(torch.full_like(rank, k)))).share
+    return _public(torch.ones_like(rank)) - _ge_count(rank, k, n, dealer)
 
 
-def keep_bisect(key, k: int, value_bits: int, scale_bits: int = 16, radix_bits: int = 1) -> torch.Tensor:
+def _ge_count(count: torch.Tensor, k: int, n: int, dealer=None) -> torch.Tensor:
+    """Share of [count >= k] for a secret count in [0, n]: with a dealer a one-digit comparison
+    (1 round), else CrypTen's circuit."""
+    diff = count - _public(torch.full_like(count, k))  # in [-k, n - k]
+    if dealer is None:
+        below = _lt(diff)
+    else:
+        below = digits.ltz_small(diff, max(1, math.ceil(math.log2(n + 1))), dealer, nl._rank())
+    return _public(torch.ones_like(count)) - below
+
+
+def keep_bisect(key, k: int, value_bits: int, scale_bits: int = 16, radix_bits: int = 1, dealer=None
+                ) -> torch.Tensor:
     """The k-th largest key t, ``radix_bits`` bits per step from the top: t is the largest value
     with #{key >= t} >= k. A step compares the keys with the 2^r - 1 candidates t + c 2^j at once
     (one layer), then the counts with k (one layer); the digit is the number of candidates that
@@ -167,13 +193,13 @@ def keep_bisect(key, k: int, value_bits: int, scale_bits: int = 16, radix_bits: 
     steps = torch.arange(1, 1 << r, dtype=torch.long).view(-1, *([1] * key.dim()))  # [2^r - 1, 1, 1]
     for j in range(bits - r, -1, -r):
         candidates = t + _public(steps << j)  # [2^r - 1, H, 1]
-        counts = _ge(key, candidates).sum(-1, keepdim=True)
-        enough = _ge(_ring(counts), _public(torch.full_like(counts, k)))
+        counts = _ge(key, candidates, dealer).sum(-1, keepdim=True)
+        enough = _ge_count(counts, k, n, dealer)
         t = t + enough.sum(0) * (1 << j)
-    return _ge(key, t)
+    return _ge(key, t, dealer)
 
 
-def keep_network(key, k: int) -> torch.Tensor:
+def keep_network(key, k: int, dealer=None) -> torch.Tensor:
     """Bitonic sort (descending) of the keys, padded to a power of two; threshold = sorted[k-1]."""
     n = key.shape[-1]
     size = 1 << max(0, math.ceil(math.log2(n)))
@@ -190,7 +216,7 @@ def keep_network(key, k: int) -> torch.Tensor:
             hi = lo + stride
             desc = ((lo & block) == 0).to(torch.long)  # this pair sorts descending (max first)
             a, b = x[..., lo], x[..., hi]
-            a_below = nl.ltz(_ring(a - b))
+            a_below = _ring(_lt(a - b, dealer))
             swap = nl._ring_mul(_ring(b - a), a_below)  # (b - a) where a < b
             big, small = a + swap, b - swap
             x = x.clone()
@@ -198,11 +224,11 @@ def keep_network(key, k: int) -> torch.Tensor:
             x[..., hi] = big - desc * (big - small)
             stride //= 2
         block *= 2
-    return _ge(key, x[..., k - 1 : k])
+    return _ge(key, x[..., k - 1 : k], dealer)
 
 
 # --- order-preserving compaction ------------------------------------------------------------------
-def compact(keep: torch.Tensor, k: int, out_bits: int = 16):
+def compact(keep: torch.Tensor, k: int, out_bits: int = 16, dealer=None):
     """One-hot [H, k, n] (at ``out_bits`` fractional bits) of the kept items in ascending position.
 
     The kept item with prefix count p_i = sum_{j<=i} keep_j goes to row p_i - 1. With exactly k
@@ -211,7 +237,8 @@ def compact(keep: torch.Tensor, k: int, out_bits: int = 16):
     a dropped item) is in 0..w, and item i goes to row lo_i - 2 + v_i. v is converted to binary
     once, its L = ceil(log2(w+1)) low bits back to arithmetic, and the one-hot over 2^L values is a
     product tree (level j: 2^j products; L-1 rounds). Per item: one comparison-sized conversion
-    plus < 2w products, instead of k equality tests (each costing a comparison).
+    plus < 2w products, instead of k equality tests (each costing a comparison). With a ``dealer``
+    the one-hot of v is one opening of v + r and table entries (``digits.onehot_share``, 1 round).
     """
     from crypten.mpc.ptype import ptype as Ptype
 
@@ -221,6 +248,9 @@ def compact(keep: torch.Tensor, k: int, out_bits: int = 16):
     shifted = keep.cumsum(-1) - _public(lo - 1).expand(keep.shape)
     v = _ring(nl._ring_mul(_ring(keep), _ring(shifted)))
     levels = max(1, math.ceil(math.log2(w + 1)))
+    if dealer is not None:
+        onehot = digits.onehot_share(v.share, w + 1, levels, dealer, nl._rank())  # [H, n, w + 1]
+        return _place(onehot, lo, w, k, keep.shape, out_bits)
     binary = v._to_ptype(Ptype.binary)
     binary.share = torch.stack([(binary.share >> j) & 1 for j in range(levels)])
     bits = binary._to_ptype(Ptype.arithmetic, precision=0, bits=1).share  # [L, H, n]
@@ -230,31 +260,39 @@ def compact(keep: torch.Tensor, k: int, out_bits: int = 16):
         b = bits[j].unsqueeze(-1).expand(onehot.shape).contiguous()
         prod = nl._ring_mul(_ring(onehot), _ring(b))
         onehot = torch.cat([onehot - prod, prod], dim=-1)
+    return _place(onehot, lo, w, k, keep.shape, out_bits)
+
+
+def _place(onehot: torch.Tensor, lo: torch.Tensor, w: int, k: int, shape, out_bits: int):
+    """Item i's one-hot entry v = 1..w goes to row lo_i - 2 + v: the [H, k, n] selection."""
+    n = shape[-1]
     rows = lo[:, None] - 2 + torch.arange(1, w + 1)[None, :]  # [n, w]: row of entry v = 1..w
     valid = rows < k
     cols = torch.arange(n)[:, None].expand(n, w)
-    out = torch.zeros(keep.shape[:-1] + (k, n), dtype=torch.long)
+    out = torch.zeros(tuple(shape[:-1]) + (k, n), dtype=torch.long)
     out[..., rows[valid], cols[valid]] = onehot[..., 1 : w + 1][..., valid]
     return nl._mpc_from_share(out * (1 << out_bits), out_bits)
 
 
-def select(scores, k: int, forced: torch.Tensor | None = None, config: TopkConfig | None = None):
-    """Secret one-hot [H, k, n] of the top k per row (ascending position); see the module doc."""
+def select(scores, k: int, forced: torch.Tensor | None = None, config: TopkConfig | None = None,
+           dealer=None):
+    """Secret one-hot [H, k, n] of the top k per row (ascending position); see the module doc.
+    ``dealer``: compare with the dealer's exact ring comparison instead of CrypTen's circuit."""
     config = config or TopkConfig()
     heads, n = scores.shape[0], scores.shape[-1]
     check_topk(scores.shape, k, forced)
     method = choose(heads, n, k, config)
     scale_bits = round(math.log2(scores.encoder.scale))
-    key = keys(scores, forced, config.value_bits + scale_bits if method == "bisect" else None)
+    key = keys(scores, forced, config.value_bits + scale_bits if method == "bisect" else None, dealer)
     if k == n:  # everything is kept: no comparison
         keep = _public(torch.ones_like(key.share))
     elif method == "argmax":
-        keep = keep_argmax(key, k)
+        keep = keep_argmax(key, k, dealer)
     elif method == "allpairs":
-        keep = keep_allpairs(key, k)
+        keep = keep_allpairs(key, k, dealer)
     elif method == "bisect":
-        keep = keep_bisect(key, k, config.value_bits, scale_bits, config.radix_bits)
+        keep = keep_bisect(key, k, config.value_bits, scale_bits, config.radix_bits, dealer)
     else:
-        keep = keep_network(key, k)
-    return compact(keep, k)
+        keep = keep_network(key, k, dealer)
+    return compact(keep, k, dealer=dealer)
 

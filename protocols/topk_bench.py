@@ -43,13 +43,12 @@ def measure(backend: MPCBackend, scores, k: int, method: str) -> tuple[Cost, obj
 
 
 def calibrate(backend: MPCBackend, heads: int) -> dict:
-    """Cost of one layer of 4096 comparisons (ltz): bytes per comparison and rounds per layer."""
-    from protocols import nonlinear as nl
-
+    """Cost of one layer of 4096 comparisons (the top-k's: CrypTen's ltz, or the dealer's ring
+    comparison with a fast preset): bytes per comparison and rounds per layer."""
     x = backend.crypten.cryptensor(torch.randn(heads, 4096), src=0)
     before = backend.meter.snapshot()
     with backend.meter.phase("calibrate"):
-        nl.ltz(x)
+        backend._select_nm.ltz(x)
     c = total(diff(backend.meter.snapshot(), before))
     return {"bytes_per_compare": c.online_bytes / (heads * 4096), "rounds_per_layer": c.rounds}
 
@@ -73,7 +72,9 @@ def estimate(method: str, heads: int, n: int, k: int, cal: dict, radix_bits: int
 
 
 def run(party: Party, args) -> int:
-    backend = MPCBackend(party)
+    from mpcache.backend import Approximations
+
+    backend = MPCBackend(party, Approximations.preset(args.approx))
     crypten = backend.crypten
     log(party, DEALER_NOTE[party.dealer])
     cal = calibrate(backend, args.heads)
@@ -93,6 +94,7 @@ def run(party: Party, args) -> int:
                 config = TopkConfig(method, radix_bits=radix or 1)
                 record = {"kind": "topk", "n": n, "k": k, "heads": args.heads, "method": method,
                           "label": label(method, radix), "radix_bits": radix, "dealer": party.dealer,
+                          "approx": args.approx,
                           "estimate": est, "calibration": cal, "value_bits": config.value_bits,
                           "versions": {"torch": torch.__version__, "python": platform.python_version()},
                           "time": time.strftime("%Y-%m-%dT%H:%M:%S")}

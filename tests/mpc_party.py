@@ -47,7 +47,7 @@ def main() -> int:
         if args.check_openings:
             return check_openings(party, args.out)
         if args.check_topk:
-            return check_topk(party, args.out, args.check_topk.split(","))
+            return check_topk(party, args.out, args.check_topk.split(","), args.approx)
         from mpcache.backend import Approximations
 
         pm = build(party, args.model, Approximations.preset(args.approx), debug_logits=True)
@@ -143,11 +143,13 @@ def topk_cases() -> list[dict]:
     ]
 
 
-def check_topk(party, out: str, methods: list[str]) -> int:
-    """Every construction on every case of ``topk_cases``; the client writes the revealed one-hots."""
+def check_topk(party, out: str, methods: list[str], approx: str = "v1") -> int:
+    """Every construction on every case of ``topk_cases``; the client writes the revealed one-hots.
+    With a fast preset the comparisons are the dealer's exact ring comparisons."""
+    from mpcache.backend import Approximations
     from protocols.backend import MPCBackend, reveal
 
-    backend = MPCBackend(party)
+    backend = MPCBackend(party, Approximations.preset(approx))
     crypten = backend.crypten
     record = {"cases": [], "onehots": {}}
     for case in topk_cases():

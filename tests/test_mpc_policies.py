@@ -34,8 +34,8 @@ class ReplayBackend(PlainBackend):
     by the debug run, in call order) and then continues with the MPC's, so one near-tie swap does
     not make the rest of the run incomparable."""
 
-    def __init__(self, selections: list[list]):
-        super().__init__(Approximations(exact=False))
+    def __init__(self, selections: list[list], approx: str = "v1"):
+        super().__init__(Approximations.preset(approx))
         self.queue = [torch.tensor(s) for s in selections]
         self.checked = 0
 
@@ -74,11 +74,11 @@ def _has_static_stage(policy) -> bool:
     return policy.name in ("snapkv", "h2o", "quest")
 
 
-def check_runs(record: dict, prompt_len: int, new_tokens: int) -> None:
+def check_runs(record: dict, prompt_len: int, new_tokens: int, approx: str = "v1") -> None:
     m = load_model("random:tiny")
     for run in record["runs"]:
         spec, _, budget = run["policy"].partition("@")
-        backend = ReplayBackend(run["selections"])
+        backend = ReplayBackend(run["selections"], approx)
         model = Transformer(m.config, m.weights, backend)
         cache = model.new_cache(parse_spec(spec, float(budget)))
         # Teacher-forced along the MPC tokens: every MPC token is the plaintext argmax unless the
@@ -125,3 +125,15 @@ def test_policies_under_mpc_prefill_read_the_secret_prompt_attention(tmp_path):
     record = run_parties(tmp_path, "--policy", ",".join(policies), "--prompt-len", "160",
                          "--new-tokens", "4", "--timeout", "120", timeout=900)
     check_runs(record, 160, 4)
+
+
+@pytest.mark.slow
+def test_mpcache_under_the_fast_preset_matches_plaintext(tmp_path):
+    """--approx fast: the selections (top-k, argmin, maxima) compare with the dealer's exact ring
+    comparison, clusters are attended through the cache's mask; each selection equals the plaintext
+    one with the fast numerics."""
+    policies = ["mpcache:s1=16:s2=8@0.1", "h2o@0.1", "quest:page=8@0.1",
+                "mpcache:s1=16:s2=8:static=false:hierarchy=false:score2=max:group=maxnorm:share=false@0.1"]
+    record = run_parties(tmp_path, "--policy", ",".join(policies), "--prompt-len", "256", "--approx", "fast",
+                         "--prefill", "plaintext", "--new-tokens", "4", "--timeout", "120", timeout=900)
+    check_runs(record, 256, 4, approx="fast")

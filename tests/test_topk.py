@@ -44,8 +44,9 @@ def test_auto_rule_picks_allpairs_for_small_counts_and_bisection_for_many_tokens
         TopkConfig("sorting")
 
 
-def test_every_construction_selects_the_plaintext_set_in_order_under_mpc(tmp_path):
-    r = run_parties(tmp_path, "--check-topk", ",".join(METHODS), timeout=600)
+@pytest.mark.parametrize("approx", ["v1", "fast"])  # CrypTen's comparison; the dealer's ring one
+def test_every_construction_selects_the_plaintext_set_in_order_under_mpc(tmp_path, approx):
+    r = run_parties(tmp_path, "--check-topk", ",".join(METHODS), "--approx", approx, timeout=600)
     plain = PlainBackend()
     for method in METHODS:
         for case, got in zip(r["cases"], r["onehots"][method], strict=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mpcache.backend import PRESETS
 from mpcache.errors import UserError
 from mpcache.models import DEFAULT_MODEL
 
@@ -62,6 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--max-bytes", type=float, default=1e9, help="skip a construction estimated above this")
     t.add_argument("--max-rounds", type=int, default=10000, help="skip a construction estimated above this")
     t.add_argument("--dealer", choices=["tfp", "ttp"], default="tfp")
+    t.add_argument("--approx", default="v1", choices=sorted(PRESETS),
+                   help="approximation preset: fast compares with the dealer's exact ring comparison")
     t.add_argument("--timeout", type=float, default=600, help="seconds a party waits for the other")
     t.add_argument("--json", required=True, help="file to append the records to")
     t.set_defaults(run=run_topk)

@@ -27,7 +27,8 @@ def series_label(r: dict) -> str:
     dealer = "TTP dealer" if r["dealer"] == "ttp" else "TFP (server deals)"
     reuse = "" if r.get("mask_reuse", True) else ", no mask reuse"
     prefill = " (plaintext prefill: cost only)" if r.get("prefill_mode") == "plaintext" else ""
-    return f"{policy}, {dealer}{reuse}{prefill}"
+    approx = f", --approx {r['approx']}" if r.get("approx", "v1") != "v1" else ""
+    return f"{policy}, {dealer}{reuse}{approx}{prefill}"
 
 
 PANELS = [  # (column title, y label, value of a cost dict, plaintext reference key or None)

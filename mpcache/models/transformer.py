@@ -13,6 +13,8 @@ from mpcache.backend import Backend, Tensor
 from mpcache.cache import KVCache, LayerCache
 from mpcache.models.config import ModelConfig
 from mpcache.policies.base import Policy, PromptInfo
+from mpcache.selected import SelectedRows
+from mpcache.selected import attend as attend_selected
 
 
 def rope_tables(config: ModelConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,8 +118,11 @@ class Transformer:
             lc.decode_steps += 1
             mask = None
         grouped = (q * (d**-0.5)).reshape(cfg.num_kv_heads, g * n, d)
-        probs = b.softmax(b.matmul_t(grouped, keys), mask)
-        out = b.matmul(probs, values)  # [Hkv, g*n, d]
+        if isinstance(keys, SelectedRows):  # attended through the cache's mask (mpcache.selected)
+            probs, out = attend_selected(b, grouped, keys, values)
+        else:
+            probs = b.softmax(b.matmul_t(grouped, keys), mask)
+            out = b.matmul(probs, values)  # [Hkv, g*n, d]
         if prefill:
             rows = min(n, policy.prompt_rows(n))  # the window rows the policy reads: kept, not recomputed
             window = probs.reshape(cfg.num_kv_heads, g, n, n)[:, :, n - rows :].clone() if rows else None

@@ -84,12 +84,6 @@ def gather_clusters(backend: Backend, selection: Tensor, x: Tensor, count: int, 
     """The ``picked`` clusters of ``size`` tokens chosen by ``selection`` among the first ``count``
     clusters of x [H, n, d], then every token after them (the tail not yet in a full cluster).
 
-    One gather of the cache viewed cluster-major [H, count, size*d]: under MPC a product of the
-    fresh one-hot with the cache's existing mask (views of a fixed operand)."""
-    h, _, d = x.shape
-    full = count * size
-    picked_rows = backend.gather(selection, x[:, :full].reshape(h, count, size * d))
-    picked_rows = picked_rows.reshape(h, picked * size, d)
-    if full == x.shape[1]:
-        return backend.fix(picked_rows)
-    return backend.cat([picked_rows, x[:, full:]], dim=1)
+    ``Backend.select_clusters``: the gathered rows, or under MPC rows the transformer attends
+    through the cache's own mask (``mpcache.selected``), so the gathered keys are never opened."""
+    return backend.select_clusters(selection, x, count, size, picked)

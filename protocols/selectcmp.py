@@ -1,0 +1,69 @@
+"""Exact comparisons for selections (top-k keys, a policy's maxima), cheaper under the fast presets.
+
+A selection must agree with the plaintext one, ties and near-ties included, so its comparisons are
+exact: CrypTen's circuit (~8 rounds, 432 B), or with the fast presets (``comparison = "dealer"``)
+the dealer's digit comparison over the whole ring (``digits.ltz_ring``: 2 rounds and 80 B with
+TFP). The fast presets' own "value" comparison resolves only 2^-8 and is not used here.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mpcache.backend import Approximations
+from protocols import digits
+from protocols import nonlinear as nl
+from protocols.accounting import NETWORKS
+
+
+class RingNumerics(nl.Numerics):
+    """Numerics whose comparisons are exact on the whole ring (the dealer's digits)."""
+
+    def ltz(self, x, kind: str = "value"):
+        return nl._mpc_from_share(digits.ltz_ring(x._tensor.share, self.dealer, nl._rank()), 0)
+
+
+def numerics(approx: Approximations, dealer) -> nl.Numerics:
+    """The selection's numerics: ring comparisons by ``dealer`` with the fast presets, else CrypTen's
+    (``.dealer`` is None then)."""
+    if approx.comparison == "dealer" and dealer is not None:
+        return RingNumerics(approx, dealer)
+    return nl.CRYPTEN
+
+
+def _lan_s(nbytes: float, rounds: int) -> float:
+    lan = NETWORKS["lan"]
+    return nbytes * 8 / lan.bandwidth_bits_s + rounds * lan.rtt_s
+
+
+def comparison_cost(digits: int) -> tuple[int, int]:
+    """(online bytes, rounds) of one digit comparison: the opening of c, then a product tree over
+    the digits (4 products per merge of two digit blocks, 2 where the lowest block or the last
+    merge is involved; 32 B a product). 2 digits: 80 B, 2 rounds; 3: 144 B, 3 rounds."""
+    products = max(0, 4 * (digits - 1) - 4) if digits > 2 else 2 * (digits - 1)
+    return 16 + 32 * products, 1 + math.ceil(math.log2(digits))
+
+
+def grouped_is_cheaper(rows: int, m: int, arity: int, digits: int) -> bool:
+    """Whether the grouped max (``nonlinear.group_max``: a level of ``arity`` is one comparison
+    layer, an equality test and a product) beats the binary tournament (a comparison and a product
+    a level) on the LAN preset for ``rows`` maxima of m elements: yes over a few hundred clusters,
+    no over a whole cache's tokens (a/2 comparisons per element instead of one)."""
+    arity = min(arity, m)
+    if arity <= 2:
+        return False
+    cmp_bytes, cmp_rounds = comparison_cost(digits)
+    binary = _lan_s(rows * (m - 1) * (cmp_bytes + 32), (cmp_rounds + 1) * math.ceil(math.log2(m)))
+    levels = math.ceil(math.log(m) / math.log(arity) - 1e-9)
+    per_element = arity / 2 * cmp_bytes + arity / (arity - 1) * 48  # + equality opening, product
+    grouped = _lan_s(rows * (m - 1) * per_element, (cmp_rounds + 2) * levels)
+    return grouped < binary
+
+
+def exact_max(x, nm: nl.Numerics, with_index: bool = False):
+    """Exact max (and first argmax) over the last dim with the selection's numerics."""
+    m = x.shape[-1]
+    if nm.dealer is not None and m > 1 and grouped_is_cheaper(
+            x.numel() // m, m, nm.approx.max_arity, digits.RING_SPECS[nm.dealer.name].digits):
+        return nl.group_max(x, with_index, nm)
+    return nl.tree_max(x, with_index, nm)

@@ -1,9 +1,9 @@
-"""Exact comparisons for selections (top-k keys, a policy's maxima), cheaper under the fast presets.
+"""Exact comparisons for selections (top-k keys, a policy's maxima).
 
 A selection must agree with the plaintext one, ties and near-ties included, so its comparisons are
-exact: CrypTen's circuit (~8 rounds, 432 B), or with the fast presets (``comparison = "dealer"``)
-the dealer's digit comparison over the whole ring (``digits.ltz_ring``: 2 rounds and 80 B with
-TFP). The fast presets' own "value" comparison resolves only 2^-8 and is not used here.
+exact: the dealer's digit comparison over the whole ring (``digits.ltz_ring``: 2 rounds and 80 B
+with TFP, vs CrypTen's circuit: ~8 rounds, 432 B), in every approximation preset, since it changes
+no value. The fast presets' own "value" comparison resolves only 2^-8 and is not used here.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ class RingNumerics(nl.Numerics):
 
 
 def numerics(approx: Approximations, dealer) -> nl.Numerics:
-    """The selection's numerics: ring comparisons by ``dealer`` with the fast presets, else CrypTen's
-    (``.dealer`` is None then)."""
-    if approx.comparison == "dealer" and dealer is not None:
+    """The selection's numerics: ring comparisons by ``dealer`` (every preset: a selection is exact
+    either way, so this is not an approximation choice), else CrypTen's (``.dealer`` is None then)."""
+    if dealer is not None:
         return RingNumerics(approx, dealer)
     return nl.CRYPTEN
 

@@ -20,7 +20,7 @@ mix, Quest's bound at alpha=1), ``group`` (sum | max | maxnorm over a GQA group'
 ``score2`` (summary | max: a level-2 cluster scored by the max of q.k over its tokens, no exp),
 ``force_last`` (False: only the sink cluster is forced).
 Presets (``preset``, see PRESETS) set static, hierarchy, share, score2 and group at once unless given:
-``paper`` (the default: the original design above) and ``retrieval`` (issue 15's candidate).
+``retrieval`` (the default, issue 15) and ``paper`` (the original design above).
 Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secret; this file uses
 Backend ops only (matmul, sum, amax/amin, topk, gather, cat, + and * with public constants).
 """
@@ -116,10 +116,9 @@ class Selection:
     picked: int  # clusters chosen
 
 
-# Option groups. paper (the default): the original design (DESIGN §4: static eviction, two-level
-# summaries, sharing). retrieval (issue 15's candidate): no static stage, no level 1, no sharing;
-# every level-2 cluster scored by its best token's q.k, GQA heads combined by maxnorm (what finds the
-# needle on SmolLM2; not the default until measured on the full 30-sample sweep).
+# Option groups. paper: the original design (DESIGN §4: static eviction, two-level summaries, sharing).
+# retrieval (the default, issue 15): no static stage, no level 1, no sharing; every level-2 cluster
+# scored by its best token's q.k, GQA heads combined by maxnorm (what finds the needle on SmolLM2).
 PRESETS: dict[str, dict] = {
     "retrieval": dict(static=False, hierarchy=False, share=False, score2="max", group="maxnorm"),
     "paper": dict(static=True, hierarchy=True, share=True, score2="summary", group="sum"),
@@ -138,7 +137,7 @@ class MPCachePolicy(Policy):
     s1: int = 32
     s2: int = 16
     alpha: float = 0.6
-    preset: str = "paper"  # sets the options below left at None (see PRESETS)
+    preset: str = "retrieval"  # sets the options below left at None (see PRESETS)
     static: bool | None = None  # look-once static eviction after prefill
     dynamic: bool = True
     hierarchy: bool | None = None  # level-1 stage (off: pick level-2 clusters directly)

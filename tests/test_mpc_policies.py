@@ -19,7 +19,7 @@ POLICIES = [
     "snapkv@0.2",
     "h2o@0.1",
     "quest:page=8@0.1",
-    "mpcache:s1=16:s2=8@0.1",  # the default (retrieval preset): no static stage, token-max clusters
+    "mpcache:s1=16:s2=8:preset=retrieval@0.1",  # no static stage, token-max clusters, no sharing
     "mpcache:s1=16:s2=8:preset=paper:share_skip=0:r2=0.5@0.1",  # the original design, shared pairs
 ]
 

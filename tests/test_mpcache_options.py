@@ -183,15 +183,20 @@ def test_options_under_mpc_match_plaintext(tmp_path):
 
 def test_presets_set_the_option_group_and_explicit_options_win():
     from mpcache.policies import parse_spec
+    from mpcache.policies.mpcache import PRESETS, MPCachePolicy
 
     def group(p):
         return p.static, p.hierarchy, p.share, p.score2, p.group
 
-    assert group(parse_spec("mpcache", 0.1)) == (False, False, False, "max", "maxnorm")  # retrieval
+    default = PRESETS[MPCachePolicy.preset]
+    assert group(parse_spec("mpcache", 0.1)) == tuple(default[k] for k in ("static", "hierarchy", "share",
+                                                                            "score2", "group"))
+    assert group(parse_spec("mpcache:preset=retrieval", 0.1)) == (False, False, False, "max", "maxnorm")
     assert group(parse_spec("mpcache:preset=paper", 0.1)) == (True, True, True, "summary", "sum")
     explicit = parse_spec("mpcache:preset=paper:share=off:score2=max", 0.1)
     assert group(explicit) == (True, True, False, "max", "sum")
-    assert group(parse_spec("mpcache:static=true:group=sum", 0.1)) == (True, False, False, "max", "sum")
+    explicit = parse_spec("mpcache:preset=retrieval:static=true:group=sum", 0.1)
+    assert group(explicit) == (True, False, False, "max", "sum")
 
 
 def test_token_max_without_hierarchy_builds_no_summaries():

@@ -140,7 +140,7 @@ def test_mpcache_roles_follow_the_design_pattern():
     assert roles[:2] == roles[28:] == ["alone", "alone"]
     assert roles[2:28] == ["leader", "follower"] * 13
     assert [MPCachePolicy(preset="paper", share=False).role(i, 30) for i in range(30)] == ["alone"] * 30
-    assert [MPCachePolicy().role(i, 30) for i in range(30)] == ["alone"] * 30  # retrieval: no sharing
+    assert [MPCachePolicy(preset="retrieval").role(i, 30) for i in range(30)] == ["alone"] * 30  # no sharing
 
 
 def test_mpcache_follower_layer_does_no_selection_work(small, prompt):
@@ -188,8 +188,8 @@ def test_mpcache_static_eviction_keeps_the_window(small, prompt):
         assert rows == sorted(rows) and rows[-1] < T - window
 
 
-@pytest.mark.parametrize("spec", ["streaming", "h2o", "snapkv", "quest", "mpcache", "mpcache:preset=paper",
-                                  "mpcache:preset=paper:static=false"])
+@pytest.mark.parametrize("spec", ["streaming", "h2o", "snapkv", "quest", "mpcache:preset=retrieval",
+                                  "mpcache:preset=paper", "mpcache:preset=paper:static=false"])
 def test_prefill_once_runner_matches_plain_generate(small, prompt, spec):
     expected = generate(_model(small, parse_spec(spec, 0.1)), prompt, 10).new_ids
     model = _model(small, make_policy("full"))

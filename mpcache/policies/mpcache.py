@@ -20,7 +20,7 @@ mix, Quest's bound at alpha=1), ``group`` (sum | max | maxnorm over a GQA group'
 ``score2`` (summary | max: a level-2 cluster scored by the max of q.k over its tokens, no exp),
 ``force_last`` (False: only the sink cluster is forced).
 Presets (``preset``, see PRESETS) set static, hierarchy, share, score2 and group at once unless given:
-``retrieval`` (the default since issue 15's sweep) and ``paper`` (the original design above).
+``retrieval`` (the default, issue 15) and ``paper`` (the original design above).
 Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secret; this file uses
 Backend ops only (matmul, sum, amax/amin, topk, gather, cat, + and * with public constants).
 """

@@ -120,6 +120,17 @@ class Meter:
                 self._owner = None
 
     @contextmanager
+    def debug(self) -> Iterator[None]:
+        """Test-only reveals: their traffic goes to the phase "debug", never to the enclosing one."""
+        self._flush()
+        try:
+            yield
+        finally:
+            now = self._read()
+            self.phases["debug"] = self.phases.get("debug", Cost()) + (now - self._mark)
+            self._mark = now
+
+    @contextmanager
     def dealer(self) -> Iterator[None]:
         """Wrap a dealer request: its traffic counts as dealer traffic, its rounds not as online."""
         self._dealer_depth += 1

@@ -256,7 +256,8 @@ class MPCBackend(Backend):
     def _debug_selection(self, one_hot):
         """With debug_logits, reveal a selection's indices to the client (tests replay them)."""
         if self.debug_logits:
-            plain = reveal(one_hot, dst=CLIENT)
+            with self.meter.debug():  # not counted as selection traffic
+                plain = reveal(one_hot, dst=CLIENT)
             if self.rank == CLIENT:
                 self.debug_selections.append(plain.argmax(-1))
         return one_hot

@@ -120,8 +120,8 @@ class Selection:
 # retrieval (the default, issue 15): no static stage, no level 1, no sharing; every level-2 cluster
 # scored by its best token's q.k, GQA heads combined by maxnorm (what finds the needle on SmolLM2).
 PRESETS: dict[str, dict] = {
-    "retrieval": dict(static=False, hierarchy=False, share=False, score2="max", group="maxnorm"),
-    "paper": dict(static=True, hierarchy=True, share=True, score2="summary", group="sum"),
+    "retrieval": dict(static=False, hierarchy=False, share=False, score2="max", group="maxnorm", recent=0.0),
+    "paper": dict(static=True, hierarchy=True, share=True, score2="summary", group="sum", recent=0.0),
 }
 
 
@@ -151,6 +151,7 @@ class MPCachePolicy(Policy):
     score: str = "linear"  # linear: q.c~ (old) | signed: sign-aware alpha mix (alpha=1: Quest's bound)
     group: str | None = None  # GQA group's query heads combined by: sum (old) | max | maxnorm (see scoring)
     score2: str | None = None  # level 2 scored by: summary (old) | max: max over the cluster's tokens of q.k
+    recent: float | None = None  # fraction of the budget always spent on the newest tokens (old: 0)
 
     name = "mpcache"
 
@@ -169,6 +170,8 @@ class MPCachePolicy(Policy):
             value = getattr(self, key)
             if value not in allowed:
                 raise UserError(f"mpcache: {key} must be one of {', '.join(allowed)}, got {value!r}")
+        if not 0.0 <= self.recent < 1.0:
+            raise UserError(f"mpcache: recent must be in [0, 1), got {self.recent}")
         for key in ("rho", "r1", "r2", "window", "alpha"):
             value = getattr(self, key)
             if value is not None and not 0.0 < value <= 1.0 and not (key == "alpha" and value == 0):
@@ -259,6 +262,8 @@ class MPCachePolicy(Policy):
         summaries: Summaries | None = cache.state.get("summaries")
         n, n_budget = cache.length, cache.state["n_budget"]
         full1 = summaries.update(cache.k, backend) if summaries is not None else n // self.s1
+        if self.recent:  # the newest floor(recent * budget) tokens join the tail (a public slice)
+            full1 = min(full1, max(0, n - math.floor(self.recent * n_budget)) // self.s1)
         if full1 == 0 or n <= n_budget:
             return None
         m = self.s1 // self.s2
@@ -271,7 +276,8 @@ class MPCachePolicy(Policy):
         if self.hierarchy:
             k1 = min(full1, max(ends, math.ceil(self.level1_fraction() * full1 - 1e-9)))
             if k1 < full1:
-                s1 = self._scores(qg, summaries.c1, summaries.r1, backend)
+                r1 = None if summaries.r1 is None else summaries.r1[:, :full1]
+                s1 = self._scores(qg, summaries.c1[:, :full1], r1, backend)
                 sel1 = top(backend, s1, k1, self._forced(full1, hkv))
         # Level 2: score the children of sel1 (kept in position order, so the first and last child stay
         # at the ends), take the top k2. summary: every full child in one matmul, then gather; max: the

@@ -126,7 +126,7 @@ def test_unknown_option_values_are_user_errors():
     from mpcache.errors import UserError
 
     for key, value in (("static_heads", "all"), ("score", "cosine"), ("group", "mean"), ("score2", "x"),
-                       ("preset", "fast")):
+                       ("preset", "fast"), ("recent", 1.0), ("recent", -0.1)):
         with pytest.raises(UserError, match=key):
             make_policy("mpcache", 0.1, **{key: value})
 
@@ -164,7 +164,7 @@ def test_force_last_false_forces_only_the_sink_cluster(force_last):
 # The options under 2PC (random:tiny, plaintext prefill): same tokens and cache lengths as the
 # plaintext simulation of the MPC numerics, selection traffic where expected (~90 s).
 MPC_SPECS = [
-    "mpcache:s1=16:s2=8:preset=paper:static_heads=kv:window_free=true:score=signed:alpha=1:group=maxnorm@0.1",
+    "mpcache:s1=16:s2=8:preset=paper:static_heads=kv:window_free=true:score=signed:alpha=1:group=maxnorm:recent=0.5@0.2",
     "mpcache:s1=16:s2=8:static=false:hierarchy=false:score2=max:group=maxnorm:share=false@0.1",
     "mpcache:s1=16:s2=8:preset=paper:share_skip=0:score2=max:group=max:force_last=false@0.1",
 ]
@@ -213,3 +213,32 @@ def test_token_max_without_hierarchy_builds_no_summaries():
         keys, _ = policy.decode_kv(0, torch.randn(9, 1, 8, generator=gen), cache, BACKEND)
         assert ("summaries" in cache.state) == stored and (policy.extra_nbytes(cache) > 0) == stored
         assert keys.shape[1] <= math.ceil(0.25 * length)
+
+
+@pytest.mark.parametrize("preset", ["retrieval", "paper"])
+@pytest.mark.parametrize("recent", [0.0, 0.5])
+def test_recent_window_is_always_attended_inside_the_budget(preset, recent):
+    # The newest 80 tokens score far below every other key: only the recent option keeps them
+    # (besides the tail and, with force_last, the last full cluster).
+    length, budget, g = 512, 0.25, 3
+    gen = torch.Generator().manual_seed(11)
+    k, v = torch.randn(2, 3, length, 8, generator=gen)
+    q = torch.randn(9, 1, 8, generator=gen)
+    for h in range(3):
+        noise = 0.1 * torch.rand(80, 8, generator=gen)
+        k[h, length - 80 :] = -10.0 * q[h * g : (h + 1) * g, 0].sum(0) - noise
+    policy = make_policy("mpcache", budget, preset=preset, static=False, share=False, recent=recent)
+    cache = LayerCache()
+    cache.append(k, v, BACKEND)
+    policy.after_prefill(0, PromptInfo(None, None, num_layers=1), cache, BACKEND)
+    keys, values = policy.decode_kv(0, q, cache, BACKEND)
+    n_budget = math.ceil(budget * length)
+    assert keys.shape[1] <= n_budget and keys.shape[1] > n_budget - 32 - 16  # budget used, not exceeded
+    window = math.floor(recent * n_budget)  # 64 of the 128 attended
+    for h in range(3):
+        rows = _rows(k[h], keys[h])
+        assert set(range(16)) <= set(rows)  # the sink cluster stays forced
+        assert set(range(length - window, length)) <= set(rows)
+        if not recent:  # without the window the low-scoring newest tokens are not all kept
+            assert not set(range(length - 64, length)) <= set(rows)
+        assert torch.equal(values[h], v[h, rows])

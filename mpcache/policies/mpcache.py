@@ -120,8 +120,9 @@ class Selection:
 # retrieval (the default, issue 15): no static stage, no level 1, no sharing; every level-2 cluster
 # scored by its best token's q.k, GQA heads combined by maxnorm (what finds the needle on SmolLM2).
 PRESETS: dict[str, dict] = {
-    "retrieval": dict(static=False, hierarchy=False, share=False, score2="max", group="maxnorm", recent=0.0),
-    "paper": dict(static=True, hierarchy=True, share=True, score2="summary", group="sum", recent=0.0),
+    "retrieval": dict(static=False, hierarchy=False, share=False, score2="max", group="maxnorm", recent=0.0,
+                      s2=16),
+    "paper": dict(static=True, hierarchy=True, share=True, score2="summary", group="sum", recent=0.0, s2=16),
 }
 
 
@@ -135,7 +136,7 @@ class MPCachePolicy(Policy):
     long_prompt: int = 24000
     importance: str = "max"  # max | sum over the window rows
     s1: int = 32
-    s2: int = 16
+    s2: int | None = None  # level-2 cluster size in tokens (None: the preset's)
     alpha: float = 0.6
     preset: str = "retrieval"  # sets the options below left at None (see PRESETS)
     static: bool | None = None  # look-once static eviction after prefill
@@ -161,7 +162,7 @@ class MPCachePolicy(Policy):
         for key, value in PRESETS[self.preset].items():  # options given explicitly win over the preset
             if getattr(self, key) is None:
                 setattr(self, key, value)
-        if self.s1 % self.s2 or self.s2 < 1:
+        if self.s2 < 1 or self.s1 % self.s2:
             raise UserError(f"mpcache: s1 ({self.s1}) must be a multiple of s2 ({self.s2})")
         if self.importance not in ("max", "sum"):
             raise UserError(f"mpcache: importance must be max or sum, got {self.importance!r}")

@@ -105,10 +105,10 @@ def test_forced_clusters_are_inside_the_budget(options):
     length, budget = 413, 0.2  # n = 83 >= s1 + 2*s2: room for the forced clusters and the tail
     k, _, keys = _decode_once(length, budget, **options)
     assert keys.shape[1] <= math.ceil(budget * length)
-    full = length // 32 * 32
+    full, s2 = length // 32 * 32, make_policy("mpcache", budget, **{"preset": "paper", **options}).s2
     for h in range(3):  # sink cluster, last full cluster and the tail are among the attended keys
         rows = _rows(k[h], keys[h])
-        assert set(range(16)) | set(range(full - 16, length)) <= set(rows)
+        assert set(range(s2)) | set(range(full - s2, length)) <= set(rows)
 
 
 def test_level2_token_max_picks_the_clusters_with_the_best_single_key():
@@ -150,7 +150,7 @@ def test_force_last_false_forces_only_the_sink_cluster(force_last):
         noise = 0.1 * torch.rand(16, 8, generator=gen)
         k[h, length - 16 :] = -10.0 * q[h * g : (h + 1) * g, 0].sum(0) - noise
     policy = make_policy("mpcache", 0.25, static=False, share=False, hierarchy=False, score2="max",
-                         group="sum", force_last=force_last)
+                         group="sum", force_last=force_last, s2=16)
     cache = LayerCache()
     cache.append(k, v, BACKEND)
     policy.after_prefill(0, PromptInfo(None, None, num_layers=1), cache, BACKEND)
@@ -192,6 +192,8 @@ def test_presets_set_the_option_group_and_explicit_options_win():
     assert group(parse_spec("mpcache", 0.1)) == tuple(default[k] for k in ("static", "hierarchy", "share",
                                                                             "score2", "group"))
     assert group(parse_spec("mpcache:preset=retrieval", 0.1)) == (False, False, False, "max", "maxnorm")
+    assert (parse_spec("mpcache", 0.1).s2, parse_spec("mpcache:preset=paper", 0.1).s2) == (4, 16)
+    assert parse_spec("mpcache:s2=8", 0.1).s2 == 8
     assert group(parse_spec("mpcache:preset=paper", 0.1)) == (True, True, True, "summary", "sum")
     explicit = parse_spec("mpcache:preset=paper:share=off:score2=max", 0.1)
     assert group(explicit) == (True, True, False, "max", "sum")
@@ -237,7 +239,7 @@ def test_recent_window_is_always_attended_inside_the_budget(preset, recent):
     window = math.floor(recent * n_budget)  # 64 of the 128 attended
     for h in range(3):
         rows = _rows(k[h], keys[h])
-        assert set(range(16)) <= set(rows)  # the sink cluster stays forced
+        assert set(range(policy.s2)) <= set(rows)  # the sink cluster stays forced
         assert set(range(length - window, length)) <= set(rows)
         if not recent:  # without the window the low-scoring newest tokens are not all kept
             assert not set(range(length - 64, length)) <= set(rows)

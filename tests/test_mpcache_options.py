@@ -165,7 +165,7 @@ def test_force_last_false_forces_only_the_sink_cluster(force_last):
 # plaintext simulation of the MPC numerics, selection traffic where expected (~90 s).
 MPC_SPECS = [
     "mpcache:s1=16:s2=8:preset=paper:static_heads=kv:window_free=true:score=signed:alpha=1:group=maxnorm:recent=0.5@0.2",
-    "mpcache:s1=16:s2=8:static=false:hierarchy=false:score2=max:group=maxnorm:share=false@0.1",
+    "mpcache@0.1",  # the default (preset=retrieval, s2=4); its s1=16:s2=8 form is in test_mpc_policies
     "mpcache:s1=16:s2=8:preset=paper:share_skip=0:score2=max:group=max:force_last=false@0.1",
 ]
 

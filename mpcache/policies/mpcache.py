@@ -18,8 +18,9 @@ mpcache_scoring.py): ``static_heads`` (mean | kv: per-KV-head static eviction, m
 ``window_free`` (the static window kept besides rho*T), ``score`` (linear | signed: sign-aware alpha
 mix, Quest's bound at alpha=1), ``group`` (sum | max | maxnorm over a GQA group's query heads),
 ``score2`` (summary | max: a level-2 cluster scored by the max of q.k over its tokens, no exp),
-``force_last`` (False: only the sink cluster is forced).
-Presets (``preset``, see PRESETS) set static, hierarchy, share, score2 and group at once unless given:
+``force_last`` (False: only the sink cluster is forced), ``recent`` (a fraction of the budget always
+spent on the newest tokens, which join the tail: a public slice, counted inside the budget).
+Presets (``preset``, see PRESETS) set static, hierarchy, share, score2, group, recent and s2 unless given:
 ``retrieval`` (the default, issue 15) and ``paper`` (the original design above).
 Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secret; this file uses
 Backend ops only (matmul, sum, amax/amin, topk, gather, cat, + and * with public constants).

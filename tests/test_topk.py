@@ -65,7 +65,7 @@ def test_every_construction_selects_the_plaintext_set_in_order_under_mpc(tmp_pat
 def test_bench_topk_measures_and_skips_what_would_blow_up(tmp_path):
     out = tmp_path / "topk.jsonl"
     proc = mpcache("bench", "topk", "--sizes", "4,32", "--k", "2", "--methods", "allpairs",
-                   "--max-bytes", "20000", "--json", str(out))
+                   "--max-bytes", "5000", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     ran, skipped = [json.loads(line) for line in out.read_text().splitlines()]
     assert (ran["n"], ran["k"], ran["method"]) == (4, 2, "allpairs") and ran["correct"] is True

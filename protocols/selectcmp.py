@@ -66,26 +66,33 @@ def comparison_cost(digits: int) -> tuple[int, int]:
     return 16 + 32 * products, 1 + math.ceil(math.log2(digits))
 
 
-def grouped_is_cheaper(rows: int, m: int, arity: int, digits: int) -> bool:
-    """Whether the grouped max (``nonlinear.group_max``: a level of ``arity`` is one comparison
-    layer, an equality test and a product) beats the binary tournament (a comparison and a product
-    a level) on the LAN preset for ``rows`` maxima of m elements: yes over a few hundred clusters,
-    no over a whole cache's tokens (a/2 comparisons per element instead of one)."""
-    arity = min(arity, m)
-    if arity <= 2:
-        return False
+def lan_cost(rows: int, m: int, arity: int, digits: int) -> float:
+    """Estimated LAN seconds of ``rows`` maxima of m elements: the binary tournament (``arity`` 2:
+    a comparison and a product a level) or the grouped max (``nonlinear.group_max``: a level of
+    ``arity`` is one comparison layer, an equality test and a product)."""
     cmp_bytes, cmp_rounds = comparison_cost(digits)
-    binary = _lan_s(rows * (m - 1) * (cmp_bytes + 32), (cmp_rounds + 1) * math.ceil(math.log2(m)))
+    if arity <= 2:
+        return _lan_s(rows * (m - 1) * (cmp_bytes + 32), (cmp_rounds + 1) * math.ceil(math.log2(m)))
     levels = math.ceil(math.log(m) / math.log(arity) - 1e-9)
     per_element = arity / 2 * cmp_bytes + arity / (arity - 1) * 48  # + equality opening, product
-    grouped = _lan_s(rows * (m - 1) * per_element, (cmp_rounds + 2) * levels)
-    return grouped < binary
+    return _lan_s(rows * (m - 1) * per_element, (cmp_rounds + 2) * levels)
+
+
+def best_arity(rows: int, m: int, digits: int, widest: int = 64) -> int:
+    """The tournament arity (2, 4, 8, ... up to ``widest`` and m) with the least LAN estimate:
+    e.g. 16 for 9 maxima over 128 clusters (2 levels instead of 3 at arity 8, 7 binary), 2 for
+    a thousand maxima over 16 tokens (wider groups cost a/2 comparisons per element)."""
+    arities = [2] + [a for a in (4, 8, 16, 32, 64) if a <= min(widest, max(m, 2))]
+    if m > 2 and m <= widest and m not in arities:
+        arities.append(m)
+    return min(arities, key=lambda a: (lan_cost(rows, m, a, digits), a))
 
 
 def exact_max(x, nm: nl.Numerics, with_index: bool = False):
     """Exact max (and first argmax) over the last dim with the selection's numerics."""
     m = x.shape[-1]
-    if nm.dealer is not None and m > 1 and grouped_is_cheaper(
-            x.numel() // m, m, nm.approx.max_arity, nm.cmp_digits()):
-        return nl.group_max(x, with_index, nm)
+    if nm.dealer is not None and m > 1:
+        arity = best_arity(x.numel() // m, m, nm.cmp_digits())
+        if arity > 2:
+            return nl.group_max(x, with_index, nm, arity)
     return nl.tree_max(x, with_index, nm)

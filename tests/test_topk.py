@@ -60,6 +60,15 @@ def test_every_construction_selects_the_plaintext_set_in_order_under_mpc(tmp_pat
             assert ((onehot == 0) | (onehot == 1)).all() and (onehot.sum(-1) == 1).all(), method
             picked = onehot.argmax(-1)
             assert torch.equal(picked, expected), f"{method}: {picked.tolist()} vs {expected.tolist()}"
+    for case, got in zip(r["cases"], r["ring_allpairs"], strict=True):  # keys over the whole ring
+        forced = None if case["forced"] is None else torch.tensor(case["forced"])
+        expected = plain.topk(torch.tensor(case["scores"]), case["k"], forced)
+        assert torch.equal(torch.tensor(got).round().argmax(-1), expected), "allpairs, ring keys"
+    for case in r["maxima"]:  # the selections' maxima and argmin: exact, ties to the lower index
+        x = torch.tensor(case["x"])
+        assert torch.allclose(torch.tensor(case["amax"]), x.amax(-1), atol=1e-4), x
+        onehot = torch.tensor(case["argmin"]).round()  # [H, 1, n]
+        assert (onehot.sum(-1) == 1).all() and torch.equal(onehot[:, 0].argmax(-1), x.argmin(-1))
 
 
 def test_bench_topk_measures_and_skips_what_would_blow_up(tmp_path):

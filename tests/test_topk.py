@@ -86,3 +86,19 @@ def test_bench_topk_measures_and_skips_what_would_blow_up(tmp_path):
 def test_bench_topk_bad_method_is_one_line_exit_2(tmp_path):
     proc = mpcache("bench", "topk", "--methods", "sorting", "--json", str(tmp_path / "x.jsonl"), timeout=60)
     assert proc.returncode == 2 and "--methods" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bounded_comparisons_with_a_ttp_dealer_select_the_plaintext_set(tmp_path):
+    """A TTP dealer compares bounded differences in 4 digits of 8 bits (tables): same selections."""
+    r = run_parties(tmp_path, "--check-topk", "allpairs", "--approx", "fast", "--dealer", "ttp", nproc=3,
+                    timeout=600)
+    plain = PlainBackend()
+    for case, got in zip(r["cases"], r["onehots"]["allpairs"], strict=True):
+        forced = None if case["forced"] is None else torch.tensor(case["forced"])
+        expected = plain.topk(torch.tensor(case["scores"]), case["k"], forced)
+        assert torch.equal(torch.tensor(got).round().argmax(-1), expected)
+    for case in r["maxima"]:
+        x = torch.tensor(case["x"])
+        assert torch.allclose(torch.tensor(case["amax"]), x.amax(-1), atol=1e-4), x
+        assert torch.equal(torch.tensor(case["argmin"]).round()[:, 0].argmax(-1), x.argmin(-1))

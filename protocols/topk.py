@@ -22,10 +22,12 @@ A construction turns the keys into secret *keep bits* (exactly k ones per row):
 
 ``compact`` then makes the one-hot [H, k, n] in ascending position order, see there.
 
-Comparisons: CrypTen's exact circuit (~8 rounds), or with a ``dealer`` (the fast presets) the
-dealer-assisted digit comparison over the whole ring (``digits.ltz_ring``: exact too, 3 rounds with
-TFP); with a dealer the count against k is a one-digit comparison (1 round) and the compaction's
-one-hot one opening of v + r (``digits.onehot_share``) instead of a binary conversion.
+Comparisons: CrypTen's exact circuit (~8 rounds), or with a ``dealer`` the dealer-assisted digit
+comparison: of the keys over the whole ring (``digits.ltz_ring``: exact too, 2 rounds with TFP), or
+for all-pairs (``TopkConfig.compare="bounded"``, the default) of the score differences themselves,
+|s_i - s_j| < 2^16, in one digit (``digits.ltz_bounded``: 1 round); with a dealer the count against
+k is a one-digit comparison (1 round) and the compaction's one-hot one opening
+(``digits.onehot_share``) instead of a binary conversion (with TFP without the product either).
 """
 
 from __future__ import annotations

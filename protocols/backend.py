@@ -75,9 +75,9 @@ class MPCBackend(Backend):
         self.dealer = _MeteredDealer(make_dealer(party.dealer, party.rank), self.meter)
         self.numerics = nl.Numerics(self.approx, self.dealer)
         # Selections compare exactly (ties and near-ties must match the plaintext): with the fast
-        # presets by the dealer's whole-ring digit comparison (2 rounds), else CrypTen's circuit.
-        self._select_nm = selectcmp.numerics(self.approx, self.dealer)
-        self._select_dealer = self._select_nm.dealer
+        # presets by the dealer's digit comparison (bounded differences: 1 round; see _select_nm),
+        # else CrypTen's circuit.
+        self._select_dealer = selectcmp.numerics(self.approx, self.dealer).dealer
         fastcrypten.install(party.timeout_s)  # frozen config, direct openings, less per-tensor overhead
         if party.dealer == "ttp":
             _meter_ttp_requests(self.meter)
@@ -213,6 +213,11 @@ class MPCBackend(Backend):
 
     # --- selection -------------------------------------------------------------------------------------
     topk_config = TopkConfig()  # protocols.topk.choose by (n, k); assign another to force one method
+
+    @property
+    def _select_nm(self):
+        """The selections' numerics, with the comparison ``topk_config.compare`` names."""
+        return selectcmp.numerics(self.approx, self.dealer, self.topk_config.compare)
 
     def topk(self, scores, k: int, forced: torch.Tensor | None = None, method: str | None = None):
         """Secret one-hot [H, k, n] of the k largest entries per row, rows in ascending position

@@ -271,3 +271,36 @@ def test_recent_window_is_always_attended_inside_the_budget(preset, recent):
         if not recent:  # without the window the low-scoring newest tokens are not all kept
             assert not set(range(length - 64, length)) <= set(rows)
         assert torch.equal(values[h], v[h, rows])
+
+
+@pytest.mark.parametrize("ends", [(True, True), (True, False), (False, False)])
+def test_top_by_parents_is_the_one_shot_top_k(ends):
+    # The default finds its top k2 clusters of 4 through parents of 16: the same set as one top-k
+    # (exactly without ties; with ties, the same multiset of scores).
+    from mpcache.policies.clusters import top
+
+    gen = torch.Generator().manual_seed(5)
+    policy = make_policy("mpcache", 0.1, s2=4, parents=16, force_ends=ends[0], force_last=ends[1])
+    two_stage = 0
+    for count in (32, 128, 512):
+        for k2 in (2, 5, count // 10, count // 4 - 1, count // 4, count // 2):
+            for scores in (torch.randn(3, count, generator=gen),
+                           torch.randint(0, 4, (3, count), generator=gen).float()):  # many ties
+                ref = top(BACKEND, scores, k2, policy._forced(count, 3))
+                got = policy._top_by_parents(scores, k2, BACKEND)
+                assert got.shape == ref.shape and bool((got[:, 1:] > got[:, :-1]).all())  # ascending
+                if ends[0]:
+                    assert bool((got[:, 0] == 0).all()) and bool((got[:, -1] == count - 1).all()) == ends[1]
+                assert torch.equal(scores.gather(1, got).sort().values, scores.gather(1, ref).sort().values)
+                if scores.unique().numel() == scores.numel():
+                    assert torch.equal(got, ref)
+                two_stage += k2 * 4 < count
+    assert two_stage > 10  # the two-stage path really ran
+
+
+def test_parents_must_split_s1_into_whole_children():
+    from mpcache.errors import UserError
+
+    for bad in (dict(s2=4, parents=6), dict(s2=4, parents=4), dict(s1=32, s2=4, parents=64)):
+        with pytest.raises(UserError, match="parents"):
+            make_policy("mpcache", 0.1, **bad)

@@ -282,13 +282,15 @@ class MPCBackend(Backend):
 
     def compose(self, outer, inner, m: int):
         """Children picked by ``inner`` [H, k2, k1*m] among the m children of each of ``outer``'s k1
-        picks [H, k1, C] -> one one-hot [H, k2, C*m] over all children (one small Beaver matmul)."""
+        picks [H, k1, C] -> one one-hot [H, k2, C*m] over all children (one Beaver matmul per child
+        offset u, batched: out[:, i, c*m + u] = sum_p inner[:, i, p*m + u] outer[:, p, c]; it opens
+        inner and outer once, not outer expanded by the identity over m, m^2 times larger)."""
         with self.meter.phase("selection"):
-            share = outer._tensor.share  # [H, k1, C], a 0/1 secret at the default scale
-            h, k1, c = share.shape
-            eye = torch.eye(m, dtype=share.dtype)
-            expanded = (share[:, :, None, :, None] * eye[None, None, :, None, :]).reshape(h, k1 * m, c * m)
-            return inner.matmul(nl._mpc_from_share(expanded))
+            h, k2, _ = inner.shape
+            k1, c = outer.shape[-2:]
+            by_offset = inner.reshape(h, k2, k1, m).permute(0, 3, 1, 2)  # [H, m, k2, k1]
+            prod = by_offset.matmul(outer.unsqueeze(1))  # [H, m, k2, C]
+            return prod.permute(0, 2, 3, 1).reshape(h, k2, c * m)
 
     def fix(self, x):
         """Mask x once (a cache rebuilt by eviction): later products with x or its views open only

@@ -27,7 +27,7 @@ from protocols import nonlinear as nl
 from protocols.accounting import Meter
 from protocols.compat import import_crypten
 from protocols.dealer import make_dealer
-from protocols.fixed import FixedOperand, extend_fixed, fixed_product, make_fixed, open_ring
+from protocols.fixed import FixedOperand, extend_fixed, fix_and_multiply, fixed_product, make_fixed, open_ring
 from protocols.runtime import CLIENT, Party
 from protocols.topk import TopkConfig
 
@@ -237,6 +237,18 @@ class MPCBackend(Backend):
             fixed = self._lookup_view(x) if self.mask_reuse and not torch.is_tensor(x) else None
             if fixed is not None:
                 return self._fixed(selection, fixed, "matmul")
+            if self.mask_reuse and not torch.is_tensor(x):
+                # (x^T sel^T)^T, masking the one-hot in the same round: its scatter reuses the mask
+                rows = x._tensor.share.transpose(-1, -2)
+                fixed = self._lookup(selection)
+                if fixed is not None:
+                    return self._from_ring(fixed_product(self.dealer, self.rank, rows, fixed, "matmul_t")
+                                           ).transpose(-1, -2)
+                selection._tensor.share = selection._tensor.share.contiguous()
+                share = selection._tensor.share
+                fixed, out = fix_and_multiply(self.dealer, self.rank, share, rows, "matmul_t")
+                self._register(selection, fixed)
+                return self._from_ring(out).transpose(-1, -2)
             return selection.matmul(x)
 
     def select_clusters(self, selection, x, count: int, size: int, picked: int):
@@ -247,9 +259,23 @@ class MPCBackend(Backend):
         return super().select_clusters(selection, x, count, size, picked)
 
     def scatter(self, selection, x, n: int):
-        """selection^T [H, n, k] times rows x [H, k, m]: one Beaver product (opens both)."""
+        """selection^T [H, n, k] times rows x [H, k, m]. With mask reuse the one-hot's mask from its
+        gather is reused ((x^T sel)^T): only x is opened; else one Beaver product (opens both)."""
         with self.meter.phase("selection"):
+            if self.mask_reuse and not torch.is_tensor(x):
+                share = x._tensor.share.transpose(-1, -2)
+                out = fixed_product(self.dealer, self.rank, share, self._fixed_selection(selection), "matmul")
+                return self._from_ring(out).transpose(-1, -2)
             return selection.transpose(-1, -2).matmul(x)
+
+    def _fixed_selection(self, selection) -> FixedOperand:
+        """A one-hot masked once (opens sel - B, as a Beaver product would), so that its products
+        with fresh rows (a gather, then the scatter back) open only those rows."""
+        fixed = self._lookup(selection)
+        if fixed is None:
+            fixed = make_fixed(self.dealer, selection._tensor.share, "selection")
+            self._register(selection, fixed)
+        return fixed
 
     def argmin(self, scores):
         """One-hot [H, 1, n] of each row's minimum (the first one on ties): one tournament."""

@@ -138,6 +138,17 @@ def test_maxnorm_lets_each_query_head_rank_its_own_best_cluster_first():
     assert combine(s, "sum", BACKEND).tolist() == [[11.0, 16.0, 32.0]]  # head 1's scale dominates
     assert combine(s, "max", BACKEND).tolist() == [[10.0, 11.0, 30.0]]
     assert combine(s, "maxnorm", BACKEND).tolist() == [[-4.0, 0.0, 0.0]]  # both favourites on top
+    # meannorm: minus each head's mean (8/3 and 17): head 0's favourite is 2.33 above its mean
+    torch.testing.assert_close(combine(s, "meannorm", BACKEND), torch.tensor([[-5 / 3, 7 / 3, 13.0]]))
+
+
+def test_qsum_scores_clusters_by_the_best_key_for_the_summed_query():
+    length = 256
+    k, q, keys = _decode_once(length, 0.25, score2="max", hierarchy=False, force_ends=False, group="qsum")
+    for h in range(3):
+        logits = q[h * 3 : (h + 1) * 3, 0].sum(0) @ k[h].T  # [n]: one query per KV head
+        chosen = sorted(torch.topk(logits.reshape(length // 16, 16).amax(-1), 4).indices.tolist())
+        assert _rows(k[h], keys[h]) == [16 * c + i for c in chosen for i in range(16)]
 
 
 @pytest.mark.parametrize("force_last", [True, False])
@@ -168,6 +179,9 @@ MPC_SPECS = [
     "mpcache@0.1",  # the default (preset=retrieval, s2=4); its s1=16:s2=8 form is in test_mpc_policies
     "mpcache:s1=16:s2=8:preset=paper:share_skip=0:score2=max:group=max:force_last=false@0.1",
 ]
+# The cheaper group variants of the default (issue 12), with the fast preset's numerics.
+MPC_GROUPS = ["mpcache:s1=16:s2=8:group=meannorm@0.1", "mpcache:s1=16:s2=8:group=qsum@0.1",
+              "mpcache:s1=16:s2=8:group=max@0.1"]
 
 
 @pytest.mark.slow
@@ -179,6 +193,19 @@ def test_options_under_mpc_match_plaintext(tmp_path):
                          "--prefill", "plaintext", "--new-tokens", "3", "--timeout", "300", timeout=1500)
     assert [r["policy"] for r in record["runs"]] == MPC_SPECS
     check_runs(record, 256, 3)
+
+
+@pytest.mark.slow
+def test_group_variants_under_mpc_match_plaintext(tmp_path):
+    from tests.test_mpc_policies import check_runs
+    from tests.test_mpc_two_party import run_parties
+
+    record = run_parties(tmp_path, "--policy", ",".join(MPC_GROUPS), "--prompt-len", "256",
+                         "--approx", "fast", "--prefill", "plaintext", "--new-tokens", "3",
+                         "--timeout", "300",
+                         timeout=1500)
+    assert [r["policy"] for r in record["runs"]] == MPC_GROUPS
+    check_runs(record, 256, 3, approx="fast")
 
 
 def test_presets_set_the_option_group_and_explicit_options_win():
@@ -244,3 +271,36 @@ def test_recent_window_is_always_attended_inside_the_budget(preset, recent):
         if not recent:  # without the window the low-scoring newest tokens are not all kept
             assert not set(range(length - 64, length)) <= set(rows)
         assert torch.equal(values[h], v[h, rows])
+
+
+@pytest.mark.parametrize("ends", [(True, True), (True, False), (False, False)])
+def test_top_by_parents_is_the_one_shot_top_k(ends):
+    # The default finds its top k2 clusters of 4 through parents of 16: the same set as one top-k
+    # (exactly without ties; with ties, the same multiset of scores).
+    from mpcache.policies.clusters import top
+
+    gen = torch.Generator().manual_seed(5)
+    policy = make_policy("mpcache", 0.1, s2=4, parents=16, force_ends=ends[0], force_last=ends[1])
+    two_stage = 0
+    for count in (32, 128, 512):
+        for k2 in (2, 5, count // 10, count // 4 - 1, count // 4, count // 2):
+            for scores in (torch.randn(3, count, generator=gen),
+                           torch.randint(0, 4, (3, count), generator=gen).float()):  # many ties
+                ref = top(BACKEND, scores, k2, policy._forced(count, 3))
+                got = policy._top_by_parents(scores, k2, BACKEND)
+                assert got.shape == ref.shape and bool((got[:, 1:] > got[:, :-1]).all())  # ascending
+                if ends[0]:
+                    assert bool((got[:, 0] == 0).all()) and bool((got[:, -1] == count - 1).all()) == ends[1]
+                assert torch.equal(scores.gather(1, got).sort().values, scores.gather(1, ref).sort().values)
+                if scores.unique().numel() == scores.numel():
+                    assert torch.equal(got, ref)
+                two_stage += k2 * 4 < count
+    assert two_stage > 10  # the two-stage path really ran
+
+
+def test_parents_must_split_s1_into_whole_children():
+    from mpcache.errors import UserError
+
+    for bad in (dict(s2=4, parents=6), dict(s2=4, parents=4), dict(s1=32, s2=4, parents=64)):
+        with pytest.raises(UserError, match="parents"):
+            make_policy("mpcache", 0.1, **bad)

@@ -134,7 +134,10 @@ def test_summary_table_merges_files_and_marks_copied_cells(tmp_path):
          "extra_params": 3_700_000, "train_seconds": 624.0},
         {**base, "policy": "locret", "budget": 0.1, "first_sample": 5, "samples": 5, "accuracy": 0.0,
          "extra_params": 3_700_000, "train_seconds": 624.0},
-        {**base, "policy": "cand:x=1", "budget": 0.1, "first_sample": 0, "samples": 10, "accuracy": 0.9},
+        {**base, "policy": "cand:x=1", "budget": 0.1, "first_sample": 0, "samples": 10, "accuracy": 0.9,
+         "time": "2026-01-01T00:00:00Z"},
+        {**base, "policy": "cand", "budget": 0.1, "first_sample": 0, "samples": 1, "accuracy": 1.0,
+         "kv_bytes": 5_000_000, "time": "2026-02-01T00:00:00Z"},  # newer code, one sample
         {**base, "task": "ppl", "policy": "full", "budget": 1.0, "first_sample": 0, "samples": 10,
          "perplexity": 22.28, "kv_bytes": 93_000_000},
     ]
@@ -155,8 +158,9 @@ def test_summary_table_merges_files_and_marks_copied_cells(tmp_path):
     # budget-less full fills every budget column; its copied cells carry the footnote
     assert rows["full"][:4] == ["0.967 (29/30) [^1]", "0.967 (29/30) [^1]", "22.3 (10)", "22.3 (10)"]
     assert rows["full"][4:] == ["93.0 MB (ppl, 10)", "0", "none |"]
-    # same samples: the measured record (through its alias) beats the copied one
-    assert rows["cand"][:2] == ["–", "0.900 (9/10)"]
+    # same samples: the measured record (through its alias) beats the copied one;
+    # accuracy from the most samples, kv_bytes from the newest record
+    assert rows["cand"][:2] == ["–", "0.900 (9/10)"] and rows["cand"][4] == "5.0 MB (needle, 1)"
     # two chunks merge into 10 samples; trained policies show their parameters and training time
     assert rows["locret"] == ["–", "0.100 (1/10)", "–", "–", "9.0 MB (needle, 10)", "3.70 M", "624 s |"]
     assert rows["nope"] == ["–"] * 6 + ["– |"]

@@ -1,11 +1,11 @@
 """One markdown table over every policy: needle at two lengths, perplexity, memory and training cost.
 
 Rows are policies, columns are (needle at each length, ppl) x budgets, then ``kv_bytes`` at one
-budget, extra parameters and training seconds. Records come from several ``mpcache eval`` files
-(chunks merged by ``plot.merge_chunks``); a record carrying a ``source`` field (a number copied from
-elsewhere, e.g. the README, when its records file is gone) gets a footnote naming the source. When
-several records fill a cell, the one with more samples wins, a measured one on a tie. Cells nothing
-fills say "–".
+budget (the newest record's), extra parameters and training seconds. Records come from several
+``mpcache eval`` files (chunks merged by ``plot.merge_chunks``); a record carrying a ``source``
+field (a number copied from elsewhere, e.g. the README, when its records file is gone) gets a
+footnote naming the source. When several records fill a cell, the one with more samples wins, a
+measured one on a tie. Cells nothing fills say "–".
 """
 
 from __future__ import annotations
@@ -99,8 +99,9 @@ def summary_table(records: list[dict], spec: SummarySpec | None = None) -> str:
         for length in spec.needle_lengths:
             row += [_metric_cell(next(iter(get("needle", length, b)), None), notes) for b in spec.budgets]
         row += [_metric_cell(next(iter(get("ppl", spec.ppl_length, b)), None), notes) for b in spec.budgets]
-        kv = [r for task in ("needle", "ppl") for r in get(task, spec.kv_length, spec.kv_budget)
-              if r.get("kv_bytes")]
+        # memory depends on the code more than on the samples: the newest measurement
+        kv = sorted((r for task in ("needle", "ppl") for r in get(task, spec.kv_length, spec.kv_budget)
+                     if r.get("kv_bytes")), key=lambda r: r.get("time", ""), reverse=True)
         row.append(_kv_cell(kv[0], notes) if kv else MISSING)
         mine = [r for found in cells.values() for r in found if r["_label"] == label]
         trained = [r for r in mine if r.get("extra_params")]

@@ -5,6 +5,8 @@ One machine:
     torchrun --nproc_per_node=2 examples/two_party.py --prompt "What is 2PC?"
 With a KV-cache policy (the selected tokens stay secret; their count is public):
     torchrun --nproc_per_node=2 examples/two_party.py --policy mpcache --budget 0.1 --prompt "..."
+With the round-efficient approximations (dealer comparisons, exp tables; same accuracy, ~1/3 of the rounds):
+    torchrun --nproc_per_node=2 examples/two_party.py --approx fast --prompt "..."
 With a trusted dealer as a third process:
     torchrun --nproc_per_node=3 examples/two_party.py --dealer ttp --prompt "..."
 Two machines (run on each; --node_rank 0 on the server's machine):
@@ -38,6 +40,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--policy", default="full",
                    help="KV-cache policy NAME[:KEY=VALUE...] (full, streaming, h2o, snapkv, quest, mpcache)")
     p.add_argument("--budget", type=float, default=0.1, help="fraction of the prompt attended per step")
+    p.add_argument("--approx", default="v1", choices=["v1", "fast", "fast-lite"],
+                   help="MPC approximation preset: fast needs ~1/3 of v1's rounds (README, Approximations)")
     p.add_argument("--no-mask-reuse", action="store_true")
     p.add_argument("--reveal-logits", action="store_true",
                    help="reveal the logits to the client (leaks them; lets the client sample)")
@@ -55,6 +59,7 @@ def main() -> int:
         return launch_self(args.dealer)
 
     def body() -> int:
+        from mpcache.backend import Approximations
         from mpcache.commands.generate import StreamPrinter
         from mpcache.policies import parse_spec
         from protocols.report import CostTable
@@ -65,8 +70,9 @@ def main() -> int:
         say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if party.is_client else (lambda msg: None)
         say(f"[{runtime.DEALER_NOTE[party.dealer]}]")
         say(f"[setting up {args.model}: the server shares and masks its weights once ...]")
-        pm = build(party, args.model, mask_reuse=not args.no_mask_reuse, reveal_logits=args.reveal_logits)
-        check_same(pm.backend, (args.policy, args.budget))
+        pm = build(party, args.model, Approximations.preset(args.approx), mask_reuse=not args.no_mask_reuse,
+                   reveal_logits=args.reveal_logits)
+        check_same(pm.backend, (args.policy, args.budget, args.approx))
         if args.policy == "full":
             say("[policy full: every cached token is attended]")
         else:

@@ -27,7 +27,7 @@ from protocols import nonlinear as nl
 from protocols.accounting import Meter
 from protocols.compat import import_crypten
 from protocols.dealer import make_dealer
-from protocols.fixed import FixedOperand, extend_fixed, fixed_product, make_fixed, open_ring
+from protocols.fixed import FixedOperand, extend_fixed, fix_and_multiply, fixed_product, make_fixed, open_ring
 from protocols.runtime import CLIENT, Party
 from protocols.topk import TopkConfig
 
@@ -75,9 +75,9 @@ class MPCBackend(Backend):
         self.dealer = _MeteredDealer(make_dealer(party.dealer, party.rank), self.meter)
         self.numerics = nl.Numerics(self.approx, self.dealer)
         # Selections compare exactly (ties and near-ties must match the plaintext): with the fast
-        # presets by the dealer's whole-ring digit comparison (2 rounds), else CrypTen's circuit.
-        self._select_nm = selectcmp.numerics(self.approx, self.dealer)
-        self._select_dealer = self._select_nm.dealer
+        # presets by the dealer's digit comparison (bounded differences: 1 round; see _select_nm),
+        # else CrypTen's circuit.
+        self._select_dealer = selectcmp.numerics(self.approx, self.dealer).dealer
         fastcrypten.install(party.timeout_s)  # frozen config, direct openings, less per-tensor overhead
         if party.dealer == "ttp":
             _meter_ttp_requests(self.meter)
@@ -214,6 +214,11 @@ class MPCBackend(Backend):
     # --- selection -------------------------------------------------------------------------------------
     topk_config = TopkConfig()  # protocols.topk.choose by (n, k); assign another to force one method
 
+    @property
+    def _select_nm(self):
+        """The selections' numerics, with the comparison ``topk_config.compare`` names."""
+        return selectcmp.numerics(self.approx, self.dealer, self.topk_config.compare)
+
     def topk(self, scores, k: int, forced: torch.Tensor | None = None, method: str | None = None):
         """Secret one-hot [H, k, n] of the k largest entries per row, rows in ascending position
         order; equal scores: the lower index wins; public ``forced`` items [n] or [H, n] are always
@@ -232,6 +237,18 @@ class MPCBackend(Backend):
             fixed = self._lookup_view(x) if self.mask_reuse and not torch.is_tensor(x) else None
             if fixed is not None:
                 return self._fixed(selection, fixed, "matmul")
+            if self.mask_reuse and not torch.is_tensor(x):
+                # (x^T sel^T)^T, masking the one-hot in the same round: its scatter reuses the mask
+                rows = x._tensor.share.transpose(-1, -2)
+                fixed = self._lookup(selection)
+                if fixed is not None:
+                    return self._from_ring(fixed_product(self.dealer, self.rank, rows, fixed, "matmul_t")
+                                           ).transpose(-1, -2)
+                selection._tensor.share = selection._tensor.share.contiguous()
+                share = selection._tensor.share
+                fixed, out = fix_and_multiply(self.dealer, self.rank, share, rows, "matmul_t")
+                self._register(selection, fixed)
+                return self._from_ring(out).transpose(-1, -2)
             return selection.matmul(x)
 
     def select_clusters(self, selection, x, count: int, size: int, picked: int):
@@ -242,9 +259,23 @@ class MPCBackend(Backend):
         return super().select_clusters(selection, x, count, size, picked)
 
     def scatter(self, selection, x, n: int):
-        """selection^T [H, n, k] times rows x [H, k, m]: one Beaver product (opens both)."""
+        """selection^T [H, n, k] times rows x [H, k, m]. With mask reuse the one-hot's mask from its
+        gather is reused ((x^T sel)^T): only x is opened; else one Beaver product (opens both)."""
         with self.meter.phase("selection"):
+            if self.mask_reuse and not torch.is_tensor(x):
+                share = x._tensor.share.transpose(-1, -2)
+                out = fixed_product(self.dealer, self.rank, share, self._fixed_selection(selection), "matmul")
+                return self._from_ring(out).transpose(-1, -2)
             return selection.transpose(-1, -2).matmul(x)
+
+    def _fixed_selection(self, selection) -> FixedOperand:
+        """A one-hot masked once (opens sel - B, as a Beaver product would), so that its products
+        with fresh rows (a gather, then the scatter back) open only those rows."""
+        fixed = self._lookup(selection)
+        if fixed is None:
+            fixed = make_fixed(self.dealer, selection._tensor.share, "selection")
+            self._register(selection, fixed)
+        return fixed
 
     def argmin(self, scores):
         """One-hot [H, 1, n] of each row's minimum (the first one on ties): one tournament."""
@@ -277,13 +308,15 @@ class MPCBackend(Backend):
 
     def compose(self, outer, inner, m: int):
         """Children picked by ``inner`` [H, k2, k1*m] among the m children of each of ``outer``'s k1
-        picks [H, k1, C] -> one one-hot [H, k2, C*m] over all children (one small Beaver matmul)."""
+        picks [H, k1, C] -> one one-hot [H, k2, C*m] over all children (one Beaver matmul per child
+        offset u, batched: out[:, i, c*m + u] = sum_p inner[:, i, p*m + u] outer[:, p, c]; it opens
+        inner and outer once, not outer expanded by the identity over m, m^2 times larger)."""
         with self.meter.phase("selection"):
-            share = outer._tensor.share  # [H, k1, C], a 0/1 secret at the default scale
-            h, k1, c = share.shape
-            eye = torch.eye(m, dtype=share.dtype)
-            expanded = (share[:, :, None, :, None] * eye[None, None, :, None, :]).reshape(h, k1 * m, c * m)
-            return inner.matmul(nl._mpc_from_share(expanded))
+            h, k2, _ = inner.shape
+            k1, c = outer.shape[-2:]
+            by_offset = inner.reshape(h, k2, k1, m).permute(0, 3, 1, 2)  # [H, m, k2, k1]
+            prod = by_offset.matmul(outer.unsqueeze(1))  # [H, m, k2, C]
+            return prod.permute(0, 2, 3, 1).reshape(h, k2, c * m)
 
     def fix(self, x):
         """Mask x once (a cache rebuilt by eviction): later products with x or its views open only

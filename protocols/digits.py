@@ -61,6 +61,14 @@ KINDS = {"value": (8, 20), "count": (3, 20), "wide": (16, 40)}
 RING_SPECS = {"tfp": DigitSpec(0, 2, 32), "ttp": DigitSpec(0, 7, 9)}
 
 
+# Selections' comparisons of BOUNDED values (the default, ``TopkConfig.compare``): differences of
+# scores, logits, probabilities or keys at CrypTen's 16 fractional bits with |x| < 2^16 (so every
+# value |v| < 2^15). Bit 32 of x + 2^32 is the sign: one 32-bit digit with TFP (no product tree:
+# 1 round, 16 B: the opening of c alone), 4 digits of 8 bits with a TTP dealer (3 rounds). Exact
+# within the bound; SmolLM2's largest |q.k| measured on the needle prompts is far below it (README).
+BOUNDED_SPECS = {"tfp": DigitSpec(16, 1, 32), "ttp": DigitSpec(16, 4, 8)}
+
+
 def spec_for(kind: str, digit_bits: int) -> DigitSpec:
     """The comparison of ``kind`` with digits of ``digit_bits`` (5 or 10: W - 1 = 20 or 40)."""
     frac_bits, low_bits = KINDS[kind]
@@ -138,6 +146,13 @@ def ltz_share(share: torch.Tensor, spec: DigitSpec, dealer, rank: int, in_bits: 
 def ltz_ring(share: torch.Tensor, dealer, rank: int) -> torch.Tensor:
     """Share (scale 1) of [x < 0] for ANY ring value x (exact, whatever its scale or size)."""
     return ltz_share(share, RING_SPECS[dealer.name], dealer, rank, in_bits=0)
+
+
+def ltz_bounded(share: torch.Tensor, dealer, rank: int, in_bits: int = 16) -> torch.Tensor:
+    """Share (scale 1) of [x < 0] for x at ``in_bits`` fractional bits with |x| * 2^in_bits < 2^32
+    (|x| < 2^16 at 16 bits; exact there, no truncation; ``BOUNDED_SPECS``): one opening with TFP."""
+    spec = BOUNDED_SPECS[dealer.name]
+    return ltz_share(share, DigitSpec(in_bits, spec.digits, spec.digit_bits), dealer, rank, in_bits=in_bits)
 
 
 def ltz_small(share: torch.Tensor, bits: int, dealer, rank: int) -> torch.Tensor:

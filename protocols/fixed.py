@@ -96,3 +96,19 @@ def fixed_product(dealer, rank: int, x_share: torch.Tensor, fixed: FixedOperand,
     left = a_share + d if rank == 0 else a_share  # party 0 adds the public d∘e
     b_t, e_t = fixed.for_kind(kind, x_share.shape)
     return c_share + apply(kind, d, fixed.mask_share, b_t) + apply(kind, left, fixed.opened, e_t)
+
+
+def fix_and_multiply(dealer, rank: int, w_share: torch.Tensor, x_share: torch.Tensor, kind: str
+                     ) -> tuple[FixedOperand, torch.Tensor]:
+    """Mask W (:func:`make_fixed`) and take x∘W in ONE round: e = W - B and d = x - A are opened
+    together. Returns (the fixed operand, the share of x∘W at both scales' product)."""
+    key, b_share = dealer.new_mask(w_share.shape)
+    b_share = b_share.contiguous()
+    a_share, c_share = dealer.triple(key, kind, x_share.shape, w_share.shape, None)
+    w_masked, x_masked = w_share - b_share, x_share - a_share
+    both = open_ring(torch.cat([w_masked.reshape(-1), x_masked.reshape(-1)]))
+    e = both[: w_masked.numel()].reshape(w_share.shape).contiguous()
+    d = both[w_masked.numel():].reshape(x_share.shape)
+    fixed = FixedOperand(key, b_share, e, "selection")
+    left = a_share + d if rank == 0 else a_share
+    return fixed, c_share + apply(kind, d, b_share) + apply(kind, left, e)

@@ -272,15 +272,16 @@ def tree_max(x, with_index: bool = False, nm: Numerics = CRYPTEN):
     return (x, idx) if with_index else x
 
 
-def group_max(x, with_index: bool = False, nm: Numerics = CRYPTEN):
-    """Max over the last dim by all-pairs comparisons in groups of ``nm.approx.max_arity`` (g):
+def group_max(x, with_index: bool = False, nm: Numerics = CRYPTEN, arity: int | None = None):
+    """Max over the last dim by all-pairs comparisons in groups of ``arity`` (g; default
+    ``nm.approx.max_arity``):
     each level is one comparison layer (g(g-1)/2 per group), one equality test per element (the
     winner beats the g-1 others: [wins == g-1], a dealer table lookup) and one selection product,
     so the depth is ceil(log_g n) levels instead of ceil(log2 n). Ties go to the lower index."""
     from protocols import digits
 
     crypten = _crypten()
-    g_max = nm.approx.max_arity
+    g_max = arity or nm.approx.max_arity
     idx = None
     if with_index:
         idx = crypten.cryptensor(torch.arange(x.shape[-1], dtype=torch.float32).expand(x.shape).contiguous(),

@@ -22,10 +22,12 @@ A construction turns the keys into secret *keep bits* (exactly k ones per row):
 
 ``compact`` then makes the one-hot [H, k, n] in ascending position order, see there.
 
-Comparisons: CrypTen's exact circuit (~8 rounds), or with a ``dealer`` (the fast presets) the
-dealer-assisted digit comparison over the whole ring (``digits.ltz_ring``: exact too, 3 rounds with
-TFP); with a dealer the count against k is a one-digit comparison (1 round) and the compaction's
-one-hot one opening of v + r (``digits.onehot_share``) instead of a binary conversion.
+Comparisons: CrypTen's exact circuit (~8 rounds), or with a ``dealer`` the dealer-assisted digit
+comparison: of the keys over the whole ring (``digits.ltz_ring``: exact too, 2 rounds with TFP), or
+for all-pairs (``TopkConfig.compare="bounded"``, the default) of the score differences themselves,
+|s_i - s_j| < 2^16, in one digit (``digits.ltz_bounded``: 1 round); with a dealer the count against
+k is a one-digit comparison (1 round) and the compaction's one-hot one opening
+(``digits.onehot_share``) instead of a binary conversion (with TFP without the product either).
 """
 
 from __future__ import annotations
@@ -55,10 +57,15 @@ class TopkConfig:
     value_bits: int = 12  # bisect: scores must satisfy |s| < 2^value_bits
     radix_bits: int = 2  # bisect: bits of the threshold found per step (2^r - 1 candidates at once)
     allpairs_max_pairs: int = 1 << 17  # auto: all-pairs up to this many comparisons per call
+    # With a dealer: "bounded" compares score differences |s_i - s_j| < 2^16 in one digit (all-pairs,
+    # the maxima: selectcmp.BoundedNumerics; 1 round), "ring" the keys over the whole ring (2 rounds).
+    compare: str = "bounded"
 
     def __post_init__(self):
         if self.method not in ("auto", *METHODS):
             raise UserError(f"unknown top-k method {self.method!r} (auto, {', '.join(METHODS)})")
+        if self.compare not in ("bounded", "ring"):
+            raise UserError(f"unknown top-k comparison {self.compare!r} (bounded, ring)")
 
 
 def choose(heads: int, n: int, k: int, config: TopkConfig) -> str:
@@ -169,6 +176,25 @@ def keep_allpairs(key, k: int, dealer=None) -> torch.Tensor:
     return _public(torch.ones_like(rank)) - _ge_count(rank, k, n, dealer)
 
 
+def keep_allpairs_bounded(scores, k: int, forced: torch.Tensor | None, dealer) -> torch.Tensor:
+    """All-pairs on the scores themselves (no keys): for i < j, j beats i iff s_i - s_j < 0 (equal
+    scores: the lower index wins, the keys' rule), one bounded comparison each (|s_i - s_j| < 2^16);
+    a pair with a forced item has a public outcome (forced first, then the lower index)."""
+    n = scores.shape[-1]
+    i, j = torch.triu_indices(n, n, 1)
+    in_bits = round(math.log2(scores.encoder.scale))
+    below = digits.ltz_bounded(scores.share[..., i] - scores.share[..., j], dealer, nl._rank(), in_bits)
+    if forced is not None:
+        f = forced.to(torch.bool).expand(scores.shape)
+        fi, fj = f[..., i], f[..., j]
+        below = torch.where(fi | fj, _public((fj & ~fi).to(torch.long)), below)
+    ones = _public(torch.ones_like(below))
+    rank = torch.zeros_like(scores.share)
+    rank.index_add_(-1, i, below)
+    rank.index_add_(-1, j, ones - below)
+    return _public(torch.ones_like(rank)) - _ge_count(rank, k, n, dealer)
+
+
 def _ge_count(count: torch.Tensor, k: int, n: int, dealer=None) -> torch.Tensor:
     """Share of [count >= k] for a secret count in [0, n]: with a dealer a one-digit comparison
     (1 round), else CrypTen's circuit."""
@@ -238,7 +264,8 @@ def compact(keep: torch.Tensor, k: int, out_bits: int = 16, dealer=None):
     once, its L = ceil(log2(w+1)) low bits back to arithmetic, and the one-hot over 2^L values is a
     product tree (level j: 2^j products; L-1 rounds). Per item: one comparison-sized conversion
     plus < 2w products, instead of k equality tests (each costing a comparison). With a ``dealer``
-    the one-hot of v is one opening of v + r and table entries (``digits.onehot_share``, 1 round).
+    no product either: the one-hot of a linear z that equals v where kept is one opening of z + r
+    and table entries (``digits.onehot_share``, 1 round).
     """
     from crypten.mpc.ptype import ptype as Ptype
 
@@ -246,9 +273,18 @@ def compact(keep: torch.Tensor, k: int, out_bits: int = 16, dealer=None):
     lo = torch.clamp(k - (n - 1 - torch.arange(n)), min=1)  # [n]
     w = min(k, n - k + 1)
     shifted = keep.cumsum(-1) - _public(lo - 1).expand(keep.shape)
+    if dealer is not None and dealer.name == "tfp":
+        # TFP, no product: z = shifted - (1 - keep) S is linear. A kept item's z = v in 1..w; a dropped
+        # one's lies in [-n - S, n - S], which mod 2S is [S - n, S + n], never 0..w (S > n + w).
+        # So the one-hot of z mod 2S over 0..w is the one of v (one opening of z + r, 1 round).
+        bits = math.ceil(math.log2(n + w + 1)) + 1
+        big = 1 << (bits - 1)
+        z = shifted - (_public(torch.ones_like(keep)) - keep) * big
+        onehot = digits.onehot_share(z, w + 1, bits, dealer, nl._rank())  # [H, n, w + 1]
+        return _place(onehot, lo, w, k, keep.shape, out_bits)
     v = _ring(nl._ring_mul(_ring(keep), _ring(shifted)))
     levels = max(1, math.ceil(math.log2(w + 1)))
-    if dealer is not None:
+    if dealer is not None:  # a TTP dealer's tables grow with 2^bits: the product, then 2^levels
         onehot = digits.onehot_share(v.share, w + 1, levels, dealer, nl._rank())  # [H, n, w + 1]
         return _place(onehot, lo, w, k, keep.shape, out_bits)
     binary = v._to_ptype(Ptype.binary)
@@ -282,6 +318,8 @@ def select(scores, k: int, forced: torch.Tensor | None = None, config: TopkConfi
     heads, n = scores.shape[0], scores.shape[-1]
     check_topk(scores.shape, k, forced)
     method = choose(heads, n, k, config)
+    if k < n and method == "allpairs" and dealer is not None and config.compare == "bounded":
+        return compact(keep_allpairs_bounded(scores, k, forced, dealer), k, dealer=dealer)
     scale_bits = round(math.log2(scores.encoder.scale))
     key = keys(scores, forced, config.value_bits + scale_bits if method == "bisect" else None, dealer)
     if k == n:  # everything is kept: no comparison

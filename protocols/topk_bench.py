@@ -16,6 +16,7 @@ import time
 import torch
 
 from mpcache.backend import PlainBackend
+from protocols import selectcmp
 from protocols.accounting import NETWORKS, Cost, diff, total
 from protocols.backend import MPCBackend, reveal
 from protocols.runtime import DEALER_NOTE, Party
@@ -42,19 +43,23 @@ def measure(backend: MPCBackend, scores, k: int, method: str) -> tuple[Cost, obj
     return total(diff(backend.meter.snapshot(), before)), onehot
 
 
-def calibrate(backend: MPCBackend, heads: int) -> dict:
-    """Cost of one layer of 4096 comparisons (the top-k's: CrypTen's ltz, or the dealer's ring
-    comparison with a fast preset): bytes per comparison and rounds per layer."""
+def calibrate(backend: MPCBackend, heads: int, compare: str | None = None) -> dict:
+    """Cost of one layer of 4096 comparisons (the top-k's: CrypTen's ltz, or the dealer's
+    comparison of bounded differences or over the ring, ``compare``; default: the backend's):
+    bytes per comparison and rounds per layer."""
     x = backend.crypten.cryptensor(torch.randn(heads, 4096), src=0)
+    nm = selectcmp.numerics(backend.approx, backend.dealer, compare or backend.topk_config.compare)
     before = backend.meter.snapshot()
     with backend.meter.phase("calibrate"):
-        backend._select_nm.ltz(x)
+        nm.ltz(x)
     c = total(diff(backend.meter.snapshot(), before))
     return {"bytes_per_compare": c.online_bytes / (heads * 4096), "rounds_per_layer": c.rounds}
 
 
 def estimate(method: str, heads: int, n: int, k: int, cal: dict, radix_bits: int = 1) -> dict:
-    """Comparisons and sequential comparison layers of the selection step (compaction apart)."""
+    """Comparisons and sequential comparison layers of the selection step (compaction apart).
+    ``cal``: :func:`calibrate` of the comparison the method uses (all-pairs: bounded differences;
+    the others compare ring keys)."""
     log2n = max(1, math.ceil(math.log2(n)))
     if method == "argmax":
         compares, layers = k * (n - 1 + 2 * n), k * (log2n + 1)
@@ -77,7 +82,8 @@ def run(party: Party, args) -> int:
     backend = MPCBackend(party, Approximations.preset(args.approx))
     crypten = backend.crypten
     log(party, DEALER_NOTE[party.dealer])
-    cal = calibrate(backend, args.heads)
+    cals = {c: calibrate(backend, args.heads, c) for c in selectcmp.COMPARES}
+    cal = cals[backend.topk_config.compare]
     log(party, f"one comparison: {cal['bytes_per_compare']:.0f} B, "
                f"{cal['rounds_per_layer']} rounds per layer")
     if party.is_server:
@@ -90,7 +96,8 @@ def run(party: Party, args) -> int:
         for k in args.k or default_ks(n):
             k = min(k, n)
             for method, radix in variants(methods, args.bisect_radix):
-                est = estimate(method, args.heads, n, k, cal, radix or 1)
+                bounded = method == "allpairs" and backend.topk_config.compare == "bounded"
+                est = estimate(method, args.heads, n, k, cals["bounded" if bounded else "ring"], radix or 1)
                 config = TopkConfig(method, radix_bits=radix or 1)
                 record = {"kind": "topk", "n": n, "k": k, "heads": args.heads, "method": method,
                           "label": label(method, radix), "radix_bits": radix, "dealer": party.dealer,

@@ -161,9 +161,34 @@ def check_topk(party, out: str, methods: list[str], approx: str = "v1") -> int:
             scores = crypten.cryptensor(case["scores"], src=0)
             got.append(reveal(backend.topk(scores, case["k"], case["forced"], method=method)).tolist())
         record["onehots"][method] = got
+    from protocols.topk import TopkConfig
+
+    backend.topk_config = TopkConfig(compare="ring")  # the keys over the whole ring (bounded: default)
+    ring = [backend.topk(crypten.cryptensor(c["scores"], src=0), c["k"], c["forced"], method="allpairs")
+            for c in topk_cases()]
+    record["ring_allpairs"] = [reveal(onehot).tolist() for onehot in ring]
+    backend.topk_config = TopkConfig()
+    record["maxima"] = []
+    for x in maxima_cases():  # binary (rows of 9) and grouped (rows of 128) tournaments
+        secret = crypten.cryptensor(x, src=0)
+        record["maxima"].append({"x": x.tolist(), "amax": reveal(backend.amax(secret, -1)).tolist(),
+                                 "argmin": reveal(backend.argmin(secret)).tolist()})
     if party.is_client:
         Path(out).write_text(json.dumps(record))
     return 0
+
+
+def maxima_cases() -> list:
+    """Rows with ties (first index must win the argmin), differences near the bounded comparison's
+    2^16 and of one unit (2^-16)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(5)
+    ties = torch.randint(-2, 3, (3, 9), generator=gen).float()
+    near = torch.tensor([[30000.0, -30000.0, 29999.5, -29999.0, 0.0, 2**-16, -(2**-16), 32000.0, -32000.0]])
+    wide = torch.randint(-4, 4, (9, 128), generator=gen).float() * 0.25
+    wide[0, [3, 77]] = -9.0  # a tied minimum: the lower index wins
+    return [ties, near, wide]
 
 
 def check_mul_hi(party, out: str, elements: int) -> int:

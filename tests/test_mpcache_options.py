@@ -105,10 +105,10 @@ def test_forced_clusters_are_inside_the_budget(options):
     length, budget = 413, 0.2  # n = 83 >= s1 + 2*s2: room for the forced clusters and the tail
     k, _, keys = _decode_once(length, budget, **options)
     assert keys.shape[1] <= math.ceil(budget * length)
-    full = length // 32 * 32
+    full, s2 = length // 32 * 32, make_policy("mpcache", budget, **{"preset": "paper", **options}).s2
     for h in range(3):  # sink cluster, last full cluster and the tail are among the attended keys
         rows = _rows(k[h], keys[h])
-        assert set(range(16)) | set(range(full - 16, length)) <= set(rows)
+        assert set(range(s2)) | set(range(full - s2, length)) <= set(rows)
 
 
 def test_level2_token_max_picks_the_clusters_with_the_best_single_key():
@@ -126,7 +126,7 @@ def test_unknown_option_values_are_user_errors():
     from mpcache.errors import UserError
 
     for key, value in (("static_heads", "all"), ("score", "cosine"), ("group", "mean"), ("score2", "x"),
-                       ("preset", "fast")):
+                       ("preset", "fast"), ("recent", 1.0), ("recent", -0.1)):
         with pytest.raises(UserError, match=key):
             make_policy("mpcache", 0.1, **{key: value})
 
@@ -138,6 +138,17 @@ def test_maxnorm_lets_each_query_head_rank_its_own_best_cluster_first():
     assert combine(s, "sum", BACKEND).tolist() == [[11.0, 16.0, 32.0]]  # head 1's scale dominates
     assert combine(s, "max", BACKEND).tolist() == [[10.0, 11.0, 30.0]]
     assert combine(s, "maxnorm", BACKEND).tolist() == [[-4.0, 0.0, 0.0]]  # both favourites on top
+    # meannorm: minus each head's mean (8/3 and 17): head 0's favourite is 2.33 above its mean
+    torch.testing.assert_close(combine(s, "meannorm", BACKEND), torch.tensor([[-5 / 3, 7 / 3, 13.0]]))
+
+
+def test_qsum_scores_clusters_by_the_best_key_for_the_summed_query():
+    length = 256
+    k, q, keys = _decode_once(length, 0.25, score2="max", hierarchy=False, force_ends=False, group="qsum")
+    for h in range(3):
+        logits = q[h * 3 : (h + 1) * 3, 0].sum(0) @ k[h].T  # [n]: one query per KV head
+        chosen = sorted(torch.topk(logits.reshape(length // 16, 16).amax(-1), 4).indices.tolist())
+        assert _rows(k[h], keys[h]) == [16 * c + i for c in chosen for i in range(16)]
 
 
 @pytest.mark.parametrize("force_last", [True, False])
@@ -150,7 +161,7 @@ def test_force_last_false_forces_only_the_sink_cluster(force_last):
         noise = 0.1 * torch.rand(16, 8, generator=gen)
         k[h, length - 16 :] = -10.0 * q[h * g : (h + 1) * g, 0].sum(0) - noise
     policy = make_policy("mpcache", 0.25, static=False, share=False, hierarchy=False, score2="max",
-                         group="sum", force_last=force_last)
+                         group="sum", force_last=force_last, s2=16)
     cache = LayerCache()
     cache.append(k, v, BACKEND)
     policy.after_prefill(0, PromptInfo(None, None, num_layers=1), cache, BACKEND)
@@ -164,10 +175,13 @@ def test_force_last_false_forces_only_the_sink_cluster(force_last):
 # The options under 2PC (random:tiny, plaintext prefill): same tokens and cache lengths as the
 # plaintext simulation of the MPC numerics, selection traffic where expected (~90 s).
 MPC_SPECS = [
-    "mpcache:s1=16:s2=8:preset=paper:static_heads=kv:window_free=true:score=signed:alpha=1:group=maxnorm@0.1",
-    "mpcache:s1=16:s2=8:static=false:hierarchy=false:score2=max:group=maxnorm:share=false@0.1",
+    "mpcache:s1=16:s2=8:preset=paper:static_heads=kv:window_free=true:score=signed:alpha=1:group=maxnorm:recent=0.5@0.2",
+    "mpcache@0.1",  # the default (preset=retrieval, s2=4); its s1=16:s2=8 form is in test_mpc_policies
     "mpcache:s1=16:s2=8:preset=paper:share_skip=0:score2=max:group=max:force_last=false@0.1",
 ]
+# The cheaper group variants of the default (issue 12), with the fast preset's numerics.
+MPC_GROUPS = ["mpcache:s1=16:s2=8:group=meannorm@0.1", "mpcache:s1=16:s2=8:group=qsum@0.1",
+              "mpcache:s1=16:s2=8:group=max@0.1"]
 
 
 @pytest.mark.slow
@@ -181,6 +195,19 @@ def test_options_under_mpc_match_plaintext(tmp_path):
     check_runs(record, 256, 3)
 
 
+@pytest.mark.slow
+def test_group_variants_under_mpc_match_plaintext(tmp_path):
+    from tests.test_mpc_policies import check_runs
+    from tests.test_mpc_two_party import run_parties
+
+    record = run_parties(tmp_path, "--policy", ",".join(MPC_GROUPS), "--prompt-len", "256",
+                         "--approx", "fast", "--prefill", "plaintext", "--new-tokens", "3",
+                         "--timeout", "300",
+                         timeout=1500)
+    assert [r["policy"] for r in record["runs"]] == MPC_GROUPS
+    check_runs(record, 256, 3, approx="fast")
+
+
 def test_presets_set_the_option_group_and_explicit_options_win():
     from mpcache.policies import parse_spec
     from mpcache.policies.mpcache import PRESETS, MPCachePolicy
@@ -192,6 +219,8 @@ def test_presets_set_the_option_group_and_explicit_options_win():
     assert group(parse_spec("mpcache", 0.1)) == tuple(default[k] for k in ("static", "hierarchy", "share",
                                                                             "score2", "group"))
     assert group(parse_spec("mpcache:preset=retrieval", 0.1)) == (False, False, False, "max", "maxnorm")
+    assert (parse_spec("mpcache", 0.1).s2, parse_spec("mpcache:preset=paper", 0.1).s2) == (4, 16)
+    assert parse_spec("mpcache:s2=8", 0.1).s2 == 8
     assert group(parse_spec("mpcache:preset=paper", 0.1)) == (True, True, True, "summary", "sum")
     explicit = parse_spec("mpcache:preset=paper:share=off:score2=max", 0.1)
     assert group(explicit) == (True, True, False, "max", "sum")
@@ -213,3 +242,65 @@ def test_token_max_without_hierarchy_builds_no_summaries():
         keys, _ = policy.decode_kv(0, torch.randn(9, 1, 8, generator=gen), cache, BACKEND)
         assert ("summaries" in cache.state) == stored and (policy.extra_nbytes(cache) > 0) == stored
         assert keys.shape[1] <= math.ceil(0.25 * length)
+
+
+@pytest.mark.parametrize("preset", ["retrieval", "paper"])
+@pytest.mark.parametrize("recent", [0.0, 0.5])
+def test_recent_window_is_always_attended_inside_the_budget(preset, recent):
+    # The newest 80 tokens score far below every other key: only the recent option keeps them
+    # (besides the tail and, with force_last, the last full cluster).
+    length, budget, g = 512, 0.25, 3
+    gen = torch.Generator().manual_seed(11)
+    k, v = torch.randn(2, 3, length, 8, generator=gen)
+    q = torch.randn(9, 1, 8, generator=gen)
+    for h in range(3):
+        noise = 0.1 * torch.rand(80, 8, generator=gen)
+        k[h, length - 80 :] = -10.0 * q[h * g : (h + 1) * g, 0].sum(0) - noise
+    policy = make_policy("mpcache", budget, preset=preset, static=False, share=False, recent=recent)
+    cache = LayerCache()
+    cache.append(k, v, BACKEND)
+    policy.after_prefill(0, PromptInfo(None, None, num_layers=1), cache, BACKEND)
+    keys, values = policy.decode_kv(0, q, cache, BACKEND)
+    n_budget = math.ceil(budget * length)
+    assert keys.shape[1] <= n_budget and keys.shape[1] > n_budget - 32 - 16  # budget used, not exceeded
+    window = math.floor(recent * n_budget)  # 64 of the 128 attended
+    for h in range(3):
+        rows = _rows(k[h], keys[h])
+        assert set(range(policy.s2)) <= set(rows)  # the sink cluster stays forced
+        assert set(range(length - window, length)) <= set(rows)
+        if not recent:  # without the window the low-scoring newest tokens are not all kept
+            assert not set(range(length - 64, length)) <= set(rows)
+        assert torch.equal(values[h], v[h, rows])
+
+
+@pytest.mark.parametrize("ends", [(True, True), (True, False), (False, False)])
+def test_top_by_parents_is_the_one_shot_top_k(ends):
+    # The default finds its top k2 clusters of 4 through parents of 16: the same set as one top-k
+    # (exactly without ties; with ties, the same multiset of scores).
+    from mpcache.policies.clusters import top
+
+    gen = torch.Generator().manual_seed(5)
+    policy = make_policy("mpcache", 0.1, s2=4, parents=16, force_ends=ends[0], force_last=ends[1])
+    two_stage = 0
+    for count in (32, 128, 512):
+        for k2 in (2, 5, count // 10, count // 4 - 1, count // 4, count // 2):
+            for scores in (torch.randn(3, count, generator=gen),
+                           torch.randint(0, 4, (3, count), generator=gen).float()):  # many ties
+                ref = top(BACKEND, scores, k2, policy._forced(count, 3))
+                got = policy._top_by_parents(scores, k2, BACKEND)
+                assert got.shape == ref.shape and bool((got[:, 1:] > got[:, :-1]).all())  # ascending
+                if ends[0]:
+                    assert bool((got[:, 0] == 0).all()) and bool((got[:, -1] == count - 1).all()) == ends[1]
+                assert torch.equal(scores.gather(1, got).sort().values, scores.gather(1, ref).sort().values)
+                if scores.unique().numel() == scores.numel():
+                    assert torch.equal(got, ref)
+                two_stage += k2 * 4 < count
+    assert two_stage > 10  # the two-stage path really ran
+
+
+def test_parents_must_split_s1_into_whole_children():
+    from mpcache.errors import UserError
+
+    for bad in (dict(s2=4, parents=6), dict(s2=4, parents=4), dict(s1=32, s2=4, parents=64)):
+        with pytest.raises(UserError, match="parents"):
+            make_policy("mpcache", 0.1, **bad)

@@ -60,12 +60,21 @@ def test_every_construction_selects_the_plaintext_set_in_order_under_mpc(tmp_pat
             assert ((onehot == 0) | (onehot == 1)).all() and (onehot.sum(-1) == 1).all(), method
             picked = onehot.argmax(-1)
             assert torch.equal(picked, expected), f"{method}: {picked.tolist()} vs {expected.tolist()}"
+    for case, got in zip(r["cases"], r["ring_allpairs"], strict=True):  # keys over the whole ring
+        forced = None if case["forced"] is None else torch.tensor(case["forced"])
+        expected = plain.topk(torch.tensor(case["scores"]), case["k"], forced)
+        assert torch.equal(torch.tensor(got).round().argmax(-1), expected), "allpairs, ring keys"
+    for case in r["maxima"]:  # the selections' maxima and argmin: exact, ties to the lower index
+        x = torch.tensor(case["x"])
+        assert torch.allclose(torch.tensor(case["amax"]), x.amax(-1), atol=1e-4), x
+        onehot = torch.tensor(case["argmin"]).round()  # [H, 1, n]
+        assert (onehot.sum(-1) == 1).all() and torch.equal(onehot[:, 0].argmax(-1), x.argmin(-1))
 
 
 def test_bench_topk_measures_and_skips_what_would_blow_up(tmp_path):
     out = tmp_path / "topk.jsonl"
     proc = mpcache("bench", "topk", "--sizes", "4,32", "--k", "2", "--methods", "allpairs",
-                   "--max-bytes", "20000", "--json", str(out))
+                   "--max-bytes", "5000", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     ran, skipped = [json.loads(line) for line in out.read_text().splitlines()]
     assert (ran["n"], ran["k"], ran["method"]) == (4, 2, "allpairs") and ran["correct"] is True
@@ -77,3 +86,19 @@ def test_bench_topk_measures_and_skips_what_would_blow_up(tmp_path):
 def test_bench_topk_bad_method_is_one_line_exit_2(tmp_path):
     proc = mpcache("bench", "topk", "--methods", "sorting", "--json", str(tmp_path / "x.jsonl"), timeout=60)
     assert proc.returncode == 2 and "--methods" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bounded_comparisons_with_a_ttp_dealer_select_the_plaintext_set(tmp_path):
+    """A TTP dealer compares bounded differences in 4 digits of 8 bits (tables): same selections."""
+    r = run_parties(tmp_path, "--check-topk", "allpairs", "--approx", "fast", "--dealer", "ttp", nproc=3,
+                    timeout=600)
+    plain = PlainBackend()
+    for case, got in zip(r["cases"], r["onehots"]["allpairs"], strict=True):
+        forced = None if case["forced"] is None else torch.tensor(case["forced"])
+        expected = plain.topk(torch.tensor(case["scores"]), case["k"], forced)
+        assert torch.equal(torch.tensor(got).round().argmax(-1), expected)
+    for case in r["maxima"]:
+        x = torch.tensor(case["x"])
+        assert torch.allclose(torch.tensor(case["amax"]), x.amax(-1), atol=1e-4), x
+        assert torch.equal(torch.tensor(case["argmin"]).round()[:, 0].argmax(-1), x.argmin(-1))

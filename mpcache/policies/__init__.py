@@ -72,9 +72,9 @@ def parse_spec(spec: str, budget: float = 1.0) -> Policy:
 
 def _convert(key: str, raw: str, default, kind: str = ""):
     """``raw`` as the field's type: that of its default, or for a None default the annotation's
-    first type (``bool | None`` -> bool, ``str | None`` -> str, else float)."""
-    if default is None and kind.startswith(("bool", "str")):
-        default = False if kind.startswith("bool") else ""
+    first type (``bool | None`` -> bool, ``str | None`` -> str, ``int | None`` -> int, else float)."""
+    if default is None and kind.startswith(("bool", "str", "int")):
+        default = {"b": False, "s": "", "i": 0}[kind[0]]
     try:
         if isinstance(default, bool):
             if raw.lower() not in ("true", "false", "1", "0", "on", "off"):

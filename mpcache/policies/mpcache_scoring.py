@@ -19,7 +19,7 @@ from mpcache.backend import Backend, Tensor
 
 STATIC_HEADS = ("mean", "kv")
 SCORES = ("linear", "signed")
-GROUP = ("sum", "max", "maxnorm")
+GROUP = ("sum", "max", "maxnorm", "meannorm", "qsum")
 SCORES2 = ("summary", "max")
 
 
@@ -60,9 +60,12 @@ def cluster_scores(
     """Scores [Hkv, C] of the clusters for the decode queries ``q`` [Hkv, g, d].
 
     ``base``/``rng`` [Hkv, C, d] from :func:`summaries`. ``group`` combines the query heads of a KV
-    head: sum (one matmul with the summed query when linear), max, or maxnorm (see :func:`combine`)."""
+    head: sum (one matmul with the summed query when linear), qsum (the summed query, also when
+    signed), max, maxnorm or meannorm (see :func:`combine`)."""
     hkv, g, _ = q.shape
-    if rng is None and group == "sum":
+    if group == "qsum":
+        q = backend.sum(q, 1, keepdim=True)
+    if rng is None and group in ("sum", "qsum"):
         qs = backend.sum(q, 1, keepdim=True)
         return backend.matmul_t(qs, base).reshape(hkv, -1)
     s = backend.matmul_t(q, base)  # [Hkv, g, C]
@@ -72,18 +75,26 @@ def cluster_scores(
 
 
 def combine(s: Tensor, group: str, backend: Backend) -> Tensor:
-    """[Hkv, g, C] per query head -> [Hkv, C]: sum, max, or maxnorm (max over the heads of each
-    head's score minus its best cluster's, so every head's favourite clusters rank first)."""
-    if group == "sum":
+    """[Hkv, g, C] per query head -> [Hkv, C]: sum (qsum: one head left), max, maxnorm (max over the
+    heads of each head's score minus its best cluster's, so every head's favourite clusters rank
+    first) or meannorm (minus the head's mean over the clusters: linear, no comparisons; a head's
+    favourites rank by how far they stand above its average cluster)."""
+    if group in ("sum", "qsum"):
         return backend.sum(s, 1)
     if group == "maxnorm":
         s = s - backend.amax(s, 2, keepdim=True)
+    elif group == "meannorm":
+        s = s - backend.sum(s, 2, keepdim=True) * (1.0 / s.shape[2])
     return backend.amax(s, 1)
 
 
 def token_max_scores(q: Tensor, keys: Tensor, size: int, group: str, backend: Backend) -> Tensor:
     """Scores [Hkv, n/size] of contiguous clusters of ``size`` keys [Hkv, n, d]: the max over each
-    cluster's tokens of q.k (a matmul, then comparisons; no exp), combined over the group by sum or max."""
+    cluster's tokens of q.k (a matmul, then comparisons; no exp), combined over the group (see
+    :func:`combine`); qsum sums the group's queries first: one max per KV head (g times fewer
+    comparisons), the max of the summed logits instead of a combination of per-head maxima."""
+    if group == "qsum":
+        q = backend.sum(q, 1, keepdim=True)
     hkv, g, _ = q.shape
     logits = backend.matmul_t(q, keys)  # [Hkv, g, n]
     best = backend.amax(logits.reshape(hkv, g, keys.shape[1] // size, size), 3)

@@ -122,3 +122,47 @@ def test_chunks_of_a_sweep_merge_by_sample_count():
     assert "| h2o | 0.2 / 200 |  |" in table(merged)
     full_only = table(merge_chunks([chunks[2]])).splitlines()  # no budget below 1: header and rule agree
     assert full_only[1:4] == ["| policy | 100 % |", "|---|---|", "| full | 1 / 200 |"]
+
+
+def test_summary_table_merges_files_and_marks_copied_cells(tmp_path):
+    import json
+
+    base = {"task": "needle", "length": 2000, "seed": 0, "model": "m", "max_new_tokens": 24,
+            "mean_attended_tokens": 200.0, "kv_bytes": 9_000_000}
+    measured = [
+        {**base, "policy": "locret", "budget": 0.1, "first_sample": 0, "samples": 5, "accuracy": 0.2,
+         "extra_params": 3_700_000, "train_seconds": 624.0},
+        {**base, "policy": "locret", "budget": 0.1, "first_sample": 5, "samples": 5, "accuracy": 0.0,
+         "extra_params": 3_700_000, "train_seconds": 624.0},
+        {**base, "policy": "cand:x=1", "budget": 0.1, "first_sample": 0, "samples": 10, "accuracy": 0.9,
+         "time": "2026-01-01T00:00:00Z"},
+        {**base, "policy": "cand", "budget": 0.1, "first_sample": 0, "samples": 1, "accuracy": 1.0,
+         "kv_bytes": 5_000_000, "time": "2026-02-01T00:00:00Z"},  # newer code, one sample
+        {**base, "task": "ppl", "policy": "full", "budget": 1.0, "first_sample": 0, "samples": 10,
+         "perplexity": 22.28, "kv_bytes": 93_000_000},
+    ]
+    copied = {"task": "needle", "length": 2000, "seed": 0, "model": "m", "source": "README table"}
+    sourced = [{**copied, "policy": "full", "budget": 1.0, "samples": 30, "accuracy": 0.967},
+               {**copied, "policy": "cand", "budget": 0.1, "samples": 10, "accuracy": 0.5}]
+    files = []
+    for name, recs in (("a.jsonl", measured), ("b.jsonl", sourced)):
+        files.append(tmp_path / name)
+        files[-1].write_text("".join(json.dumps(r) + "\n" for r in recs))
+    proc = run_cli("table", *map(str, files), "--alias", "cand:x=1=>cand", "--rows", "full,cand,locret,nope",
+                   "--needle-lengths", "2000", "--budgets", "0.05,0.1")
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in proc.stdout.splitlines()
+            if line.startswith("| ")}
+    # columns: needle 5 %, 10 %, ppl 5 %, 10 %, kv_bytes, extra params, training
+    assert rows["policy"][:2] == ["needle L=2000 5 %", "needle L=2000 10 %"]
+    # budget-less full fills every budget column; its copied cells carry the footnote
+    assert rows["full"][:4] == ["0.967 (29/30) [^1]", "0.967 (29/30) [^1]", "22.3 (10)", "22.3 (10)"]
+    assert rows["full"][4:] == ["93.0 MB (ppl, 10)", "0", "none |"]
+    # same samples: the measured record (through its alias) beats the copied one;
+    # accuracy from the most samples, kv_bytes from the newest record
+    assert rows["cand"][:2] == ["–", "0.900 (9/10)"] and rows["cand"][4] == "5.0 MB (needle, 1)"
+    # two chunks merge into 10 samples; trained policies show their parameters and training time
+    assert rows["locret"] == ["–", "0.100 (1/10)", "–", "–", "9.0 MB (needle, 10)", "3.70 M", "624 s |"]
+    assert rows["nope"] == ["–"] * 6 + ["– |"]
+    assert "[^1]: README table" in proc.stdout
+    assert run_cli("table", str(files[0]), "--alias", "no-arrow").returncode == 2

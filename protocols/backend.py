@@ -271,10 +271,14 @@ class MPCBackend(Backend):
     def _fixed_selection(self, selection) -> FixedOperand:
         """A one-hot masked once (opens sel - B, as a Beaver product would), so that its products
         with fresh rows (a gather, then the scatter back) open only those rows."""
-        fixed = self._lookup(selection)
+        return self._mask_once(selection, "selection")
+
+    def _mask_once(self, x, kind: str) -> FixedOperand:
+        """x's registered mask, made (one opening of x - B) on first use."""
+        fixed = self._lookup(x)
         if fixed is None:
-            fixed = make_fixed(self.dealer, selection._tensor.share, "selection")
-            self._register(selection, fixed)
+            fixed = make_fixed(self.dealer, x._tensor.share, kind)
+            self._register(x, fixed)
         return fixed
 
     def argmin(self, scores):
@@ -321,8 +325,8 @@ class MPCBackend(Backend):
     def fix(self, x):
         """Mask x once (a cache rebuilt by eviction): later products with x or its views open only
         the other operand."""
-        if self.mask_reuse and not torch.is_tensor(x) and self._lookup(x) is None:
-            self._register(x, make_fixed(self.dealer, x._tensor.share, "kv"))
+        if self.mask_reuse and not torch.is_tensor(x):
+            self._mask_once(x, "kv")
         return x
 
     def amax(self, x, dim: int, keepdim: bool = False):

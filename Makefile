@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 # and a per-token cost table vs plaintext. Takes ~5-10 minutes on 2 CPU cores (SmolLM2 under MPC
 # costs ~10-45 s per token here, depending on load).
 demo: setup
-	$(BIN)/python examples/two_party.py --max-new-tokens 12 --approx fast --plaintext-compare --prompt "$(DEMO_PROMPT)"
+	$(BIN)/python examples/two_party.py --max-new-tokens 12 --plaintext-compare --prompt "$(DEMO_PROMPT)"
 
 # Private chat, one party per terminal (CHAT_ARGS="--addr HOST --port P ..." for each; see
 # `.venv/bin/mpcache chat --help`). TTP by default: start all three.

@@ -20,6 +20,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mpcache.backend import MPC_DEFAULT  # noqa: E402
+
 RATE_BITS = {"gbit": 1e9, "mbit": 1e6}
 
 
@@ -57,7 +61,7 @@ def main() -> int:
     p.add_argument("--model", default="random:small")
     p.add_argument("--length", type=int, default=32)
     p.add_argument("--mask-reuse", default="off", help="off: plain Beaver, many bytes (a visible term)")
-    p.add_argument("--approx", default="v1")
+    p.add_argument("--approx", default=MPC_DEFAULT)
     p.add_argument("--rates", default="1gbit,100mbit")
     p.add_argument("--op", help="time one `bench ops` operator instead (e.g. compare1e5 with "
                    "--approx crypten: 43 MB in 8 rounds), a bandwidth-bound check")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mpcache.backend import PRESETS
+from mpcache.backend import MPC_DEFAULT, PRESETS
 from mpcache.errors import UserError
 from mpcache.models import DEFAULT_MODEL
 
@@ -44,8 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="both: one record with and one without mask reuse")
     m.add_argument("--no-mask-reuse", dest="mask_reuse", action="store_const", const="off")
     m.add_argument("--timeout", type=float, default=600, help="seconds a party waits for the other")
-    m.add_argument("--approx", default="v1",
-                   help="approximation preset(s), comma list (v1, fast): one record each, same run")
+    m.add_argument("--approx", default=MPC_DEFAULT,
+                   help=f"approximation preset(s), comma list (v1, fast): one record each, same run "
+                   f"(default {MPC_DEFAULT})")
     m.add_argument("--json", required=True, help="file to append the records to")
     m.set_defaults(run=run)
     from mpcache.commands import bench_ops
@@ -63,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--max-bytes", type=float, default=1e9, help="skip a construction estimated above this")
     t.add_argument("--max-rounds", type=int, default=10000, help="skip a construction estimated above this")
     t.add_argument("--dealer", choices=["tfp", "ttp"], default="tfp")
-    t.add_argument("--approx", default="v1", choices=sorted(PRESETS),
+    t.add_argument("--approx", default=MPC_DEFAULT, choices=sorted(PRESETS),
                    help="approximation preset: fast compares with the dealer's exact ring comparison")
     t.add_argument("--timeout", type=float, default=600, help="seconds a party waits for the other")
     t.add_argument("--json", required=True, help="file to append the records to")

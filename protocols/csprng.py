@@ -289,7 +289,8 @@ def _bind_crypten_generators(rank: int) -> None:
     }
     devices = [torch.device("cpu")]
     if torch.cuda.is_available():
-        devices += [torch.device("cuda")] + [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+        names = ["cuda", *(f"cuda:{n}" for n in range(torch.cuda.device_count()))]
+        devices += [torch.device(name) for name in names]
     for kind, per_device in crypten.generators.items():
         for device in devices:
             per_device[device] = _placeholder()

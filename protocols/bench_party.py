@@ -16,6 +16,7 @@ from mpcache.backend import Approximations, PlainBackend
 from mpcache.generate import generate
 from mpcache.models import Transformer, load_model
 from mpcache.policies import parse_spec
+from protocols import csprng
 from protocols.accounting import NETWORKS, Cost, total
 from protocols.plain_prefill import NOTE as PLAINTEXT_NOTE
 from protocols.runtime import DEALER_NOTE, Party
@@ -69,7 +70,10 @@ def run(party: Party, args) -> int:
             prompt = synthetic_prompt(length, pm.model.config.vocab_size) if party.is_client else None
             policy = parse_spec(spec, args.budget)
 
-            def progress(token, step, length=length, spec=spec):
+            draws: list[int] = []  # ring elements this party has drawn, after each token
+
+            def progress(token, step, length=length, spec=spec, draws=draws):
+                draws.append(csprng.Stream.total)
                 c = total(step)
                 log(party, f"L={length} {spec}: token in {c.compute_s:.1f} s, {c.online_bytes / 1e6:.1f} MB, "
                            f"{c.rounds} rounds")
@@ -79,6 +83,8 @@ def run(party: Party, args) -> int:
             record = make_record(party, args, pm, out.steps, length, mask_reuse, approx)
             record.update(policy=spec, budget=policy.budget, wall_s=time.perf_counter() - start,
                           selected_tokens=out.result.cache.mean_attended(), approx=name)
+            if not csprng.insecure_rng() and len(draws) > 1:  # the server's own draws (all its streams)
+                record["rng_elements_per_token"] = (draws[-1] - draws[0]) / (len(draws) - 1)
             if args.prefill == "plaintext":  # not private anyway: the server records the tokens too
                 record["tokens"] = pm.backend.comm.broadcast_obj(
                     out.result.new_ids if party.is_client else None, 1)
@@ -133,6 +139,7 @@ def make_record(party: Party, args, pm, steps, length, mask_reuse, approx) -> di
         "counting": BYTES_NOTE,
         "dealer_note": DEALER_NOTE[party.dealer],
         "private": args.prefill == "mpc",
+        "rng": csprng.rng_name(),  # aes-ctr, or insecure-mt19937 (MPCACHE_INSECURE_RNG, bench/test only)
         **({"note": PLAINTEXT_NOTE} if args.prefill == "plaintext" else {}),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

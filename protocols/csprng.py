@@ -59,6 +59,8 @@ class Stream:
     """AES-256-CTR keystream under HKDF(key, purpose), read as ring elements. Not thread-safe:
     each stream is drawn from by one thread (the party's main thread)."""
 
+    total = 0  # ring elements drawn by all streams of this process (cost accounting, benchmarks)
+
     def __init__(self, key: bytes, purpose: str):
         if len(key) < 16:
             raise ValueError("a stream key needs at least 128 bits")
@@ -66,13 +68,14 @@ class Stream:
                        info=b"mpcache-csprng/" + purpose.encode()).derive(key)
         self.purpose = purpose
         self._enc = Cipher(algorithms.AES(aes_key), modes.CTR(bytes(16))).encryptor()
-        self.drawn = 0  # ring elements drawn (cost accounting)
+        self.drawn = 0  # ring elements drawn by this stream
 
     def ring(self, shape) -> torch.Tensor:
         """Uniform int64 ring elements (all of Z_2^64, two's complement)."""
         shape = _as_shape(shape)
         n = math.prod(shape)
         self.drawn += n
+        Stream.total += n
         out = torch.empty(n + 2, dtype=torch.int64)  # +15 bytes: update_into's block slack
         view = memoryview(out.numpy()).cast("B")
         total, done = 8 * n, 0

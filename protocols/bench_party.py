@@ -73,7 +73,7 @@ def run(party: Party, args) -> int:
             draws: list[int] = []  # ring elements this party has drawn, after each token
 
             def progress(token, step, length=length, spec=spec, draws=draws):
-                draws.append(csprng.Stream.total)
+                draws.append((csprng.Stream.total, csprng.Stream.calls, csprng.Stream.seconds))
                 c = total(step)
                 log(party, f"L={length} {spec}: token in {c.compute_s:.1f} s, {c.online_bytes / 1e6:.1f} MB, "
                            f"{c.rounds} rounds")
@@ -84,7 +84,10 @@ def run(party: Party, args) -> int:
             record.update(policy=spec, budget=policy.budget, wall_s=time.perf_counter() - start,
                           selected_tokens=out.result.cache.mean_attended(), approx=name)
             if not csprng.insecure_rng() and len(draws) > 1:  # the server's own draws (all its streams)
-                record["rng_elements_per_token"] = (draws[-1] - draws[0]) / (len(draws) - 1)
+                steps = len(draws) - 1
+                record["rng_elements_per_token"] = (draws[-1][0] - draws[0][0]) / steps
+                record["rng_draws_per_token"] = (draws[-1][1] - draws[0][1]) / steps
+                record["rng_seconds_per_token"] = (draws[-1][2] - draws[0][2]) / steps
             if args.prefill == "plaintext":  # not private anyway: the server records the tokens too
                 record["tokens"] = pm.backend.comm.broadcast_obj(
                     out.result.new_ids if party.is_client else None, 1)

@@ -336,7 +336,7 @@ def _ttp_client_setup(self) -> None:
     bind_dealer(bytes(key.numpy().tobytes()))
     self.generator = _placeholder()
     bind_generator(self.generator, party_dealer_stream)
-    self.generator_cuda = None
+    self.generator_cuda = self.generator  # one stream per party whatever the device
 
 
 def ttp_server_setup(server) -> None:
@@ -350,12 +350,13 @@ def ttp_server_setup(server) -> None:
     # links: the links branch sends these over the authenticated dealer link (dealer_bind there)
     tensors = [torch.frombuffer(bytearray(k), dtype=torch.uint8) for k in keys]
     requests = [dist.isend(tensor=t, dst=i, group=server.ttp_group) for i, t in enumerate(tensors)]
-    server.generators, server.generators_cuda = [], [None] * world
+    server.generators = []
     for i, k in enumerate(keys):
         dealer_bind(i, k)
         server.generators.append(_placeholder())
         bind_generator(server.generators[i], lambda i=i: dealer_stream(i))
         requests[i].wait()
+    server.generators_cuda = server.generators  # one stream per party whatever the device
     dist.barrier(group=server.ttp_group)
 
 

@@ -83,7 +83,7 @@ def run(party: Party, args) -> int:
             record = make_record(party, args, pm, out.steps, length, mask_reuse, approx)
             record.update(policy=spec, budget=policy.budget, wall_s=time.perf_counter() - start,
                           selected_tokens=out.result.cache.mean_attended(), approx=name)
-            if not csprng.insecure_rng() and len(draws) > 1:  # the server's own draws (all its streams)
+            if len(draws) > 1:  # the server's own draws (all its streams; MT19937 ones counted alike)
                 steps = len(draws) - 1
                 record["rng_elements_per_token"] = (draws[-1][0] - draws[0][0]) / steps
                 record["rng_draws_per_token"] = (draws[-1][1] - draws[0][1]) / steps

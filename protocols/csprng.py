@@ -246,9 +246,33 @@ def generate_kbit_random_tensor(size, bitlength=None, generator=None, **kwargs):
 _NAMES = ("generate_random_ring_element", "generate_kbit_random_tensor")
 
 
+def _counted(original):
+    """The insecure reference's draw function, counted like the streams (bench comparisons). The
+    outermost call only: CrypTen's k-bit draw calls its ring draw for 64 bits."""
+    def draw(size, *args, **kwargs):
+        if _depth[0]:
+            return original(size, *args, **kwargs)
+        _depth[0] += 1
+        start = time.perf_counter()
+        try:
+            out = original(size, *args, **kwargs)
+        finally:
+            _depth[0] -= 1
+        Stream.total += out.numel()
+        Stream.calls += 1
+        Stream.seconds += time.perf_counter() - start
+        return out
+
+    return draw
+
+
+_depth = [0]
+
+
 def _patch_modules() -> None:
     """Replace the two draw functions in crypten.common.rng and in every crypten module that
-    imported them by name (mpc/primitives/*, mpc/provider/*)."""
+    imported them by name (mpc/primitives/*, mpc/provider/*): by the keyed ones, or with
+    MPCACHE_INSECURE_RNG=mt19937 by CrypTen's own, counted."""
     import_crypten()
     import crypten.common.rng as rng
     import crypten.mpc.primitives.arithmetic  # noqa: F401 - make sure the importers are loaded
@@ -261,6 +285,8 @@ def _patch_modules() -> None:
         return
     mine = {"generate_random_ring_element": generate_random_ring_element,
             "generate_kbit_random_tensor": generate_kbit_random_tensor}
+    if insecure_rng():
+        mine = {name: _counted(fn) for name, fn in originals.items()}
     for module in list(sys.modules.values()):
         if not getattr(module, "__name__", "").startswith("crypten"):
             continue
@@ -362,8 +388,7 @@ def ttp_server_setup(server) -> None:
 
 def install_dealer() -> None:
     """Dealer process (before its TTPServer starts): CrypTen's draw functions use the streams."""
-    if not insecure_rng():
-        _patch_modules()
+    _patch_modules()
 
 
 def install_party(rank: int) -> None:
@@ -372,8 +397,9 @@ def install_party(rank: int) -> None:
     Call it before ``crypten.init()`` (runtime.init does): then CrypTen's seed exchanges are
     replaced (no seeds on the wire; the TTP dealer sends keys). Called after init it rebinds the
     generators that init made (TFP only: a TTP client already took a seed). No-op with
-    MPCACHE_INSECURE_RNG=mt19937."""
+    MPCACHE_INSECURE_RNG=mt19937 (CrypTen's generators stay; their draws are only counted)."""
     if insecure_rng():
+        _patch_modules()
         return
     if rank not in (0, 1):
         raise ValueError(f"install_party is for parties 0 and 1, not rank {rank}")

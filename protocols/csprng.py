@@ -1,23 +1,19 @@
 """Cryptographic randomness for every mask and share (DESIGN §5, issue #19).
 
-CrypTen draws all its randomness with ``torch.randint`` on ``torch.Generator`` (MT19937): linear,
-so 312 observed 64-bit ring elements give the generator's whole past and future. In this protocol
-the client sees thousands of raw dealer outputs (the embedding's d = x - A with x known), so MT19937
-masks hide nothing (tests/test_attack_randomness.py shows it on a real run).
+CrypTen draws with ``torch.randint`` on ``torch.Generator`` (MT19937): linear, so 312 observed ring
+elements give a generator's whole past and future, and the client sees thousands of raw dealer
+outputs (the embedding's d = x - A, x its own). tests/test_attack_randomness.py breaks a real run.
 
-Here every draw comes from an AES-256-CTR keystream (``cryptography``/OpenSSL, AES-NI: ~1e9 ring
-elements/s, several times faster than torch's MT19937). A :class:`Stream` is keyed by a 256-bit key
-and a purpose: the AES key is HKDF-SHA256(key, info=purpose), so one agreed key yields independent
-streams per purpose (domain separation), and the CTR nonce can be fixed at zero (each derived key
-is used by one Stream per process; see ``_streams``).
-
-Keys: ``local()`` (each process's own, os.urandom), the pair key of parties 0 and 1 (party 0 makes
-it and sends it over the direct link: ``bind_pair``), the key each party shares with the TTP dealer
-(``bind_dealer`` / ``dealer_bind``). ``install_party`` routes CrypTen's generators to these streams;
-a generator bound to no stream raises (fail closed: never a silent MT19937 draw).
+Here every draw is AES-256-CTR keystream (``cryptography``/OpenSSL). A :class:`Stream` is a key and
+a purpose: the AES key is HKDF-SHA256(key, info=purpose), so one agreed key gives independent
+streams per purpose, and the CTR nonce can be zero (one Stream per derived key and process:
+``_stream``). Keys: ``local()`` (the process's own, os.urandom), the pair key (party 0 makes it,
+sends it over the direct link: ``bind_pair``), each party's key with the TTP dealer (``bind_dealer``
+/ ``dealer_bind``). ``install_party`` routes CrypTen's generators to these streams; a generator
+bound to none raises (fail closed: never a silent MT19937 draw).
 
 ``MPCACHE_INSECURE_RNG=mt19937`` (tests and benchmarks only; no CLI flag sets it) keeps CrypTen's
-MT19937 generators, the insecure reference the attack test breaks.
+MT19937 generators: the insecure reference the attack test breaks.
 """
 
 from __future__ import annotations
@@ -29,6 +25,7 @@ import threading
 import time
 
 import torch
+import torch.distributed as dist
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -36,6 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from protocols.compat import import_crypten
 
 KEY_BYTES = 32
+_NAMES = ("generate_random_ring_element", "generate_kbit_random_tensor")  # crypten.common.rng's draws
 INSECURE_ENV = "MPCACHE_INSECURE_RNG"
 _CHUNK = 1 << 20  # bytes of keystream per OpenSSL call (large calls are no faster; this buffer is reused)
 _ZEROS = memoryview(bytes(_CHUNK))  # sliced without copying
@@ -120,6 +118,7 @@ class _Keys:
         self.dealer: bytes | None = None  # party side: the key shared with the TTP dealer
         self.dealer_of: dict[int, bytes] = {}  # dealer side: party rank -> key
         self.streams: dict[tuple, Stream] = {}  # (key kind, purpose) -> the one Stream of it
+        self.generators: dict[str, torch.Generator] = {}  # shared_generator's, by purpose
         self.lock = threading.Lock()
 
 
@@ -160,9 +159,8 @@ def dealer_bind(rank_of_party: int, key: bytes) -> None:
     """Dealer process: the key it shares with party ``rank_of_party``."""
     _check_key(key)
     with _keys.lock:
-        if _keys.dealer_of.get(rank_of_party, key) != key:
+        if _keys.dealer_of.setdefault(rank_of_party, bytes(key)) != key:
             raise RuntimeError(f"randomness: a second dealer key for party {rank_of_party}")
-        _keys.dealer_of[rank_of_party] = key
 
 
 def dealer_stream(rank_of_party: int) -> Stream:
@@ -225,8 +223,7 @@ def _on_device(t: torch.Tensor, kwargs: dict):
     device = kwargs.get("device")
     if device is None or torch.device(device).type == "cpu":
         return t
-    from crypten.cuda import CUDALongTensor
-
+    from crypten.cuda import CUDALongTensor  # as CrypTen's own draws return on CUDA
     return CUDALongTensor(t.to(device))
 
 
@@ -239,34 +236,28 @@ def generate_random_ring_element(size, ring_size=(2**64), generator=None, **kwar
 
 def generate_kbit_random_tensor(size, bitlength=None, generator=None, **kwargs):
     """CrypTen's k-bit draw from the keyed stream of ``generator``."""
-    stream = stream_for(generator)
-    return _on_device(stream.bits(size, 64 if bitlength is None else bitlength), kwargs)
-
-
-_NAMES = ("generate_random_ring_element", "generate_kbit_random_tensor")
+    return _on_device(stream_for(generator).bits(size, 64 if bitlength is None else bitlength), kwargs)
 
 
 def _counted(original):
-    """The insecure reference's draw function, counted like the streams (bench comparisons). The
-    outermost call only: CrypTen's k-bit draw calls its ring draw for 64 bits."""
+    """The insecure reference's draw function, counted like the streams (bench comparisons); the
+    outermost call only (CrypTen's 64-bit k-bit draw calls its ring draw)."""
     def draw(size, *args, **kwargs):
-        if _depth[0]:
-            return original(size, *args, **kwargs)
-        _depth[0] += 1
-        start = time.perf_counter()
+        start, outer = time.perf_counter(), not _depth
+        _depth.append(1)
         try:
             out = original(size, *args, **kwargs)
         finally:
-            _depth[0] -= 1
-        Stream.total += out.numel()
-        Stream.calls += 1
-        Stream.seconds += time.perf_counter() - start
+            _depth.pop()
+        if outer:
+            Stream.total, Stream.calls = Stream.total + out.numel(), Stream.calls + 1
+            Stream.seconds += time.perf_counter() - start
         return out
 
     return draw
 
 
-_depth = [0]
+_depth: list[int] = []
 
 
 def _patch_modules() -> None:
@@ -308,13 +299,10 @@ def _placeholder() -> torch.Generator:
 def shared_generator(purpose: str) -> torch.Generator:
     """A generator both parties hold for ``purpose`` (pair key; e.g. the TFP dealer's comparison
     material): separate purposes draw from separate streams."""
-    with _keys.lock:
-        g = _keys.streams.get(("generator", purpose))
+    g = _keys.generators.get(purpose)
     if g is None:
-        g = _placeholder()
+        g = _keys.generators[purpose] = _placeholder()
         bind_generator(g, lambda: _stream("pair", _keys.pair, f"shared/{purpose}"))
-        with _keys.lock:
-            _keys.streams[("generator", purpose)] = g
     return g
 
 
@@ -352,7 +340,6 @@ def _keyed_setup_prng() -> None:
 
 def _ttp_client_setup(self) -> None:
     """Replaces CrypTen's TTPClient seed exchange: the dealer sends each party a 256-bit key."""
-    import torch.distributed as dist
     from crypten import communicator
 
     # links: the links branch moves this key onto the authenticated dealer link (bind_dealer there)
@@ -368,7 +355,6 @@ def _ttp_client_setup(self) -> None:
 def ttp_server_setup(server) -> None:
     """The dealer's side of ``_ttp_client_setup`` (``FixedMaskServer._setup_generators``): one key
     per party; ``server.generators[i]`` draws from ``dealer_stream(i)``."""
-    import torch.distributed as dist
     from crypten import communicator
 
     world = communicator.get().get_world_size()

@@ -70,7 +70,7 @@ def run(party: Party, args) -> int:
             prompt = synthetic_prompt(length, pm.model.config.vocab_size) if party.is_client else None
             policy = parse_spec(spec, args.budget)
 
-            draws: list[int] = []  # ring elements this party has drawn, after each token
+            draws: list[tuple] = []  # this party's (ring elements, draws, seconds) after each token
 
             def progress(token, step, length=length, spec=spec, draws=draws):
                 draws.append((csprng.Stream.total, csprng.Stream.calls, csprng.Stream.seconds))

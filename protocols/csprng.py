@@ -81,9 +81,8 @@ class Stream:
         if n == 0:
             return torch.empty(shape, dtype=torch.int64)
         start = time.perf_counter()
-        # The keystream (AES-CTR of zeros) is written straight into the tensor's bytes, 1 MiB per
-        # OpenSSL call; a bytearray is the cheapest buffer for small draws (~8 us for 64 elements,
-        # torch.randint ~14 us), +15 bytes of update_into's block slack.
+        # AES-CTR of zeros written straight into the tensor's bytes, 1 MiB per OpenSSL call; a
+        # bytearray is the cheapest buffer for small draws; +15 bytes: update_into's block slack.
         total = 8 * n
         buf = bytearray(total + 15)
         view = memoryview(buf)
@@ -358,6 +357,7 @@ def ttp_server_setup(server) -> None:
     from crypten import communicator
 
     world = communicator.get().get_world_size()
+    reset()  # a new dealer session: new keys
     keys = [fresh_key() for _ in range(world)]
     # links: the links branch sends these over the authenticated dealer link (dealer_bind there)
     tensors = [torch.frombuffer(bytearray(k), dtype=torch.uint8) for k in keys]

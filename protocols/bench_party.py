@@ -16,6 +16,7 @@ from mpcache.backend import MPC_DEFAULT, Approximations, PlainBackend
 from mpcache.generate import generate
 from mpcache.models import Transformer, load_model
 from mpcache.policies import parse_spec
+from protocols import csprng
 from protocols.accounting import NETWORKS, Cost, total
 from protocols.plain_prefill import NOTE as PLAINTEXT_NOTE
 from protocols.runtime import DEALER_NOTE, Party
@@ -69,7 +70,10 @@ def run(party: Party, args) -> int:
             prompt = synthetic_prompt(length, pm.model.config.vocab_size) if party.is_client else None
             policy = parse_spec(spec, args.budget)
 
-            def progress(token, step, length=length, spec=spec):
+            draws: list[tuple] = []  # this party's (ring elements, draws, seconds) after each token
+
+            def progress(token, step, length=length, spec=spec, draws=draws):
+                draws.append((csprng.Stream.total, csprng.Stream.calls, csprng.Stream.seconds))
                 c = total(step)
                 log(party, f"L={length} {spec}: token in {c.compute_s:.1f} s, {c.online_bytes / 1e6:.1f} MB, "
                            f"{c.rounds} rounds")
@@ -79,6 +83,11 @@ def run(party: Party, args) -> int:
             record = make_record(party, args, pm, out.steps, length, mask_reuse, approx)
             record.update(policy=spec, budget=policy.budget, wall_s=time.perf_counter() - start,
                           selected_tokens=out.result.cache.mean_attended(), approx=name)
+            if len(draws) > 1:  # the server's own draws (all its streams; MT19937 ones counted alike)
+                steps = len(draws) - 1
+                record["rng_elements_per_token"] = (draws[-1][0] - draws[0][0]) / steps
+                record["rng_draws_per_token"] = (draws[-1][1] - draws[0][1]) / steps
+                record["rng_seconds_per_token"] = (draws[-1][2] - draws[0][2]) / steps
             if args.prefill == "plaintext":  # not private anyway: the server records the tokens too
                 record["tokens"] = pm.backend.comm.broadcast_obj(
                     out.result.new_ids if party.is_client else None, 1)
@@ -133,6 +142,7 @@ def make_record(party: Party, args, pm, steps, length, mask_reuse, approx) -> di
         "counting": BYTES_NOTE,
         "dealer_note": DEALER_NOTE[party.dealer],
         "private": args.prefill == "mpc",
+        "rng": csprng.rng_name(),  # aes-ctr, or insecure-mt19937 (MPCACHE_INSECURE_RNG, bench/test only)
         **({"note": PLAINTEXT_NOTE} if args.prefill == "plaintext" else {}),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -2,16 +2,35 @@
 
 ``python -m protocols.launch`` (console script ``mpcache-torchrun``) takes torchrun's arguments and
 runs it the same way, except that a failed party ends it with that party's own one-line message and
-exit status instead of torchrun's ChildFailedError traceback (exit 1).
+exit status instead of torchrun's ChildFailedError traceback (exit 1), and that a local launch (one
+node, loopback rendezvous) gives its parties an ephemeral session secret (MPCACHE_SESSION_SECRET)
+to authenticate their TLS links.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import secrets
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+SECRET_ENV = "MPCACHE_SESSION_SECRET"
+
+
+def make_local_secret() -> None:
+    """Local launches authenticate the parties' links with an ephemeral session secret (kept if the
+    user set one)."""
+    os.environ.setdefault(SECRET_ENV, secrets.token_hex(32))
+
+
+def _loopback(host: str | None) -> bool:
+    try:
+        return host is None or ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
 
 
 def free_port() -> int:
@@ -42,6 +61,7 @@ def launch_local(script_args: list[str], nproc: int, timeout_s: float | None = N
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONWARNINGS"] = "ignore"
+    env.setdefault(SECRET_ENV, secrets.token_hex(32))  # local parties: an ephemeral session secret
     port = free_port()
     print(f"[starting {nproc} local parties; rendezvous on 127.0.0.1:{port}]", file=sys.stderr, flush=True)
     try:
@@ -63,6 +83,8 @@ def torchrun_main(argv: list[str] | None = None) -> int:
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # else torchrun warns about it for every run
     args = get_args_parser().parse_args(argv)
+    if str(args.nnodes) in ("1", "1:1") and _loopback(args.master_addr):
+        make_local_secret()  # all parties are ours: they share a fresh secret through the environment
     try:
         run(args)
     except ChildFailedError as exc:

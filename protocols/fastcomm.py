@@ -216,8 +216,10 @@ def install(timeout_s: float = 60.0) -> None:
     if not getattr(DistributedCommunicator, _PATCHED, False):
         names = ("all_reduce", "reduce", "scatter", "gather", "all_gather", "broadcast", "broadcast_obj")
         # The originals are logged; calling the logged ones would count twice.
-        inners = {n: getattr(DistributedCommunicator, n).__wrapped__ for n in names}
+        originals = {n: getattr(DistributedCommunicator, n) for n in names}
+        inners = {n: fn.__wrapped__ for n, fn in originals.items()}
         _patch(DistributedCommunicator, inners)
+        DistributedCommunicator._mpcache_originals = originals  # gloo's (tests compare with them)
         setattr(DistributedCommunicator, _PATCHED, True)
     comm = communicator.get()
     if comm.get_world_size() == 2 and not hasattr(comm, _LINK):

@@ -4,11 +4,13 @@
 runs it the same way, except that a failed party ends it with that party's own one-line message and
 exit status instead of torchrun's ChildFailedError traceback (exit 1), and that a local launch (one
 node, loopback rendezvous) gives its parties an ephemeral session secret (MPCACHE_SESSION_SECRET)
-to authenticate their TLS links.
+to authenticate their TLS links. Leading link flags (``--key PATH``, ``--peer-fingerprint FP``,
+``--expect-dealer FP``, ``--insecure-network``, before torchrun's arguments) reach every party.
 """
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 import secrets
@@ -17,7 +19,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+from protocols import links
+
 SECRET_ENV = "MPCACHE_SESSION_SECRET"
+LINK_FLAGS = ("--key", "--peer-fingerprint", "--expect-dealer", "--insecure-network")
+
+
+def _link_flags(argv: list[str]) -> list[str]:
+    """Leading --key PATH / --peer-fingerprint FP / --expect-dealer FP / --insecure-network (before
+    torchrun's own arguments) go to every party through the environment."""
+    parser = argparse.ArgumentParser(prog="mpcache-torchrun", add_help=False)
+    links.add_flags(parser)
+    n = 0
+    while n < len(argv) and argv[n].split("=")[0] in LINK_FLAGS:
+        n += 1 if "=" in argv[n] or argv[n] == "--insecure-network" else 2
+    links.apply_flags_or_exit(parser.parse_args(argv[:n]))
+    return argv[n:]
 
 
 def make_local_secret() -> None:
@@ -82,6 +99,7 @@ def torchrun_main(argv: list[str] | None = None) -> int:
 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # else torchrun warns about it for every run
+    argv = _link_flags(list(sys.argv[1:] if argv is None else argv))
     args = get_args_parser().parse_args(argv)
     if str(args.nnodes) in ("1", "1:1") and _loopback(args.master_addr):
         make_local_secret()  # all parties are ours: they share a fresh secret through the environment

@@ -9,6 +9,8 @@ torchrun hands to every local party:
   MPCACHE_SESSION_SECRET    hex, given to all parties out of band; local launches make one
   MPCACHE_INSECURE=1        bench only: plain sockets (no TLS), for the cost-of-privacy comparison
   MPCACHE_INSECURE_NETWORK=1  allow a non-loopback rendezvous while something secret is on gloo
+  MPCACHE_SHOW_FINGERPRINTS=1  print key fingerprints on a local run too (else: when keys or pins
+                            are given, or the rendezvous is not loopback)
   MPCACHE_LINK_PORT / MPCACHE_DEALER_PORT          fixed listening ports (default: any free one)
   MPCACHE_LINK_ADVERTISE / MPCACHE_DEALER_ADVERTISE  "host:port" to publish instead (NAT, relays)
 
@@ -68,6 +70,15 @@ def apply_flags(args) -> None:
     tls.trust_from_env_and_flags("client")  # malformed fingerprints / secret: fail before launching
 
 
+def apply_flags_or_exit(args) -> None:
+    """``apply_flags`` for scripts: a bad key or fingerprint is one line and exit status 2."""
+    try:
+        apply_flags(args)
+    except RuntimeFault as exc:
+        print(f"mpcache: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def ensure_local_secret() -> None:
     """Local launches (all parties on this machine): an ephemeral session secret, made here."""
     os.environ.setdefault(tls.SECRET_ENV, secrets.token_hex(32))
@@ -103,12 +114,22 @@ def trust(role: str) -> tls.Trust:
     return tls.trust_from_env_and_flags(role)
 
 
+def show_fingerprints() -> bool:
+    """Whether to print key fingerprints: always, except for a local run on ephemeral keys (where
+    they mean nothing and nobody pins them; MPCACHE_SHOW_FINGERPRINTS=1 forces them)."""
+    configured = any(os.environ.get(k) for k in ("MPCACHE_KEY", "MPCACHE_PEER_FINGERPRINT",
+                                                 "MPCACHE_EXPECT_DEALER", "MPCACHE_SHOW_FINGERPRINTS"))
+    return configured or not loopback(os.environ.get("MASTER_ADDR", "127.0.0.1"))
+
+
 def say_peer(my_role: str, s) -> None:
-    tls.say(f"mpcache: {my_role}: {s.peer_role} authenticated, key fingerprint {s.peer_fingerprint}")
+    if show_fingerprints():
+        tls.say(f"mpcache: {my_role}: {s.peer_role} authenticated, key fingerprint {s.peer_fingerprint}")
 
 
 def say_self(my_role: str) -> None:
-    tls.say(f"mpcache: {my_role}: my key fingerprint {identity().fingerprint}")
+    if show_fingerprints():
+        tls.say(f"mpcache: {my_role}: my key fingerprint {identity().fingerprint}")
 
 
 # --- the store and addresses ----------------------------------------------------------------------------

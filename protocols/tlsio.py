@@ -146,6 +146,8 @@ class SecureSocket:
                 got += n
             if got == len(into) and written == len(out) and not self._wbuf and not self._out.pending:
                 break
+            if not self._wbuf and (written < len(out) or got == len(into)):
+                continue  # the socket took everything: encrypt more (or flush what TLS queued)
             readable, _ = self._wait(got < len(into), bool(self._wbuf), deadline)
             if readable:
                 self._recv_some()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protocols import runtime  # noqa: E402
+from protocols import links, runtime  # noqa: E402
 
 
 def main() -> int:
@@ -34,7 +34,9 @@ def main() -> int:
     p.add_argument("--check-openings", action="store_true",
                    help="open shares by the message exchange and by gloo's all-reduce; write both")
     p.add_argument("--out", required=True)
+    links.add_flags(p)
     args = p.parse_args()
+    links.apply_flags_or_exit(args)
 
     def body() -> int:
         from protocols.session import build, private_generate
@@ -226,17 +228,17 @@ def check_openings(party, out: str) -> int:
 
     from protocols.backend import MPCBackend
 
-    backend = MPCBackend(party)  # installs the exchange
+    backend = MPCBackend(party)  # the exchange over the TLS link (runtime.init installed it)
     comm, gen = backend.comm, torch.Generator().manual_seed(party.rank)
     big = torch.randint(-2**63, 2**63 - 1, (300, 7), generator=gen)
     cases = [(big, False), (big.t(), False), (torch.zeros(0, dtype=torch.long), False),
              ([big[:5], torch.full((2, 3), 2**62, dtype=torch.long), big[0, 0]], True),
-             (torch.randint(-2**63, 2**63 - 1, (40000,), generator=gen), False)]  # > fastcomm.SMALL
+             (torch.randint(-2**63, 2**63 - 1, (40000,), generator=gen), False)]  # > 4 TLS records
     from protocols import fastcomm
 
     record = {"linked": fastcomm.linked()}
     for name, fn in (("exchange", DistributedCommunicator.all_reduce),
-                     ("allreduce", DistributedCommunicator._mpcache_all_reduce)):
+                     ("allreduce", DistributedCommunicator._mpcache_originals["all_reduce"])):
         before = (comm.comm_rounds, comm.comm_bytes)
         results = [fn(comm, x, batched=batched) for x, batched in cases]
         flat = [r if isinstance(r, list) else [r] for r in results]

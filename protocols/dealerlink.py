@@ -67,7 +67,7 @@ def _client_request(self, func_name, device, *args, **kwargs):
     crypten = import_crypten()
     from crypten import communicator
 
-    comm, s = communicator.get(), self.link
+    s = self.link
     deadline = time.monotonic() + _state["timeout_s"]
     header = {"function": func_name, "args": links.encode(args), "kwargs": links.encode(kwargs)}
     sent = s.plain_sent
@@ -82,6 +82,7 @@ def _client_request(self, func_name, device, *args, **kwargs):
     result = torch.empty(shape, dtype=torch.long)
     s.recv_into(links.tensor_bytes(result), deadline)
     if crypten.cfg.communicator.verbose:  # as CrypTen counted it: request out, answer in
+        comm = communicator.get()
         comm._log_communication(sent / comm.BYTES_PER_ELEMENT)
         comm._log_communication(result.numel())
     return result

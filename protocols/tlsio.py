@@ -19,6 +19,7 @@ from protocols.runtime import RuntimeFault
 MAX_MSG = 64 * 1024  # default cap of one JSON message (bytes)
 CHUNK = 1 << 16  # plaintext per SSLObject.write: 4 TLS records
 HIGH_WATER = 1 << 20  # encrypted bytes queued before we stop encrypting and wait for the socket
+BUFFER = 1 << 21  # socket buffers
 
 
 class LinkError(RuntimeFault):
@@ -33,19 +34,26 @@ class SecureSocket:
     """A TLS connection driven by hand (SSLObject + MemoryBIO over a non-blocking socket)."""
 
     def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, server: bool, peer_name: str = "peer"):
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self._in, self._out, server_side=server)
+        self._setup(sock, peer_name)
+
+    def _setup(self, sock: socket.socket, peer_name: str) -> None:
         sock.setblocking(False)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):  # a large opening in few wake-ups
+                sock.setsockopt(socket.SOL_SOCKET, option, BUFFER)
         self.sock = sock
-        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self._in, self._out, server_side=server)
-        self._wbuf = bytearray()
+        self._wbuf, self._woff = bytearray(), 0  # encrypted bytes to send; _woff of them are sent
+        self._rbuf = bytearray(1 << 20)
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLIN)
-        self.peer_name = peer_name
-        self.peer_fingerprint = ""
-        self.peer_role = ""
+        self.peer_name, self.peer_fingerprint, self.peer_role = peer_name, "", ""
         self.wire_sent = self.wire_recv = self.plain_sent = self.plain_recv = 0
+
+    def _queued(self) -> int:
+        return len(self._wbuf) - self._woff
 
     # low level
     def _wait(self, read: bool, write: bool, deadline: float | None) -> tuple[bool, bool]:
@@ -66,33 +74,40 @@ class SecureSocket:
 
     def _send_some(self) -> None:
         if self._out.pending:
-            self._wbuf += self._out.read()
-        if not self._wbuf:
+            if self._woff == len(self._wbuf):
+                self._wbuf, self._woff = self._out.read(), 0  # no copy: bytes are sent as they are
+            else:
+                self._wbuf += self._out.read()
+        if self._woff == len(self._wbuf):
             return
         try:
-            n = self.sock.send(self._wbuf)
+            with memoryview(self._wbuf) as view:  # released at once: the buffer may grow later
+                n = self.sock.send(view[self._woff:])
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             raise LinkError(f"the {self.peer_name} closed the connection ({exc.strerror or exc})") from None
         self.wire_sent += n
-        del self._wbuf[:n]
+        self._woff += n
+        if self._woff == len(self._wbuf):
+            self._wbuf, self._woff = bytearray(), 0
 
     def _recv_some(self) -> None:
         try:
-            data = self.sock.recv(1 << 20)
+            n = self.sock.recv_into(self._rbuf)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             raise LinkError(f"the {self.peer_name} closed the connection ({exc.strerror or exc})") from None
-        if not data:
+        if not n:
             raise LinkError(f"the {self.peer_name} closed the connection")
-        self.wire_recv += len(data)
-        self._in.write(data)
+        self.wire_recv += n
+        with memoryview(self._rbuf) as view:
+            self._in.write(view[:n])
 
     def _flush(self, deadline: float | None) -> None:
         self._send_some()
-        while self._wbuf:
+        while self._queued():
             self._wait(False, True, deadline)
             self._send_some()
 
@@ -134,7 +149,7 @@ class SecureSocket:
         into = memoryview(into).cast("B")
         written = got = 0
         while True:
-            while written < len(out) and len(self._wbuf) + self._out.pending < HIGH_WATER:
+            while written < len(out) and self._queued() + self._out.pending < HIGH_WATER:
                 k = min(CHUNK, len(out) - written)
                 self._put(out[written:written + k])
                 written += k
@@ -144,11 +159,12 @@ class SecureSocket:
                 if n == 0:
                     break
                 got += n
-            if got == len(into) and written == len(out) and not self._wbuf and not self._out.pending:
+            queued = self._queued()
+            if got == len(into) and written == len(out) and not queued and not self._out.pending:
                 break
-            if not self._wbuf and (written < len(out) or got == len(into)):
+            if not queued and (written < len(out) or got == len(into)):
                 continue  # the socket took everything: encrypt more (or flush what TLS queued)
-            readable, _ = self._wait(got < len(into), bool(self._wbuf), deadline)
+            readable, _ = self._wait(got < len(into), bool(queued), deadline)
             if readable:
                 self._recv_some()
         self.plain_sent += len(out)
@@ -205,16 +221,9 @@ class PlainSocket(SecureSocket):
     """The same transport without TLS: the bench-only ``--insecure`` baseline (cost of privacy)."""
 
     def __init__(self, sock: socket.socket, peer_name: str = "peer"):
-        sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = sock
         self._out = ssl.MemoryBIO()  # stays empty: ``_wbuf`` holds what is to be sent
-        self._wbuf = bytearray()
-        self._poll = select.poll()
-        self._poll.register(sock.fileno(), select.POLLIN)
-        self.peer_name, self.peer_fingerprint, self.peer_role = peer_name, "", peer_name
-        self.wire_sent = self.wire_recv = self.plain_sent = self.plain_recv = 0
+        self._setup(sock, peer_name)
+        self.peer_role = peer_name
 
     def _put(self, chunk: memoryview) -> None:
         self._wbuf += chunk

@@ -234,3 +234,26 @@ def test_trust_from_flags():
     with pytest.raises(tls.AuthError):
         tls.trust_from_env_and_flags("dealer", [fp], env={})
     assert ssl.HAS_TLSv1_3
+
+
+def test_accept_each_seats_one_per_role_and_refuses_a_second(capfd):
+    """The dealer's accept: server and client in any order; a second client is refused (one
+    line on both sides) while the server's seat is still open."""
+    ids = tls.ephemeral()
+    trust = tls.Trust(secret=SECRET)
+    box: dict = {}
+    with _listener() as lst:
+        def run():
+            box["socks"] = tls.accept_each(lst, ids, trust, "dealer", ("server", "client"), 20)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        first = tls.connect(_addr(lst), tls.ephemeral(), trust, "client", "dealer", 10)
+        with pytest.raises(tls.AuthError, match="already connected"):
+            tls.connect(_addr(lst), tls.ephemeral(), trust, "client", "dealer", 10)
+        server = tls.connect(_addr(lst), tls.ephemeral(), trust, "server", "dealer", 10)
+        t.join(10)
+        assert sorted(box["socks"]) == ["client", "server"]
+        first.close()
+        server.close()
+    assert "a second client is refused" in capfd.readouterr().err

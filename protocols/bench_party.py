@@ -71,9 +71,11 @@ def run(party: Party, args) -> int:
             policy = parse_spec(spec, args.budget)
 
             framing = [fastcomm.framing_bytes()]  # TLS bytes beyond the plaintext, after each token
+            draws: list[tuple] = []  # this party's (ring elements, draws, seconds) after each token
 
-            def progress(token, step, length=length, spec=spec, framing=framing):
+            def progress(token, step, length=length, spec=spec, draws=draws, framing=framing):
                 framing.append(fastcomm.framing_bytes())
+                draws.append((csprng.Stream.total, csprng.Stream.calls, csprng.Stream.seconds))
                 c = total(step)
                 log(party, f"L={length} {spec}: token in {c.compute_s:.1f} s, {c.online_bytes / 1e6:.1f} MB, "
                            f"{c.rounds} rounds")
@@ -84,6 +86,11 @@ def run(party: Party, args) -> int:
             record.update(link_record(framing))
             record.update(policy=spec, budget=policy.budget, wall_s=time.perf_counter() - start,
                           selected_tokens=out.result.cache.mean_attended(), approx=name)
+            if len(draws) > 1:  # the server's own draws (all its streams; MT19937 ones counted alike)
+                steps = len(draws) - 1
+                record["rng_elements_per_token"] = (draws[-1][0] - draws[0][0]) / steps
+                record["rng_draws_per_token"] = (draws[-1][1] - draws[0][1]) / steps
+                record["rng_seconds_per_token"] = (draws[-1][2] - draws[0][2]) / steps
             if args.prefill == "plaintext":  # not private anyway: the server records the tokens too
                 record["tokens"] = pm.backend.comm.broadcast_obj(
                     out.result.new_ids if party.is_client else None, 1)
@@ -138,6 +145,7 @@ def make_record(party: Party, args, pm, steps, length, mask_reuse, approx) -> di
         "counting": BYTES_NOTE,
         "dealer_note": DEALER_NOTE[party.dealer],
         "private": args.prefill == "mpc",
+        "rng": csprng.rng_name(),  # aes-ctr, or insecure-mt19937 (MPCACHE_INSECURE_RNG, bench/test only)
         **({"note": PLAINTEXT_NOTE} if args.prefill == "plaintext" else {}),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -151,7 +159,6 @@ def link_record(framing: list[int]) -> dict:
     return {
         "insecure": links.insecure() or csprng.insecure_rng(),
         "link": "plain sockets (insecure)" if links.insecure() else "TLS 1.3",
-        "rng": "mt19937 (insecure)" if csprng.insecure_rng() else "AES-256-CTR",
         "tls_framing_bytes": {"prefill": framing[1] - framing[0] if len(framing) > 1 else 0,
                               "decode_per_token": decode or 0.0,
                               "note": "TLS record headers, tags and handshakes on this party's links "

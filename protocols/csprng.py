@@ -1,23 +1,19 @@
 """Cryptographic randomness for every mask and share (DESIGN §5, issue #19).
 
-CrypTen draws all its randomness with ``torch.randint`` on ``torch.Generator`` (MT19937): linear,
-so 312 observed 64-bit ring elements give the generator's whole past and future. In this protocol
-the client sees thousands of raw dealer outputs (the embedding's d = x - A with x known), so MT19937
-masks hide nothing (tests/test_attack_randomness.py shows it on a real run).
+CrypTen draws with ``torch.randint`` on ``torch.Generator`` (MT19937): linear, so 312 observed ring
+elements give a generator's whole past and future, and the client sees thousands of raw dealer
+outputs (the embedding's d = x - A, x its own). tests/test_attack_randomness.py breaks a real run.
 
-Here every draw comes from an AES-256-CTR keystream (``cryptography``/OpenSSL, AES-NI: ~1e9 ring
-elements/s, several times faster than torch's MT19937). A :class:`Stream` is keyed by a 256-bit key
-and a purpose: the AES key is HKDF-SHA256(key, info=purpose), so one agreed key yields independent
-streams per purpose (domain separation), and the CTR nonce can be fixed at zero (each derived key
-is used by one Stream per process; see ``_streams``).
-
-Keys: ``local()`` (each process's own, os.urandom), the pair key of parties 0 and 1 (party 0 makes
-it and sends it over the direct link: ``bind_pair``), the key each party shares with the TTP dealer
-(``bind_dealer`` / ``dealer_bind``). ``install_party`` routes CrypTen's generators to these streams;
-a generator bound to no stream raises (fail closed: never a silent MT19937 draw).
+Here every draw is AES-256-CTR keystream (``cryptography``/OpenSSL). A :class:`Stream` is a key and
+a purpose: the AES key is HKDF-SHA256(key, info=purpose), so one agreed key gives independent
+streams per purpose, and the CTR nonce can be zero (one Stream per derived key and process:
+``_stream``). Keys: ``local()`` (the process's own, os.urandom), the pair key (party 0 makes it,
+sends it over the direct link: ``bind_pair``), each party's key with the TTP dealer (``bind_dealer``
+/ ``dealer_bind``). ``install_party`` routes CrypTen's generators to these streams; a generator
+bound to none raises (fail closed: never a silent MT19937 draw).
 
 ``MPCACHE_INSECURE_RNG=mt19937`` (tests and benchmarks only; no CLI flag sets it) keeps CrypTen's
-MT19937 generators, the insecure reference the attack test breaks.
+MT19937 generators: the insecure reference the attack test breaks.
 """
 
 from __future__ import annotations
@@ -26,8 +22,10 @@ import math
 import os
 import sys
 import threading
+import time
 
 import torch
+import torch.distributed as dist
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -35,9 +33,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from protocols.compat import import_crypten
 
 KEY_BYTES = 32
+_NAMES = ("generate_random_ring_element", "generate_kbit_random_tensor")  # crypten.common.rng's draws
 INSECURE_ENV = "MPCACHE_INSECURE_RNG"
 _CHUNK = 1 << 20  # bytes of keystream per OpenSSL call (large calls are no faster; this buffer is reused)
-_ZEROS = bytes(_CHUNK)
+_ZEROS = memoryview(bytes(_CHUNK))  # sliced without copying
 _PATCHED = "_mpcache_csprng"
 
 
@@ -59,6 +58,10 @@ class Stream:
     """AES-256-CTR keystream under HKDF(key, purpose), read as ring elements. Not thread-safe:
     each stream is drawn from by one thread (the party's main thread)."""
 
+    total = 0  # ring elements drawn by all streams of this process (cost accounting, benchmarks)
+    calls = 0  # draws (calls of ``ring``) by all streams of this process
+    seconds = 0.0  # time spent drawing, all streams of this process
+
     def __init__(self, key: bytes, purpose: str):
         if len(key) < 16:
             raise ValueError("a stream key needs at least 128 bits")
@@ -66,21 +69,29 @@ class Stream:
                        info=b"mpcache-csprng/" + purpose.encode()).derive(key)
         self.purpose = purpose
         self._enc = Cipher(algorithms.AES(aes_key), modes.CTR(bytes(16))).encryptor()
-        self.drawn = 0  # ring elements drawn (cost accounting)
+        self.drawn = 0  # ring elements drawn by this stream
 
     def ring(self, shape) -> torch.Tensor:
         """Uniform int64 ring elements (all of Z_2^64, two's complement)."""
         shape = _as_shape(shape)
         n = math.prod(shape)
         self.drawn += n
-        out = torch.empty(n + 2, dtype=torch.int64)  # +15 bytes: update_into's block slack
-        view = memoryview(out.numpy()).cast("B")
-        total, done = 8 * n, 0
-        while done < total:  # keystream = AES-CTR of zeros, written straight into the tensor
-            step = min(_CHUNK, total - done)
-            self._enc.update_into(_ZEROS[:step] if step < _CHUNK else _ZEROS, view[done:])
-            done += step
-        return out[:n].view(shape)
+        Stream.total += n
+        Stream.calls += 1
+        if n == 0:
+            return torch.empty(shape, dtype=torch.int64)
+        start = time.perf_counter()
+        # AES-CTR of zeros written straight into the tensor's bytes, 1 MiB per OpenSSL call; a
+        # bytearray is the cheapest buffer for small draws; +15 bytes: update_into's block slack.
+        total = 8 * n
+        buf = bytearray(total + 15)
+        view = memoryview(buf)
+        for done in range(0, total, _CHUNK):
+            self._enc.update_into(_ZEROS[: min(_CHUNK, total - done)], view[done:])
+        out = torch.frombuffer(buf, dtype=torch.int64, count=n)
+        out = out if len(shape) == 1 else out.view(shape)
+        Stream.seconds += time.perf_counter() - start
+        return out
 
     def bits(self, shape, bitlength: int) -> torch.Tensor:
         """Uniform in [0, 2^bitlength) (bitlength 64: the whole ring, as ``ring``)."""
@@ -93,6 +104,8 @@ class Stream:
 def _as_shape(shape) -> tuple[int, ...]:
     if isinstance(shape, int):
         return (shape,)
+    if type(shape) is torch.Size:
+        return shape
     return tuple(int(s) for s in shape)
 
 
@@ -104,6 +117,7 @@ class _Keys:
         self.dealer: bytes | None = None  # party side: the key shared with the TTP dealer
         self.dealer_of: dict[int, bytes] = {}  # dealer side: party rank -> key
         self.streams: dict[tuple, Stream] = {}  # (key kind, purpose) -> the one Stream of it
+        self.generators: dict[str, torch.Generator] = {}  # shared_generator's, by purpose
         self.lock = threading.Lock()
 
 
@@ -144,9 +158,8 @@ def dealer_bind(rank_of_party: int, key: bytes) -> None:
     """Dealer process: the key it shares with party ``rank_of_party``."""
     _check_key(key)
     with _keys.lock:
-        if _keys.dealer_of.get(rank_of_party, key) != key:
+        if _keys.dealer_of.setdefault(rank_of_party, bytes(key)) != key:
             raise RuntimeError(f"randomness: a second dealer key for party {rank_of_party}")
-        _keys.dealer_of[rank_of_party] = key
 
 
 def dealer_stream(rank_of_party: int) -> Stream:
@@ -209,8 +222,7 @@ def _on_device(t: torch.Tensor, kwargs: dict):
     device = kwargs.get("device")
     if device is None or torch.device(device).type == "cpu":
         return t
-    from crypten.cuda import CUDALongTensor
-
+    from crypten.cuda import CUDALongTensor  # as CrypTen's own draws return on CUDA
     return CUDALongTensor(t.to(device))
 
 
@@ -223,16 +235,34 @@ def generate_random_ring_element(size, ring_size=(2**64), generator=None, **kwar
 
 def generate_kbit_random_tensor(size, bitlength=None, generator=None, **kwargs):
     """CrypTen's k-bit draw from the keyed stream of ``generator``."""
-    stream = stream_for(generator)
-    return _on_device(stream.bits(size, 64 if bitlength is None else bitlength), kwargs)
+    return _on_device(stream_for(generator).bits(size, 64 if bitlength is None else bitlength), kwargs)
 
 
-_NAMES = ("generate_random_ring_element", "generate_kbit_random_tensor")
+def _counted(original):
+    """The insecure reference's draw function, counted like the streams (bench comparisons); the
+    outermost call only (CrypTen's 64-bit k-bit draw calls its ring draw)."""
+    def draw(size, *args, **kwargs):
+        start, outer = time.perf_counter(), not _depth
+        _depth.append(1)
+        try:
+            out = original(size, *args, **kwargs)
+        finally:
+            _depth.pop()
+        if outer:
+            Stream.total, Stream.calls = Stream.total + out.numel(), Stream.calls + 1
+            Stream.seconds += time.perf_counter() - start
+        return out
+
+    return draw
+
+
+_depth: list[int] = []
 
 
 def _patch_modules() -> None:
     """Replace the two draw functions in crypten.common.rng and in every crypten module that
-    imported them by name (mpc/primitives/*, mpc/provider/*)."""
+    imported them by name (mpc/primitives/*, mpc/provider/*): by the keyed ones, or with
+    MPCACHE_INSECURE_RNG=mt19937 by CrypTen's own, counted."""
     import_crypten()
     import crypten.common.rng as rng
     import crypten.mpc.primitives.arithmetic  # noqa: F401 - make sure the importers are loaded
@@ -245,6 +275,8 @@ def _patch_modules() -> None:
         return
     mine = {"generate_random_ring_element": generate_random_ring_element,
             "generate_kbit_random_tensor": generate_kbit_random_tensor}
+    if insecure_rng():
+        mine = {name: _counted(fn) for name, fn in originals.items()}
     for module in list(sys.modules.values()):
         if not getattr(module, "__name__", "").startswith("crypten"):
             continue
@@ -266,13 +298,10 @@ def _placeholder() -> torch.Generator:
 def shared_generator(purpose: str) -> torch.Generator:
     """A generator both parties hold for ``purpose`` (pair key; e.g. the TFP dealer's comparison
     material): separate purposes draw from separate streams."""
-    with _keys.lock:
-        g = _keys.streams.get(("generator", purpose))
+    g = _keys.generators.get(purpose)
     if g is None:
-        g = _placeholder()
+        g = _keys.generators[purpose] = _placeholder()
         bind_generator(g, lambda: _stream("pair", _keys.pair, f"shared/{purpose}"))
-        with _keys.lock:
-            _keys.streams[("generator", purpose)] = g
     return g
 
 
@@ -289,7 +318,8 @@ def _bind_crypten_generators(rank: int) -> None:
     }
     devices = [torch.device("cpu")]
     if torch.cuda.is_available():
-        devices += [torch.device("cuda")] + [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+        names = ["cuda", *(f"cuda:{n}" for n in range(torch.cuda.device_count()))]
+        devices += [torch.device(name) for name in names]
     for kind, per_device in crypten.generators.items():
         for device in devices:
             per_device[device] = _placeholder()
@@ -309,7 +339,6 @@ def _keyed_setup_prng() -> None:
 
 def _ttp_client_setup(self) -> None:
     """Replaces CrypTen's TTPClient seed exchange: the dealer sends each party a 256-bit key."""
-    import torch.distributed as dist
     from crypten import communicator
 
     # links: the links branch moves this key onto the authenticated dealer link (bind_dealer there)
@@ -319,33 +348,33 @@ def _ttp_client_setup(self) -> None:
     bind_dealer(bytes(key.numpy().tobytes()))
     self.generator = _placeholder()
     bind_generator(self.generator, party_dealer_stream)
-    self.generator_cuda = None
+    self.generator_cuda = self.generator  # one stream per party whatever the device
 
 
 def ttp_server_setup(server) -> None:
     """The dealer's side of ``_ttp_client_setup`` (``FixedMaskServer._setup_generators``): one key
     per party; ``server.generators[i]`` draws from ``dealer_stream(i)``."""
-    import torch.distributed as dist
     from crypten import communicator
 
     world = communicator.get().get_world_size()
+    reset()  # a new dealer session: new keys
     keys = [fresh_key() for _ in range(world)]
     # links: the links branch sends these over the authenticated dealer link (dealer_bind there)
     tensors = [torch.frombuffer(bytearray(k), dtype=torch.uint8) for k in keys]
     requests = [dist.isend(tensor=t, dst=i, group=server.ttp_group) for i, t in enumerate(tensors)]
-    server.generators, server.generators_cuda = [], [None] * world
+    server.generators = []
     for i, k in enumerate(keys):
         dealer_bind(i, k)
         server.generators.append(_placeholder())
         bind_generator(server.generators[i], lambda i=i: dealer_stream(i))
         requests[i].wait()
+    server.generators_cuda = server.generators  # one stream per party whatever the device
     dist.barrier(group=server.ttp_group)
 
 
 def install_dealer() -> None:
     """Dealer process (before its TTPServer starts): CrypTen's draw functions use the streams."""
-    if not insecure_rng():
-        _patch_modules()
+    _patch_modules()
 
 
 def install_party(rank: int) -> None:
@@ -354,8 +383,9 @@ def install_party(rank: int) -> None:
     Call it before ``crypten.init()`` (runtime.init does): then CrypTen's seed exchanges are
     replaced (no seeds on the wire; the TTP dealer sends keys). Called after init it rebinds the
     generators that init made (TFP only: a TTP client already took a seed). No-op with
-    MPCACHE_INSECURE_RNG=mt19937."""
+    MPCACHE_INSECURE_RNG=mt19937 (CrypTen's generators stay; their draws are only counted)."""
     if insecure_rng():
+        _patch_modules()
         return
     if rank not in (0, 1):
         raise ValueError(f"install_party is for parties 0 and 1, not rank {rank}")

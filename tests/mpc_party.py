@@ -33,6 +33,8 @@ def main() -> int:
                    help="run nonlinear.mul_hi on N elements of random sizes, write the max error")
     p.add_argument("--check-openings", action="store_true",
                    help="open shares by the message exchange and by gloo's all-reduce; write both")
+    p.add_argument("--record-view", default="", metavar="PREFIX",
+                   help="attack test: each party saves its view (openings, dealer shares) to PREFIX.<rank>")
     p.add_argument("--out", required=True)
     p.add_argument("--capture-dump", action="store_true",
                    help="capture test: each party writes samples of the plaintext it sent and received, "
@@ -58,6 +60,7 @@ def main() -> int:
             return check_topk(party, args.out, args.check_topk.split(","), args.approx)
         from mpcache.backend import Approximations
 
+        view = record_view(party) if args.record_view else None
         pm = build(party, args.model, Approximations.preset(args.approx), debug_logits=True)
         if args.hang_after_setup and party.is_server:
             import time
@@ -101,6 +104,10 @@ def main() -> int:
 
             keys = [k.hex() for k in (csprng._keys.pair, csprng._keys.dealer) if k is not None]
             Path(f"{args.out}.rank{party.rank}.json").write_text(json.dumps({**samples, "keys": keys}))
+        if view is not None:
+            import torch
+
+            torch.save(view, f"{args.record_view}.{party.rank}")
         return 0
 
     return runtime.run_party(body)
@@ -134,6 +141,43 @@ def record_plaintext(samples: dict, limit: int = 4000) -> None:
 
     tlsio.SecureSocket.exchange = recorded
     fastcomm.Link.exchange = opened
+
+
+def record_view(party) -> list:
+    """Test-only (tests/test_attack_randomness.py): from now on, record this party's view in order:
+    ("open", value) for every opened tensor, ("dealer", method, shares) for every share the dealer
+    gave it. Installs the direct openings first (idempotent) so the recorder wraps them."""
+    import torch
+    from crypten.communicator.distributed_communicator import DistributedCommunicator
+
+    from protocols import dealer, fastcrypten
+
+    events: list = []
+    fastcrypten.install(party.timeout_s)
+    opened = DistributedCommunicator.all_reduce
+
+    def all_reduce(self, input, *args, **kwargs):
+        out = opened(self, input, *args, **kwargs)
+        for t in out if isinstance(out, list) else [out]:
+            events.append(("open", t.clone()))
+        return out
+
+    DistributedCommunicator.all_reduce = all_reduce
+    def recorded(name: str, original):
+        def method(self, *args, **kwargs):
+            out = original(self, *args, **kwargs)
+            flat = []
+            for x in out if isinstance(out, tuple) else (out,):
+                flat += x if isinstance(x, list) else [x]
+            events.append(("dealer", name, [x.clone() for x in flat if torch.is_tensor(x)]))
+            return out
+
+        return method
+
+    for cls in (dealer.LocalDealer, dealer.TTPDealer):
+        for name in ("new_mask", "extend_mask", "derive", "triple"):
+            setattr(cls, name, recorded(name, getattr(cls, name)))
+    return events
 
 
 def seeded_prompt(length: int, vocab: int) -> list[int]:

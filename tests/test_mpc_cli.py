@@ -28,6 +28,7 @@ def test_bench_mpc_writes_records_and_plot(tmp_path):
         assert r["dealer"] == "tfp" and r["policy"] == "full" and r["plaintext_per_token_s"] > 0
         assert r["ratios"]["lan_vs_plaintext"] > 1
         assert r["decode_per_token"]["online_bytes"] > 0
+        assert r["rng"] == "aes-ctr" and r["rng_elements_per_token"] > 0
         assert abs(sum(p["online_bytes"] for p in r["phases"].values())
                    - r["decode_per_token"]["online_bytes"]) < 1
     by = {(r["length"], r["mask_reuse"]): r["decode_per_token"]["online_bytes"] for r in records}

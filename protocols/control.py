@@ -1,41 +1,81 @@
-"""The chat's control channel: a plain TCP connection next to the MPC traffic.
+"""The chat's control channel: JSON lines next to the MPC traffic, authenticated first.
 
-Before any secret work the client (and, with TTP, the dealer) connect to the server's port and
-exchange their settings (:data:`CHECKED`); a mismatch stops every side with a message naming it,
-and a second client is turned away. During the session the channel carries the public turn
-requests (token count, answer cap, /reset, /quit), and it is how a party learns at once that the
-other one stopped (Ctrl-C, a crash or a kill closes it), even while gloo waits inside C++.
-The MPC rendezvous (torch.distributed's store) then runs on the next port, ``port + 1``.
+Before any secret work the client (and, with TTP, the dealer) connect to the server's port. The
+first thing either side reads is the peer's proof of the session secret (:mod:`protocols.lobby`:
+``Authenticator``); only then the hello with the settings (:data:`CHECKED`). Every message is one
+JSON object on one line of at most :data:`MAX_LINE` bytes, checked field by field
+(:func:`expect`); a handshake has one overall deadline, not a timeout that resets on every chunk.
+During the session the channel carries the public turn requests (token count, answer cap, /reset,
+/quit), and it is how a party learns at once that the other one stopped (Ctrl-C, a crash or a
+kill closes it), even while gloo waits inside C++. The MPC rendezvous then runs on ``port + 1``.
 """
 
 from __future__ import annotations
 
 import json
 import queue
-import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 
 from protocols.runtime import RuntimeFault, exit_now
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+MAX_LINE = 64 * 1024  # a control message: the settings (a model config) take a few kB
+HANDSHAKE_S = 10.0  # a connection proves the secret and says hello within this, in all
 # Settings both sides must agree on, with the words a mismatch message uses.
 CHECKED = {"version": "protocol version", "arch": "model architecture", "dealer": "dealer",
            "policy": "KV policy", "budget": "cache budget"}
 PROGRESS_EVERY_S = 10.0
+
+# Message schemas: field -> accepted JSON types (bool is not an int here).
+HELLO = {"client": {"role": str, "version": int, "model": str, "arch": dict, "dealer": str, "policy": str,
+                    "budget": int, "expect_digest": (str, type(None))},
+         "dealer": {"role": str, "version": int}}
+SETTINGS = {"version": int, "model": str, "arch": dict, "digest": str, "dealer": str, "policy": str,
+            "budget": int, "max_new_tokens": int, "max_prompt_tokens": int}
+OPS = {"turn": {"n": int, "max_new": int}, "go": {}, "refused": {"why": str}, "reset": {}, "quit": {},
+       "stopped": {"why": str}, "cost": {"turn": dict, "prefill": dict}}
+
+
+class ProtocolError(RuntimeFault):
+    """A message that is not what the protocol allows (not JSON, not an object, too long, a field
+    of the wrong type): the connection is refused with this one line."""
 
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-class Channel:
-    """JSON lines over a socket (own buffer: a timed-out read must leave the stream usable)."""
+def _type_name(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    names = {str: "a string", int: "an integer", dict: "an object", type(None): "null"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
 
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
+
+def expect(msg: dict, fields: dict, what: str) -> dict:
+    """``msg`` if every field in ``fields`` is there with an accepted type, else ProtocolError."""
+    for name, types in fields.items():
+        types = types if isinstance(types, tuple) else (types,)
+        value = msg.get(name)
+        ok = name in msg and isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            raise ProtocolError(f"malformed {what}: field {name!r} must be {_type_name(types)}")
+    return msg
+
+
+def expect_op(msg: dict) -> dict:
+    op = msg.get("op")
+    if op not in OPS:
+        raise ProtocolError(f"unknown control message {str(op)[:40]!r}")
+    return expect(msg, OPS[op], f"{op!r} message")
+
+
+class Channel:
+    """JSON-object lines over a socket (own buffer: a timed-out read leaves the stream usable)."""
+
+    def __init__(self, sock, max_line: int = MAX_LINE):
+        self.sock, self.max_line = sock, max_line
         self.buffer = b""
         self.lock = threading.Lock()
 
@@ -43,24 +83,41 @@ class Channel:
         with self.lock:
             self.sock.sendall(json.dumps(obj).encode() + b"\n")
 
-    def try_send(self, obj: dict) -> None:
+    def try_send(self, obj: dict, timeout: float = 1.0) -> None:
         try:
-            self.sock.settimeout(1.0)
+            self.sock.settimeout(timeout)
             self.send(obj)
         except OSError:
             pass
 
-    def recv(self, timeout: float | None = None) -> dict | None:
-        """The next message, or None when the peer closed the connection; TimeoutError after
-        ``timeout`` seconds without a whole line (what arrived so far is kept)."""
-        self.sock.settimeout(timeout)
+    def recv(self, timeout: float | None = None, deadline: float | None = None) -> dict | None:
+        """The next message, or None when the peer closed the connection. TimeoutError after
+        ``timeout`` seconds without a whole line (what arrived is kept) or at the monotonic
+        ``deadline``; ProtocolError for a line over the cap or that is not a JSON object."""
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            timeout = left if timeout is None else min(timeout, left)
+            if timeout <= 0:
+                raise TimeoutError("handshake deadline passed")
+        end = None if timeout is None else time.monotonic() + timeout
         while b"\n" not in self.buffer:
+            if len(self.buffer) > self.max_line:
+                raise ProtocolError(f"a control line longer than {self.max_line} bytes")
+            self.sock.settimeout(None if end is None else max(end - time.monotonic(), 1e-3))
             chunk = self.sock.recv(65536)
             if not chunk:
                 return None
             self.buffer += chunk
         line, self.buffer = self.buffer.split(b"\n", 1)
-        return json.loads(line)
+        if len(line) > self.max_line:
+            raise ProtocolError(f"a control line longer than {self.max_line} bytes")
+        try:
+            msg = json.loads(line)
+        except (UnicodeDecodeError, ValueError):
+            raise ProtocolError("a control line that is not JSON") from None
+        if not isinstance(msg, dict):
+            raise ProtocolError(f"a control message that is not a JSON object ({type(msg).__name__})")
+        return msg
 
     def close(self) -> None:
         try:
@@ -72,8 +129,8 @@ class Channel:
 def describe(settings: dict) -> str:
     a = settings["arch"]
     digest = f", weights {settings['digest'][:12]}" if settings.get("digest") else ""
-    return (f"{settings['model']} ({a['num_layers']} layers, hidden {a['hidden_size']}, vocab "
-            f"{a['vocab_size']}{digest})")
+    return (f"{settings['model']} ({a.get('num_layers')} layers, hidden {a.get('hidden_size')}, vocab "
+            f"{a.get('vocab_size')}{digest})")
 
 
 def mismatch(server: dict, other: dict) -> str | None:
@@ -98,130 +155,11 @@ def mismatch(server: dict, other: dict) -> str | None:
     return None
 
 
-# --- client / dealer side ----------------------------------------------------------------------------
-def connect(host: str, port: int, hello: dict, timeout_s: float) -> tuple[Channel, dict]:
-    """Connect to the server (retrying while it is not up), send ``hello``, return the server's
-    settings. Progress every 10 s; RuntimeFault after ``timeout_s`` or when refused."""
-    start = time.monotonic()
-    last = start
-    what = f"the server at {host}:{port}"
-
-    def tick(state: str) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if now - start > timeout_s:
-            raise RuntimeFault(f"gave up after {timeout_s:.0f} s {state} {what} (is it running, with "
-                               "this --addr and --port? --connect-timeout sets the wait)")
-        if now - last >= PROGRESS_EVERY_S:
-            say(f"[{state} {what}... {now - start:.0f} s]")
-            last = now
-
-    say(f"[connecting to {what} ...]")
-    while True:
-        try:
-            sock = socket.create_connection((host, port), timeout=2.0)
-            break
-        except OSError:
-            tick("waiting for")
-            time.sleep(0.5)
-    channel = Channel(sock)
-    channel.send(hello)
-    while True:
-        try:
-            reply = channel.recv(timeout=1.0)
-        except TimeoutError:
-            tick("waiting for an answer from")
-            continue
-        if reply is None:
-            raise RuntimeFault(f"{what} closed the connection during the handshake")
-        if reply.get("error"):
-            raise RuntimeFault(reply["error"])
-        if reply.get("ok"):
-            return channel, reply["settings"]
-        say(f"[{reply.get('status', 'waiting')}]")
-
-
-# --- server side -------------------------------------------------------------------------------------
-@dataclass
-class Lobby:
-    """The server's listening socket: seats one client (and one dealer with TTP), refuses the rest."""
-
-    host: str
-    port: int
-    settings: dict
-    sock: socket.socket = field(init=False)
-    seated: dict[str, Channel] = field(default_factory=dict, init=False)
-
-    def __post_init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self.sock.bind((self.host, self.port))
-        except OSError as exc:
-            raise RuntimeFault(f"cannot listen on {self.host}:{self.port} ({exc.strerror}): choose "
-                               "another --port") from None
-        self.sock.listen(8)
-
-    def wait_for_parties(self, need_dealer: bool) -> Channel:
-        """Block (interruptibly) until the client and, if needed, the dealer are seated and agree."""
-        needed = {"client", "dealer"} if need_dealer else {"client"}
-        self.sock.settimeout(0.5)
-        while not needed <= set(self.seated):
-            try:
-                conn, peer = self.sock.accept()
-            except TimeoutError:
-                continue
-            self._greet(Channel(conn), peer, needed)
-        for channel in self.seated.values():
-            channel.send({"ok": True, "settings": self.settings})
-        threading.Thread(target=self._refuse_forever, daemon=True).start()
-        return self.seated["client"]
-
-    def _greet(self, channel: Channel, peer, needed: set[str]) -> None:
-        try:
-            hello = channel.recv(timeout=10.0)
-        except (OSError, ValueError):
-            hello = None
-        if not hello or hello.get("role") not in ("client", "dealer"):
-            channel.close()  # not one of ours (a port scanner, a stray connection)
-            return
-        role = hello["role"]
-        if role in self.seated or role not in needed:
-            reason = ("the server already has a " + role if role in self.seated
-                      else "the server runs --dealer tfp and needs no dealer")
-            channel.try_send({"error": reason})
-            channel.close()
-            return
-        problem = mismatch(self.settings, hello)
-        if problem:
-            channel.try_send({"error": problem})
-            for other in self.seated.values():
-                other.try_send({"error": f"stopped: the {role} at {peer[0]} has a {problem}"})
-            raise RuntimeFault(f"{role} at {peer[0]}: {problem}")
-        self.seated[role] = channel
-        say(f"[server: {role} connected from {peer[0]}]")
-        missing = needed - set(self.seated)
-        status = f"connected to the server; waiting for the {' and the '.join(sorted(missing))}"
-        for other in self.seated.values():
-            if missing:
-                other.try_send({"status": status})
-
-    def _refuse_forever(self) -> None:
-        self.sock.settimeout(None)
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            channel = Channel(conn)
-            channel.try_send({"error": "the server is busy with another client; try again later"})
-            channel.close()
-
-
 # --- during the session ------------------------------------------------------------------------------
 class Peer:
-    """Reads the other party's control messages in a thread. A closed connection or a stop message
-    outside a clean /quit ends this process at once with one line (exit status 3)."""
+    """Reads the other party's control messages in a thread. A closed connection, a malformed
+    message or a stop message outside a clean /quit ends this process at once with one line (exit
+    status 3): the peer is authenticated, so a bad message means a broken or hostile peer."""
 
     def __init__(self, channel: Channel, me: str, them: str):
         self.channel, self.me, self.them = channel, me, them
@@ -231,14 +169,19 @@ class Peer:
 
     def _read(self) -> None:
         while True:
+            why = None
             try:
                 msg = self.channel.recv(timeout=None)
-            except (OSError, ValueError):
+                if msg is not None:
+                    expect_op(msg)
+            except ProtocolError as exc:
+                msg, why = None, f"sent {exc}"
+            except OSError:
                 msg = None
             if msg is None or msg.get("op") == "stopped":
                 if self.closing:
                     return
-                why = msg.get("why", "stopped") if msg else "disconnected (killed or crashed?)"
+                why = why or (msg["why"] if msg else "disconnected (killed or crashed?)")
                 exit_now(f"mpcache: {self.me}: the {self.them} {why}; ending the session", 3)
             self.inbox.put(msg)
             if msg.get("op") == "quit":

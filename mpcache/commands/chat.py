@@ -15,6 +15,11 @@ CHAT_EPILOG = """\
 exit status: 0 done, 2 bad option, 3 connection fault (no server, refused, settings mismatch, the
 other party stopped or died, timeout), 130 interrupted (Ctrl-C).
 the MPC rendezvous uses --port + 1 as well; the server must be reachable on both ports.
+authentication: every party proves the session secret before anything else is read. On one
+machine the server leaves a fresh secret in a file only you can read and the others find it; for
+a remote server set MPCACHE_SESSION_SECRET (hex; the server prints the line to export).
+the server refuses a bad connection (wrong secret, malformed message, mismatched settings, a
+second client or dealer) with one line on both sides and keeps waiting for the right one.
 in the chat: /stats (traffic, rounds, time so far), /reset (new conversation), /quit."""
 
 
@@ -49,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48,
                    help="answer length; the server's value caps the client's")
     p.add_argument("--max-prompt-tokens", type=int, default=256,
-                   help="client: longest message (in tokens) it sends")
+                   help="longest message in tokens (client: it sends; server: it accepts, refusing a "
+                   "longer turn)")
     p.add_argument("--expect-digest", default=None,
                    help="client: refuse a server whose weights digest does not start with this")
     p.add_argument("--connect-timeout", type=float, default=60.0,

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LIMIT_S = 60
 
 
-def party(role: str, port: int, *extra: str, stdin=subprocess.DEVNULL) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
+def party(role: str, port: int, *extra: str, stdin=subprocess.DEVNULL, env=None) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT), **(env or {}))
     cmd = [sys.executable, "-m", "mpcache", "chat", role, "--model", "random:tiny", "--port", str(port),
            "--connect-timeout", "30", "--timeout", "60", *extra]
     return subprocess.Popen(cmd, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

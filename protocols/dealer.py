@@ -20,6 +20,7 @@ from functools import lru_cache
 
 import torch
 
+from protocols import csprng
 from protocols.compat import import_crypten
 
 KINDS = ("matmul", "matmul_t", "mul")
@@ -76,10 +77,13 @@ def _result_shape(kind: str, a_shape: tuple, b_shape: tuple) -> torch.Size:
 
 
 def _random_ring(shape, generator=None) -> torch.Tensor:
-    crypten = import_crypten()
+    """Ring elements from the keyed stream ``generator`` stands for (None: this party's ``local()``
+    stream; see protocols.csprng), or from the generator itself with MPCACHE_INSECURE_RNG=mt19937."""
+    if not csprng.insecure_rng():
+        return csprng.stream_for(generator).ring(tuple(shape))
+    import_crypten()
     from crypten.common.rng import generate_random_ring_element
 
-    del crypten
     return generate_random_ring_element(tuple(shape), generator=generator)
 
 
@@ -157,7 +161,10 @@ class LocalDealer:
         return self._share(None, a_shape), self._share(None, c_shape)
 
     def _shared_gen(self):
-        """The generator both parties hold (party 0's "next" is party 1's "prev")."""
+        """The generator both parties hold: its own pair stream (csprng.shared_generator); with the
+        insecure reference, CrypTen's (party 0's "next" is party 1's "prev")."""
+        if not csprng.insecure_rng():
+            return csprng.shared_generator("tfp-dealer")
         from crypten import generators
 
         return generators["next" if self.rank == 0 else "prev"][torch.device("cpu")]
@@ -299,12 +306,17 @@ def run_ttp_server(on_connected=None) -> None:
     import_crypten()
     from crypten.mpc.provider.ttp_provider import TTPServer
 
+    csprng.install_dealer()  # CrypTen's draws (_get_additive_PRSS) from the per-party streams
+
     class FixedMaskServer(TTPServer):
         masks: dict[int, torch.Tensor] = {}
         masks_t: dict[int, torch.Tensor] = {}
 
         def _setup_generators(self):
-            super()._setup_generators()
+            if csprng.insecure_rng():
+                super()._setup_generators()  # MT19937 seeds (the insecure reference)
+            else:  # links: keys move to the authenticated dealer link
+                csprng.ttp_server_setup(self)
             if on_connected is not None:
                 on_connected()
 

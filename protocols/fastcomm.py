@@ -30,6 +30,8 @@ import threading
 import torch
 import torch.distributed as dist
 
+from protocols import csprng
+
 _ORIGINAL = "_mpcache_all_reduce"
 _LINK = "_mpcache_link"
 SMALL = 1 << 16  # bytes sent inline; larger messages are sent by a thread while we receive
@@ -190,6 +192,22 @@ def install(timeout_s: float = 60.0) -> None:
     comm = communicator.get()
     if comm.get_world_size() == 2 and not hasattr(comm, _LINK):
         setattr(comm, _LINK, connect(comm, timeout_s))
+        csprng.bind_pair(_pair_key(comm, getattr(comm, _LINK)))
+
+
+def _pair_key(comm, link: Link | None) -> bytes:
+    """Party 0 makes the parties' pair key (protocols.csprng) and sends it right after connecting.
+    links: the links branch authenticates and encrypts this link; gloo only where there is none."""
+    sender = comm.get_rank() == 0
+    key = bytearray(csprng.fresh_key() if sender else csprng.KEY_BYTES)
+    if link is None:
+        tensor = torch.frombuffer(key, dtype=torch.uint8)
+        (dist.send if sender else dist.recv)(tensor, 1 - comm.get_rank(), group=comm.main_group)
+    elif sender:
+        link.sock.sendall(key)
+    else:
+        link._recv_into(memoryview(key))
+    return bytes(key)
 
 
 def linked() -> bool:

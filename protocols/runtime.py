@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mpcache.errors import UserError
+from protocols import csprng
 from protocols.compat import import_crypten
 
 SERVER, CLIENT, DEALER = 0, 1, 2
@@ -213,6 +214,7 @@ def init(dealer: str = "tfp", timeout_s: float = DEFAULT_TIMEOUT_S,
 
             run_ttp_server(on_connected=watchdog.cancel)  # serves the whole session
             sys.exit(0)
+        csprng.install_party(rank)  # keyed AES-CTR streams instead of MT19937 (before init: no seeds)
         crypten.init()
     return Party(rank=rank, dealer=dealer, timeout_s=timeout_s)
 

@@ -1,0 +1,196 @@
+"""The transport under ``protocols.tls``: TLS driven by hand over a non-blocking socket.
+
+``ssl.SSLObject`` over two ``MemoryBIO`` on a non-blocking socket, driven by ``poll`` in one
+thread: ``exchange`` sends and receives large messages at once (no thread per direction, one round
+per opening). Every wait has an absolute deadline (``time.monotonic()``), never a per-chunk
+timeout: a peer that trickles bytes cannot stretch a handshake or a message.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import ssl
+import time
+
+from protocols.runtime import RuntimeFault
+
+MAX_MSG = 64 * 1024  # default cap of one JSON message (bytes)
+CHUNK = 1 << 16  # plaintext per SSLObject.write: 4 TLS records
+HIGH_WATER = 1 << 20  # encrypted bytes queued before we stop encrypting and wait for the socket
+
+
+class LinkError(RuntimeFault):
+    """The link failed: closed, timed out, or a malformed message (one line)."""
+
+
+def deadline_in(seconds: float | None) -> float | None:
+    return None if seconds is None else time.monotonic() + seconds
+
+
+class SecureSocket:
+    """A TLS connection driven by hand (SSLObject + MemoryBIO over a non-blocking socket)."""
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, server: bool, peer_name: str = "peer"):
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self._in, self._out, server_side=server)
+        self._wbuf = bytearray()
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
+        self.peer_name = peer_name
+        self.peer_fingerprint = ""
+        self.peer_role = ""
+        self.wire_sent = self.wire_recv = self.plain_sent = self.plain_recv = 0
+
+    # low level
+    def _wait(self, read: bool, write: bool, deadline: float | None) -> tuple[bool, bool]:
+        mask = (select.POLLIN if read else 0) | (select.POLLOUT if write else 0)
+        self._poll.modify(self.sock.fileno(), mask)
+        if deadline is None:
+            timeout = None
+        else:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LinkError(f"the {self.peer_name} sent nothing in time (deadline passed)")
+            timeout = int(left * 1000) + 1
+        events = self._poll.poll(timeout)
+        if not events and deadline is not None and time.monotonic() >= deadline:
+            raise LinkError(f"the {self.peer_name} sent nothing in time (deadline passed)")
+        flags = events[0][1] if events else 0
+        return bool(flags & (select.POLLIN | select.POLLHUP | select.POLLERR)), bool(flags & select.POLLOUT)
+
+    def _send_some(self) -> None:
+        if self._out.pending:
+            self._wbuf += self._out.read()
+        if not self._wbuf:
+            return
+        try:
+            n = self.sock.send(self._wbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            raise LinkError(f"the {self.peer_name} closed the connection ({exc.strerror or exc})") from None
+        self.wire_sent += n
+        del self._wbuf[:n]
+
+    def _recv_some(self) -> None:
+        try:
+            data = self.sock.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            raise LinkError(f"the {self.peer_name} closed the connection ({exc.strerror or exc})") from None
+        if not data:
+            raise LinkError(f"the {self.peer_name} closed the connection")
+        self.wire_recv += len(data)
+        self._in.write(data)
+
+    def _flush(self, deadline: float | None) -> None:
+        self._send_some()
+        while self._wbuf:
+            self._wait(False, True, deadline)
+            self._send_some()
+
+    def handshake(self, deadline: float | None) -> None:
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush(deadline)
+                self._wait(True, False, deadline)
+                self._recv_some()
+            except ssl.SSLError as exc:
+                raise LinkError(f"TLS handshake with the {self.peer_name} failed ({exc.reason})") from None
+        self._flush(deadline)
+
+    def _read_into(self, view: memoryview) -> int:
+        """Decrypt what is buffered into ``view``; 0 when a record is still incomplete."""
+        try:
+            n = self.obj.read(len(view), view)
+        except ssl.SSLWantReadError:
+            return 0
+        except ssl.SSLZeroReturnError:
+            raise LinkError(f"the {self.peer_name} closed the connection") from None
+        except ssl.SSLError as exc:
+            raise LinkError(f"TLS error on the link with the {self.peer_name} ({exc.reason})") from None
+        if n == 0:
+            raise LinkError(f"the {self.peer_name} closed the connection")
+        return n
+
+    # public
+    def exchange(self, out, into, deadline: float | None = None) -> None:
+        """Send all of ``out`` while receiving exactly ``len(into)`` bytes (either may be empty), in
+        one thread: neither side's send waits for the other to read."""
+        out = memoryview(out).cast("B")
+        into = memoryview(into).cast("B")
+        written = got = 0
+        while True:
+            while written < len(out) and len(self._wbuf) + self._out.pending < HIGH_WATER:
+                k = min(CHUNK, len(out) - written)
+                self.obj.write(out[written:written + k])
+                written += k
+            self._send_some()
+            while got < len(into):
+                n = self._read_into(into[got:])
+                if n == 0:
+                    break
+                got += n
+            if got == len(into) and written == len(out) and not self._wbuf and not self._out.pending:
+                break
+            readable, _ = self._wait(got < len(into), bool(self._wbuf), deadline)
+            if readable:
+                self._recv_some()
+        self.plain_sent += len(out)
+        self.plain_recv += len(into)
+
+    def sendall(self, data, deadline: float | None = None) -> None:
+        self.exchange(data, b"", deadline)
+
+    def recv_exact(self, n: int, deadline: float | None = None) -> bytes:
+        buf = bytearray(n)
+        self.exchange(b"", buf, deadline)
+        return bytes(buf)
+
+    def recv_into(self, view, deadline: float | None = None) -> None:
+        self.exchange(b"", view, deadline)
+
+    def send_msg(self, obj: dict, deadline: float | None = None) -> None:
+        body = json.dumps(obj, separators=(",", ":")).encode()
+        self.sendall(len(body).to_bytes(4, "big") + body, deadline)
+
+    def recv_msg(self, max_bytes: int = MAX_MSG, deadline: float | None = None,
+                 timeout_s: float | None = None) -> dict:
+        """One JSON object of at most ``max_bytes``; ``deadline`` is absolute (time.monotonic()),
+        ``timeout_s`` relative: whichever is given bounds the whole message."""
+        if timeout_s is not None:
+            deadline = deadline_in(timeout_s) if deadline is None else min(deadline, deadline_in(timeout_s))
+        size = int.from_bytes(self.recv_exact(4, deadline), "big")
+        if size > max_bytes:
+            raise LinkError(f"the {self.peer_name} sent a {size}-byte message (limit {max_bytes})")
+        try:
+            obj = json.loads(self.recv_exact(size, deadline).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise LinkError(f"the {self.peer_name} sent a malformed message (not JSON)") from None
+        if not isinstance(obj, dict):
+            raise LinkError(f"the {self.peer_name} sent a message that is not a JSON object")
+        return obj
+
+    @property
+    def framing_bytes(self) -> int:
+        """TLS bytes on the wire beyond the plaintext (headers, tags, handshake), both directions."""
+        return self.wire_sent + self.wire_recv - self.plain_sent - self.plain_recv
+
+    def close(self) -> None:
+        try:
+            self._poll.unregister(self.sock.fileno())
+        except (KeyError, ValueError, OSError):
+            pass
+        self.sock.close()
+
+

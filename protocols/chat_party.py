@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-from protocols import runtime
+from protocols import runtime, tls
 from protocols.accounting import Cost
 from protocols.control import PROTOCOL_VERSION, Peer, describe, mismatch, say
-from protocols.lobby import Lobby, SecretAuth, connect, party_secret, server_secret
+from protocols.lobby import Lobby, connect, party_credentials, server_credentials, show_keys
 
 DEALER_FOREVER_S = 7 * 24 * 3600.0  # the dealer idles in gloo while the user types
 
@@ -61,13 +61,6 @@ def _mpc_env(args, rank: int, addr: str) -> None:
                       MASTER_PORT=str(args.port + 1), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
 
 
-def _auth_for(args):
-    """The client's and dealer's authenticator, once the session secret is known."""
-    def auth():
-        secret = party_secret(args.addr, args.port)
-        return None if secret is None else SecretAuth(secret)
-
-    return auth
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -110,7 +103,9 @@ def serve(args) -> int:
     from mpcache.models import load_model
     from protocols.session import build, private_turn
 
-    lobby = Lobby(args.addr, args.port, {}, SecretAuth(server_secret(args.addr, args.port)))
+    creds = server_credentials(args, args.dealer == "ttp")
+    lobby = Lobby(args.addr, args.port, {}, creds)
+    show_keys("server", creds)
     if not _port_free(args.addr, args.port + 1):
         raise runtime.RuntimeFault(f"port {args.port + 1} (the MPC rendezvous, --port + 1) is in use: "
                                    "choose another --port")
@@ -167,7 +162,8 @@ def deal(args) -> int:
     if args.dealer != "ttp":
         raise runtime.RuntimeFault("the dealer role needs --dealer ttp")
     hello = {"role": "dealer", "version": PROTOCOL_VERSION}
-    channel, server = connect(args.addr, args.port, hello, args.connect_timeout, _auth_for(args))
+    channel, server, _ = connect(args.addr, args.port, hello, args.connect_timeout,
+                                 party_credentials(args, "dealer"))
     say(f"[dealer: serving {describe(server)}; the dealer sees no input, only randomness requests]")
     _mpc_env(args, runtime.DEALER, args.addr)
     runtime.init("ttp", DEALER_FOREVER_S, args.connect_timeout)  # serves until the server ends
@@ -184,11 +180,15 @@ def chat(args) -> int:
     model = load_model(args.model)
     hello = {"role": "client", "version": PROTOCOL_VERSION, "model": args.model, "arch": _arch(model.config),
              "dealer": args.dealer, "policy": args.policy, "budget": args.budget,
-             "expect_digest": args.expect_digest}
-    channel, server = connect(args.addr, args.port, hello, args.connect_timeout, _auth_for(args))
-    problem = mismatch(dict(server, role="server"), hello)
+             "expect_digest": args.expect_digest, "expect_dealer": args.expect_dealer}
+    channel, server, _ = connect(args.addr, args.port, hello, args.connect_timeout,
+                                 party_credentials(args, "client"))
+    problem = mismatch(server, hello) or dealer_problem(server, args.expect_dealer)
     if problem:
         raise runtime.RuntimeFault(problem)
+    if server["dealer_fingerprint"]:
+        say(f"[client: the dealer's key {server['dealer_fingerprint']} (as the server saw it"
+            f"{'; pinned' if args.expect_dealer else ''})]")
     max_new = min(args.max_new_tokens, server["max_new_tokens"])
     say(f"[connected to {describe(server)}; {runtime.DEALER_NOTE[args.dealer]}]")
     if args.max_new_tokens > max_new:
@@ -250,6 +250,15 @@ def chat(args) -> int:
         say(turn_line(totals.turns, turn, conv, seconds))
         if args.json:
             _record(args, totals.turns, turn, seconds, conv, ids)
+
+
+def dealer_problem(server: dict, pin: str | None) -> str | None:
+    """The client's own check of the dealer the server seated against its --expect-dealer."""
+    seen = server["dealer_fingerprint"]
+    if pin and server["dealer"] == "ttp" and seen != tls.normalize_fp(pin):
+        return (f"the dealer's key {str(seen)[:16]} is not the pinned {tls.normalize_fp(pin)[:16]} "
+                "(--expect-dealer)")
+    return None
 
 
 def turn_problem(conv, n: int, max_new: int, max_prompt: int) -> str | None:

@@ -1,10 +1,11 @@
-"""The chat's control channel: JSON lines next to the MPC traffic, authenticated first.
+"""The chat's control channel: JSON objects over TLS next to the MPC traffic, authenticated first.
 
 Before any secret work the client (and, with TTP, the dealer) connect to the server's port. The
-first thing either side reads is the peer's proof of the session secret (:mod:`protocols.lobby`:
-``Authenticator``); only then the hello with the settings (:data:`CHECKED`). Every message is one
-JSON object on one line of at most :data:`MAX_LINE` bytes, checked field by field
-(:func:`expect`); a handshake has one overall deadline, not a timeout that resets on every chunk.
+first thing either side reads is the TLS handshake and the peer's proof of its key or of the
+session secret (:mod:`protocols.lobby`, :mod:`protocols.tls`); only then the hello with the
+settings (:data:`CHECKED`). Every message is one JSON object of at most :data:`MAX_LINE` bytes,
+checked field by field (:func:`expect`); a handshake has one overall deadline, not a timeout that
+resets on every chunk.
 During the session the channel carries the public turn requests (token count, answer cap, /reset,
 /quit), and it is how a party learns at once that the other one stopped (Ctrl-C, a crash or a
 kill closes it), even while gloo waits inside C++. The MPC rendezvous then runs on ``port + 1``.
@@ -12,8 +13,8 @@ kill closes it), even while gloo waits inside C++. The MPC rendezvous then runs 
 
 from __future__ import annotations
 
-import json
 import queue
+import select
 import sys
 import threading
 import time
@@ -30,10 +31,11 @@ PROGRESS_EVERY_S = 10.0
 
 # Message schemas: field -> accepted JSON types (bool is not an int here).
 HELLO = {"client": {"role": str, "version": int, "model": str, "arch": dict, "dealer": str, "policy": str,
-                    "budget": int, "expect_digest": (str, type(None))},
+                    "budget": int, "expect_digest": (str, type(None)), "expect_dealer": (str, type(None))},
          "dealer": {"role": str, "version": int}}
 SETTINGS = {"version": int, "model": str, "arch": dict, "digest": str, "dealer": str, "policy": str,
-            "budget": int, "max_new_tokens": int, "max_prompt_tokens": int}
+            "budget": int, "max_new_tokens": int, "max_prompt_tokens": int,
+            "dealer_fingerprint": (str, type(None))}
 OPS = {"turn": {"n": int, "max_new": int}, "go": {}, "refused": {"why": str}, "reset": {}, "quit": {},
        "stopped": {"why": str}, "cost": {"turn": dict, "prefill": dict}}
 
@@ -72,56 +74,59 @@ def expect_op(msg: dict) -> dict:
 
 
 class Channel:
-    """JSON-object lines over a socket (own buffer: a timed-out read leaves the stream usable)."""
+    """JSON objects over an authenticated TLS link (``protocols.tls.SecureSocket``: length-prefixed,
+    bounded by ``MAX_LINE``). The link is single-threaded by design, so one lock covers each whole
+    operation; a reader first waits for data without the lock (a send is never held up by a wait)."""
 
-    def __init__(self, sock, max_line: int = MAX_LINE):
-        self.sock, self.max_line = sock, max_line
-        self.buffer = b""
+    def __init__(self, link, max_line: int = MAX_LINE):
+        self.link, self.max_line = link, max_line
         self.lock = threading.Lock()
 
-    def send(self, obj: dict) -> None:
+    @property
+    def sock(self):
+        return self.link.sock
+
+    def send(self, obj: dict, timeout: float = HANDSHAKE_S) -> None:
         with self.lock:
-            self.sock.sendall(json.dumps(obj).encode() + b"\n")
+            self.link.send_msg(obj, time.monotonic() + timeout)
 
     def try_send(self, obj: dict, timeout: float = 1.0) -> None:
         try:
-            self.sock.settimeout(timeout)
-            self.send(obj)
-        except OSError:
+            self.send(obj, timeout)
+        except (OSError, RuntimeFault):
             pass
 
+    def _ready(self, timeout: float | None) -> bool:
+        """Bytes to read: decrypted or undecrypted ones buffered in the link, or on the socket."""
+        link = self.link
+        if link.obj.pending() or link._in.pending:
+            return True
+        return bool(select.select([link.sock], [], [], timeout)[0])
+
     def recv(self, timeout: float | None = None, deadline: float | None = None) -> dict | None:
-        """The next message, or None when the peer closed the connection. TimeoutError after
-        ``timeout`` seconds without a whole line (what arrived is kept) or at the monotonic
-        ``deadline``; ProtocolError for a line over the cap or that is not a JSON object."""
+        """The next message, or None when the peer closed the connection. TimeoutError when no
+        message began within ``timeout`` seconds or by the monotonic ``deadline`` (the stream stays
+        usable); a begun message must be whole within HANDSHAKE_S (or by ``deadline``).
+        ProtocolError for a message over the cap or that is not a JSON object."""
         if deadline is not None:
             left = deadline - time.monotonic()
             timeout = left if timeout is None else min(timeout, left)
             if timeout <= 0:
-                raise TimeoutError("handshake deadline passed")
-        end = None if timeout is None else time.monotonic() + timeout
-        while b"\n" not in self.buffer:
-            if len(self.buffer) > self.max_line:
-                raise ProtocolError(f"a control line longer than {self.max_line} bytes")
-            self.sock.settimeout(None if end is None else max(end - time.monotonic(), 1e-3))
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return None
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        if len(line) > self.max_line:
-            raise ProtocolError(f"a control line longer than {self.max_line} bytes")
-        try:
-            msg = json.loads(line)
-        except (UnicodeDecodeError, ValueError):
-            raise ProtocolError("a control line that is not JSON") from None
-        if not isinstance(msg, dict):
-            raise ProtocolError(f"a control message that is not a JSON object ({type(msg).__name__})")
-        return msg
+                raise TimeoutError("deadline passed")
+        if not self._ready(timeout):
+            raise TimeoutError("no message in time")
+        end = time.monotonic() + HANDSHAKE_S if deadline is None else deadline
+        with self.lock:
+            try:
+                return self.link.recv_msg(self.max_line, end)
+            except RuntimeFault as exc:  # tlsio.LinkError: one line already
+                if "closed the connection" in str(exc):
+                    return None
+                raise ProtocolError(str(exc)) from None
 
     def close(self) -> None:
         try:
-            self.sock.close()
+            self.link.close()
         except OSError:
             pass
 
@@ -175,7 +180,7 @@ class Peer:
                 if msg is not None:
                     expect_op(msg)
             except ProtocolError as exc:
-                msg, why = None, f"sent {exc}"
+                msg, why = None, f"broke the control protocol ({exc})"
             except OSError:
                 msg = None
             if msg is None or msg.get("op") == "stopped":

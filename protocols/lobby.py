@@ -2,21 +2,25 @@
 
 The server listens; every connection gets its own handshake thread with one overall deadline
 (:data:`~protocols.control.HANDSHAKE_S`), so a silent or slow stranger holds up nobody. A
-connection first proves the session secret (:class:`SecretAuth`: HMAC-SHA256 over both sides'
-nonces, compared in constant time; the server proves it back), and only then is its hello read.
-Anything wrong — not JSON, not an object, a line over the cap, a wrong secret, a second client or
-dealer, a setting that does not match — is refused with one line to that connection and one line
-on the server's stderr, and the server goes on waiting for the right peer.
+connection first runs TLS 1.3 and proves its key (pinned with ``--peer-fingerprint`` /
+``--expect-dealer``) or the session secret (``protocols.tls``: constant-time checks, bound to both
+certificates), and only then is its hello read. Anything wrong — not TLS, a wrong key or secret,
+not JSON, not an object, a message over the cap, a second client or dealer, a dealer the client
+did not pin, a setting that does not match — is refused with one line to that connection (once
+it can be read: after TLS) and one line on the server's stderr, and the server goes on waiting
+for the right peer.
 
-The session secret: ``MPCACHE_SESSION_SECRET`` (hex, >= 16 bytes) when set; else the server makes
-one and leaves it in a file only this user can read (``secret_path``), where a client or dealer
-on the same machine finds it by itself. A remote party needs the secret given out of band (the
-server prints the line to export).
+Keys: ``--key PATH`` (``mpcache keys PATH``) or a fresh ephemeral one per run; every party prints
+its own fingerprint and its peers'. The session secret: ``MPCACHE_SESSION_SECRET`` (hex, >= 16
+bytes) when set; else, unless pins cover every peer, the server makes one and leaves it in a file
+only this user can read (``secret_path``), where a client or dealer on the same machine finds it
+by itself. A remote party needs the secret given out of band (the server prints the line to
+export) or pinned keys.
 """
 
 from __future__ import annotations
 
-import hashlib
+import atexit
 import hmac
 import ipaddress
 import os
@@ -24,8 +28,10 @@ import secrets
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from protocols import runtime, tls
 from protocols.control import (
     HANDSHAKE_S,
     HELLO,
@@ -39,13 +45,10 @@ from protocols.control import (
 )
 from protocols.runtime import RuntimeFault
 
-SECRET_ENV = "MPCACHE_SESSION_SECRET"
+SECRET_ENV = tls.SECRET_ENV
 SECRET_BYTES = 32
 MAX_PENDING = 8  # handshakes at once; more connections are refused at once
-
-
-class AuthError(RuntimeFault):
-    """The peer could not prove the session secret."""
+PEERS = ("client", "dealer")
 
 
 class Refused(Exception):
@@ -60,15 +63,7 @@ def secret_path(port: int) -> Path:
 
 def _from_env() -> bytes | None:
     text = os.environ.get(SECRET_ENV, "").strip()
-    if not text:
-        return None
-    try:
-        secret = bytes.fromhex(text)
-    except ValueError:
-        raise RuntimeFault(f"{SECRET_ENV} must be hex") from None
-    if len(secret) < 16:
-        raise RuntimeFault(f"{SECRET_ENV} must hold at least 16 bytes (32 hex digits)")
-    return secret
+    return tls.parse_secret(text) if text else None
 
 
 def is_loopback(host: str) -> bool:
@@ -92,88 +87,94 @@ def server_secret(host: str, port: int) -> bytes:
     with os.fdopen(fd, "w") as f:
         f.write(secret.hex())
     os.replace(tmp, path)  # a local client never reads half a secret
+    _remove_at_exit(path, secret)
     if not is_loopback(host):
         say(f"[server: session secret for remote parties: export {SECRET_ENV}={secret.hex()}]")
     return secret
 
 
-def party_secret(host: str, port: int) -> bytes | None:
+def _remove_at_exit(path: Path, secret: bytes) -> None:
+    """A server that ends removes its secret file (if it is still its own), so a later client
+    waits for the next server's instead of reading a stale one."""
+    def remove(_message: str = "") -> None:
+        try:
+            if bytes.fromhex(path.read_text().strip()) == secret:
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+    atexit.register(remove)
+    runtime.on_exit(remove)
+
+
+def party_secret(host: str, port: int, pinned: bool) -> bytes | None:
     """A client's or dealer's secret: the environment's, else (server on this machine) the file the
-    server left; None while that file is not there yet."""
+    server left; None while that file is not there yet, or when the server's key is ``pinned``."""
     secret = _from_env()
-    if secret is not None:
+    if secret is not None or (pinned and not is_loopback(host)):
         return secret
     if not is_loopback(host):
-        raise RuntimeFault(f"set {SECRET_ENV} to the session secret the server printed (a remote "
-                           "server's secret is given out of band)")
+        raise RuntimeFault(f"set {SECRET_ENV} to the session secret the server printed, or pin the "
+                           "server's key with --peer-fingerprint")
     try:
         return bytes.fromhex(secret_path(port).read_text().strip())
     except (OSError, ValueError):
         return None
 
 
-# --- proving the secret (the seam a TLS transport replaces) --------------------------------------------
-def _proof(secret: bytes, who: str, server_nonce: str, party_nonce: str, role: str) -> str:
-    data = "|".join(("mpcache-control", who, server_nonce, party_nonce, role)).encode()
-    return hmac.new(secret, data, hashlib.sha256).hexdigest()
+# --- identities -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Credentials:
+    identity: tls.Identity
+    trust: tls.Trust
+    origin: str  # "ephemeral" or the key file
 
 
-def _error(msg: dict | None) -> None:
-    if msg is None:
-        raise RuntimeFault("the server closed the connection during the handshake")
-    if "error" in msg:
-        raise RuntimeFault(str(msg["error"])[:500])
+def identity(key: str | None) -> tuple[tls.Identity, str]:
+    return (tls.load(key), key) if key else (tls.ephemeral(), "ephemeral, this run only")
 
 
-class SecretAuth:
-    """Mutual proof of the session secret: nonce from the server, nonce + proof from the party,
-    proof back from the server (each over both nonces and the role: no replay, no reflection)."""
+def server_credentials(args, need_dealer: bool) -> Credentials:
+    """The server's key and trust: pins from --peer-fingerprint (the client) and --expect-dealer;
+    the session secret for every peer not pinned (the environment's or a local one)."""
+    me, origin = identity(args.key)
+    trust = tls.trust_from_env_and_flags("server", args.peer_fingerprint or "", args.expect_dealer)
+    needed = {"client", "dealer"} if need_dealer else {"client"}
+    if trust.secret is None and not needed <= set(trust.pins):
+        trust = tls.Trust(secret=server_secret(args.addr, args.port), pins=trust.pins)
+    return Credentials(me, trust, origin)
 
-    def __init__(self, secret: bytes | None):
-        self.secret = secret
 
-    def server(self, sock: socket.socket, deadline: float) -> tuple[Channel, str]:
-        channel = Channel(sock)
-        nonce = secrets.token_hex(16)
-        channel.send({"challenge": nonce})
-        msg = channel.recv(deadline=deadline)
-        if msg is None:
-            raise Refused("closed the connection before authenticating")
-        expect(msg, {"role": str, "nonce": str, "proof": str}, "authentication")
-        role = msg["role"]
-        if role not in HELLO:
-            raise ProtocolError(f"unknown role {role[:20]!r}")
-        want = _proof(self.secret, "party", nonce, msg["nonce"][:64], role)
-        if not hmac.compare_digest(want.encode(), msg["proof"].encode()):
-            raise AuthError("authentication failed: wrong session secret")
-        channel.send({"proof": _proof(self.secret, "server", nonce, msg["nonce"][:64], role)})
-        return channel, role
+def party_credentials(args, role: str):
+    """A function giving the client's or dealer's credentials, None while a local server's secret
+    is not there yet. A bare --peer-fingerprint is the server's key."""
+    me, origin = identity(args.key)
+    pins = [p if "=" in p else f"server={p}" for p in (args.peer_fingerprint or "").split(",") if p.strip()]
+    flags = tls.trust_from_env_and_flags(role, pins, getattr(args, "expect_dealer", None))
 
-    def client(self, sock: socket.socket, role: str, deadline: float) -> Channel:
-        channel = Channel(sock)
-        msg = channel.recv(deadline=deadline)
-        _error(msg)
-        nonce = expect(msg, {"challenge": str}, "challenge")["challenge"][:64]
-        mine = secrets.token_hex(16)
-        channel.send({"role": role, "nonce": mine, "proof": _proof(self.secret, "party", nonce, mine, role)})
-        msg = channel.recv(deadline=deadline)
-        _error(msg)
-        want = _proof(self.secret, "server", nonce, mine, role)
-        got = expect(msg, {"proof": str}, "server proof")["proof"]
-        if not hmac.compare_digest(want.encode(), got.encode()):
-            raise AuthError("the server could not prove the session secret (not our server?)")
-        return channel
+    def get() -> Credentials | None:
+        secret = party_secret(args.addr, args.port, "server" in flags.pins)
+        if secret is None and "server" not in flags.pins:
+            return None
+        return Credentials(me, tls.Trust(secret=secret, pins=flags.pins), origin)
+
+    return get
+
+
+def show_keys(role: str, creds: Credentials) -> None:
+    say(f"[{role}: my key {creds.identity.fingerprint} ({creds.origin})]")
 
 
 # --- client / dealer side ----------------------------------------------------------------------------
-def connect(host: str, port: int, hello: dict, timeout_s: float, auth_for) -> tuple[Channel, dict]:
-    """Connect (retrying while the server is not up), prove the secret, send ``hello``, return the
-    server's settings. ``auth_for()`` gives the authenticator (None: no secret yet, retry).
-    Progress every 10 s; RuntimeFault after ``timeout_s``, when refused or on a bad message."""
+def connect(host: str, port: int, hello: dict, timeout_s: float, creds_for) -> tuple[Channel, dict, str]:
+    """Connect over TLS (retrying while the server is not up), authenticate both ways, send
+    ``hello``; return the channel, the server's settings and its key fingerprint. Progress every
+    10 s; RuntimeFault after ``timeout_s``, when refused or on a bad message."""
     start = last = time.monotonic()
     what = f"the server at {host}:{port}"
+    role = hello["role"]
 
-    def tick(state: str) -> None:
+    def tick(state: str) -> float:
         nonlocal last
         now = time.monotonic()
         if now - start > timeout_s:
@@ -182,21 +183,29 @@ def connect(host: str, port: int, hello: dict, timeout_s: float, auth_for) -> tu
         if now - last >= PROGRESS_EVERY_S:
             say(f"[{state} {what}... {now - start:.0f} s]")
             last = now
+        return start + timeout_s - now
 
     say(f"[connecting to {what} ...]")
+    shown = False
     while True:
+        left = tick("waiting for")
+        creds = creds_for()
+        if creds is None:  # a local server has not left its secret yet
+            time.sleep(0.5)
+            continue
+        if not shown:
+            show_keys(role, creds)
+            shown = True
         try:
-            sock = socket.create_connection((host, port), timeout=2.0)
-            auth = auth_for()  # after connecting: a local server leaves its secret before it listens
-            if auth is not None:
-                break
-            sock.close()
-        except OSError:
-            pass
-        tick("waiting for")
-        time.sleep(0.5)
+            link = tls.connect((host, port), creds.identity, creds.trust, role, "server",
+                               max(0.5, min(HANDSHAKE_S, left)))
+            break
+        except tls.LinkError as exc:
+            if "refuses connections" not in str(exc) and "cannot reach" not in str(exc):
+                raise RuntimeFault(f"{what}: {exc}") from None
+    channel = Channel(link)
+    say(f"[{role}: the server's key {link.peer_fingerprint}]")
     try:
-        channel = auth.client(sock, hello["role"], time.monotonic() + HANDSHAKE_S)
         channel.send(hello)
         while True:
             try:
@@ -204,30 +213,39 @@ def connect(host: str, port: int, hello: dict, timeout_s: float, auth_for) -> tu
             except TimeoutError:
                 tick("waiting for an answer from")
                 continue
-            _error(reply)
+            if reply is None:
+                raise RuntimeFault(f"{what} closed the connection during the handshake")
+            if "error" in reply:
+                raise RuntimeFault(str(reply["error"])[:500])
             if reply.get("ok"):
-                return channel, expect(reply.get("settings") or {}, SETTINGS, "server settings")
+                settings = expect(reply.get("settings") or {}, SETTINGS, "server settings")
+                return channel, settings, link.peer_fingerprint
             say(f"[{str(reply.get('status', 'waiting'))[:200]}]")
-    except TimeoutError:
-        sock.close()
-        raise RuntimeFault(f"{what} did not complete the handshake within {HANDSHAKE_S:.0f} s") from None
-    except OSError as exc:
-        sock.close()
-        raise RuntimeFault(f"{what} broke the connection during the handshake ({exc})") from None
+    except BaseException:
+        channel.close()
+        raise
 
 
 # --- server side -------------------------------------------------------------------------------------
-class Lobby:
-    """The server's listening socket: seats one client (and one dealer with TTP) that prove the
-    secret and agree on the settings; refuses every other connection with one line, and goes on."""
+@dataclass
+class Seat:
+    channel: Channel
+    fingerprint: str
+    hello: dict
 
-    def __init__(self, host: str, port: int, settings: dict, auth: SecretAuth):
-        self.host, self.port, self.settings, self.auth = host, port, settings, auth
-        self.seated: dict[str, Channel] = {}
+
+class Lobby:
+    """The server's listening socket: seats one client (and one dealer with TTP) that authenticate
+    and agree on the settings; refuses every other connection with one line, and goes on."""
+
+    def __init__(self, host: str, port: int, settings: dict, creds: Credentials):
+        self.host, self.port, self.settings, self.creds = host, port, settings, creds
+        self.seated: dict[str, Seat] = {}
         self.reached_at: str | None = None  # the server's address as the client reached it
         self.lock = threading.Lock()
         self.pending = threading.Semaphore(MAX_PENDING)
         self.needed: set[str] = set()
+        self.busy = False
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -238,72 +256,96 @@ class Lobby:
         self.sock.listen(16)
 
     def wait_for_parties(self, need_dealer: bool) -> Channel:
-        """Block (interruptibly) until the client and, if needed, the dealer are seated."""
+        """Block (interruptibly) until the client and, if needed, the dealer are seated; from then
+        on every new connection is refused (after authenticating: the refusal is readable)."""
         self.needed = {"client", "dealer"} if need_dealer else {"client"}
         self.sock.settimeout(0.5)
         while True:
             with self.lock:
                 if self.needed <= set(self.seated):
+                    self.busy = True
                     break
             try:
                 conn, peer = self.sock.accept()
             except TimeoutError:
                 continue
-            if not self.pending.acquire(blocking=False):
-                _turn_away(conn, peer, "too many connections at once; try again")
-                continue
-            threading.Thread(target=self._greet, args=(conn, peer), daemon=True).start()
-        for channel in self.seated.values():
-            channel.send({"ok": True, "settings": self.settings})
+            self._spawn(conn, peer)
+        dealer = self.seated.get("dealer")
+        settings = dict(self.settings, dealer_fingerprint=dealer.fingerprint if dealer else None)
+        for seat in self.seated.values():
+            seat.channel.send({"ok": True, "settings": settings})
         threading.Thread(target=self._refuse_forever, daemon=True).start()
-        return self.seated["client"]
+        return self.seated["client"].channel
+
+    def _spawn(self, conn: socket.socket, peer) -> None:
+        if not self.pending.acquire(blocking=False):
+            conn.close()
+            say(f"[server: refused a connection from {peer[0]}: too many handshakes at once]")
+            return
+        threading.Thread(target=self._greet, args=(conn, peer), daemon=True).start()
 
     def _greet(self, conn: socket.socket, peer) -> None:
-        channel, who = Channel(conn), "a connection"
+        link = tls.SecureSocket(conn, tls._context(self.creds.identity, server=True), server=True)
+        channel, who, authed = Channel(link), f"a connection from {peer[0]}", False
         try:
             deadline = time.monotonic() + HANDSHAKE_S
-            channel, role = self.auth.server(conn, deadline)
-            who = f"a {role}"
+            tls._server_side(link, self.creds.identity, self.creds.trust, "server", PEERS, deadline)
+            authed, role = True, link.peer_role
+            who = f"a {role} from {peer[0]} (key {link.peer_fingerprint[:16]})"
             hello = channel.recv(deadline=deadline)
             if hello is None:
                 raise Refused("closed the connection before its hello")
             expect(hello, HELLO[role], f"{role} hello")
             if hello["role"] != role:
                 raise ProtocolError(f"a hello for {hello['role'][:20]!r} after authenticating as {role}")
-            self._seat(channel, role, hello, peer)
+            self._seat(Seat(channel, link.peer_fingerprint, hello), role, peer)
         except TimeoutError:
-            self._refuse(channel, who, peer, f"no authentication and hello within {HANDSHAKE_S:.0f} s")
+            self._refuse(channel, authed, who, f"no hello within {HANDSHAKE_S:.0f} s")
         except (Refused, RuntimeFault) as exc:
-            self._refuse(channel, who, peer, str(exc))
+            self._refuse(channel, authed, who, str(exc))
         except OSError as exc:
-            self._refuse(channel, who, peer, f"connection error ({exc.strerror or exc})")
+            self._refuse(channel, authed, who, f"connection error ({exc.strerror or exc})")
         finally:
             self.pending.release()
 
-    def _seat(self, channel: Channel, role: str, hello: dict, peer) -> None:
+    def _seat(self, seat: Seat, role: str, peer) -> None:
         with self.lock:
+            if self.busy:
+                raise Refused("the server is busy with another client; try again later")
             if role in self.seated:
                 raise Refused(f"the server already has a {role}")
             if role not in self.needed:
                 raise Refused("the server runs --dealer tfp and needs no dealer")
-            problem = mismatch(self.settings, hello)
+            problem = mismatch(self.settings, seat.hello)
             if problem:
                 raise Refused(problem)
-            self.seated[role] = channel
+            client, dealer = self.seated.get("client"), self.seated.get("dealer")
+            pin = (seat.hello if role == "client" else client.hello if client else {}).get("expect_dealer")
+            dropped = None
+            if pin and role == "dealer" and not _same(pin, seat.fingerprint):
+                raise Refused(f"the client pins another dealer key (--expect-dealer {pin[:16]}...)")
+            if pin and role == "client" and dealer and not _same(pin, dealer.fingerprint):
+                dropped = self.seated.pop("dealer")  # the client's pin decides who deals
+            self.seated[role] = seat
             if role == "client":
-                self.reached_at = channel.sock.getsockname()[0]
+                self.reached_at = seat.channel.sock.getsockname()[0]
             missing = self.needed - set(self.seated)
-            seated = list(self.seated.values())
-        say(f"[server: {role} connected from {peer[0]}]")
+            seats = list(self.seated.values())
+        say(f"[server: {role} connected from {peer[0]}, key {seat.fingerprint}]")
+        if dropped:
+            self._refuse(dropped.channel, True, f"the seated dealer (key {dropped.fingerprint[:16]})",
+                         f"the client pins another dealer key (--expect-dealer {pin[:16]}...)")
         if missing:
             status = f"connected to the server; waiting for the {' and the '.join(sorted(missing))}"
-            for other in seated:
-                other.try_send({"status": status})
+            for other in seats:
+                other.channel.try_send({"status": status})
 
-    def _refuse(self, channel: Channel, who: str, peer, reason: str) -> None:
-        channel.try_send({"error": f"refused by the server: {reason}"})
+    def _refuse(self, channel: Channel, authed: bool, who: str, reason: str) -> None:
+        if authed:  # before that the peer cannot read us (not TLS) or tls told it already
+            channel.try_send({"error": f"refused by the server: {reason}"})
         channel.close()
-        say(f"[server: refused {who} from {peer[0]}: {reason}; still waiting]")
+        then = "the chat goes on" if self.busy else "still waiting"
+        say(f"[server: refused {who}: {reason}; {then}]")
 
     def _refuse_forever(self) -> None:
         self.sock.settimeout(None)
@@ -312,11 +354,11 @@ class Lobby:
                 conn, peer = self.sock.accept()
             except OSError:
                 return
-            _turn_away(conn, peer, "the server is busy with another client; try again later")
+            self._spawn(conn, peer)
 
 
-def _turn_away(conn: socket.socket, peer, reason: str) -> None:
-    channel = Channel(conn)
-    channel.try_send({"error": reason}, timeout=0.5)
-    channel.close()
-    say(f"[server: refused a connection from {peer[0]}: {reason}]")
+def _same(pin: str, fingerprint: str) -> bool:
+    try:
+        return hmac.compare_digest(tls.normalize_fp(pin), fingerprint)
+    except RuntimeFault:
+        return False

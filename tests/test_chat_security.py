@@ -1,55 +1,39 @@
-"""The chat server's door (protocols/lobby.py): every bad connection is refused with one line on
-both sides and the server goes on waiting for the right peer (random:tiny, no MPC turn needed)."""
+"""The chat server's door (protocols/lobby.py over protocols/tls.py): every bad connection is refused
+with one line on both sides (once the peer can read one: after TLS) and the server goes on waiting
+for the right peer (random:tiny; no MPC turn needed)."""
 
-import hashlib
-import hmac
-import json
-import os
-import secrets
 import socket
-import subprocess
 import time
 
 import pytest
 from test_chat_session import finish, last_line, party, still_running, wait_for
 
+from protocols import tls
 from protocols.control import HANDSHAKE_S, MAX_LINE
 from protocols.launch import free_port
 from protocols.lobby import SECRET_ENV, secret_path
 
 
-def _proof(secret: bytes, who: str, server_nonce: str, nonce: str, role: str) -> str:
-    data = "|".join(("mpcache-control", who, server_nonce, nonce, role)).encode()
-    return hmac.new(secret, data, hashlib.sha256).hexdigest()
+def secure(port: int, role: str = "client", secret: bytes | None = None, pins=None) -> tls.SecureSocket:
+    """A hand-driven TLS connection that authenticates like a real party (the local secret)."""
+    secret = secret or bytes.fromhex(secret_path(port).read_text())
+    return tls.connect(("127.0.0.1", port), tls.ephemeral(), tls.Trust(secret=secret, pins=pins or {}), role,
+                       "server", 10)
 
 
-class Raw:
-    """A hand-driven connection to the server's control port."""
+def refusal(link: tls.SecureSocket) -> str:
+    """The one line the server answers with; then it closes the connection."""
+    msg = link.recv_msg(timeout_s=HANDSHAKE_S + 5)
+    assert set(msg) == {"error"}, msg
+    with pytest.raises(tls.LinkError, match="closed the connection"):
+        link.recv_msg(timeout_s=5)
+    return msg["error"]
 
-    def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=HANDSHAKE_S + 10)
-        self.file = self.sock.makefile("rb")
 
-    def line(self) -> dict:
-        return json.loads(self.file.readline())
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def authenticate(self, port: int, role: str = "client", secret: bytes | None = None) -> dict:
-        challenge = self.line()["challenge"]
-        secret = secret or bytes.fromhex(secret_path(port).read_text())
-        nonce = secrets.token_hex(16)
-        self.send(json.dumps({"role": role, "nonce": nonce,
-                              "proof": _proof(secret, "party", challenge, nonce, role)}).encode() + b"\n")
-        return self.line()
-
-    def refusal(self) -> str:
-        """The one line the server answers with, then the connection is closed."""
-        msgs = [json.loads(raw) for raw in self.file.readlines()]
-        errors = [m["error"] for m in msgs if "error" in m]
-        assert len(errors) == 1, msgs
-        return errors[0]
+def hello(role: str = "client", **fields) -> dict:
+    base = {"role": role, "version": 2, "model": "random:tiny", "arch": {}, "dealer": "ttp",
+            "policy": "streaming", "budget": 512, "expect_digest": None, "expect_dealer": None}
+    return dict(base, **fields) if role == "client" else {"role": role, "version": 2, **fields}
 
 
 @pytest.fixture(scope="module")
@@ -63,84 +47,84 @@ def server():
         still_running(proc, "")
 
 
-def refused_on_server(proc: subprocess.Popen, text: str) -> None:
-    wait_for(proc, text, 20)
+def refused_on_server(proc, text: str) -> None:
+    wait_for(proc, text, 30)
     assert proc.poll() is None
+
+
+def test_not_tls_is_refused(server):
+    port, proc = server
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        while raw.recv(4096):  # the server closes it (a TLS alert at most)
+            pass
+    refused_on_server(proc, "refused a connection from 127.0.0.1: TLS handshake")
 
 
 def test_non_object_json_is_refused(server):
     port, proc = server
-    raw = Raw(port)
-    raw.line()  # the challenge
-    raw.send(b"[1, 2, 3]\n")
-    assert "not a JSON object (list)" in raw.refusal()
-    refused_on_server(proc, "refused a connection from 127.0.0.1: a control message that is not a JSON")
+    link = secure(port)
+    link.sendall(len(b"[1, 2, 3]").to_bytes(4, "big") + b"[1, 2, 3]")
+    assert "not a JSON object" in refusal(link)
+    refused_on_server(proc, "sent a message that is not a JSON object; still waiting")
 
 
-def test_not_json_is_refused(server):
+def test_oversize_message_is_refused(server):
     port, proc = server
-    raw = Raw(port)
-    raw.line()
-    raw.send(b"GET / HTTP/1.1\r\n\r\n")
-    assert "not JSON" in raw.refusal()
+    link = secure(port)
+    link.sendall((MAX_LINE + 1).to_bytes(4, "big"))  # the size alone: refused before reading it
+    assert f"a {MAX_LINE + 1}-byte message (limit {MAX_LINE})" in refusal(link)
+    refused_on_server(proc, f"(limit {MAX_LINE}); still waiting")
 
 
-def test_oversize_line_is_refused(server):
+def test_malformed_hello_and_a_switched_role_are_refused(server):
     port, proc = server
-    raw = Raw(port)
-    raw.line()
-    raw.send(b"{" + b" " * (MAX_LINE + 10))  # no newline: the cap, not the deadline, ends it
-    assert f"longer than {MAX_LINE} bytes" in raw.refusal()
-    refused_on_server(proc, "a control line longer than")
+    link = secure(port)
+    link.send_msg(hello(version="2"))
+    assert "malformed client hello: field 'version' must be an integer" in refusal(link)
+    refused_on_server(proc, "malformed client hello")
+    link = secure(port, role="dealer")
+    link.send_msg(hello("client"))
+    assert "'client' after authenticating as dealer" in refusal(link)
 
 
 def test_wrong_secret_is_refused_on_both_sides(server):
     port, proc = server
-    raw = Raw(port)
-    reply = raw.authenticate(port, secret=b"x" * 32)
-    assert "authentication failed: wrong session secret" in reply["error"]
-    env_client = party("client", port, env={SECRET_ENV: "00" * 32})
-    code, _, err = finish(env_client)
-    assert code == 3 and "authentication failed: wrong session secret" in last_line(err)
-    refused_on_server(proc, "refused a connection from 127.0.0.1: authentication failed")
+    with pytest.raises(tls.AuthError, match="does not know the session secret"):
+        secure(port, secret=b"x" * 32)
+    refused_on_server(proc, "refused a connection from 127.0.0.1: the client refused us")
+    code, _, err = finish(party("client", port, env={SECRET_ENV: "00" * 32}))
+    assert code == 3 and "does not know the session secret" in last_line(err)
 
 
-def test_malformed_hello_is_refused(server):
+def test_wrong_server_key_is_refused_by_the_client(server):
     port, proc = server
-    raw = Raw(port)
-    assert "proof" in raw.authenticate(port)
-    raw.send(json.dumps({"role": "client", "version": "2"}).encode() + b"\n")
-    assert "malformed client hello: field 'version' must be an integer" in raw.refusal()
-    refused_on_server(proc, "refused a client from 127.0.0.1: malformed client hello")
-    raw = Raw(port)
-    raw.authenticate(port, role="dealer")
-    raw.send(json.dumps({"role": "client", "version": 2, "model": "x", "arch": {}, "dealer": "ttp",
-                         "policy": "full", "budget": 8, "expect_digest": None}).encode() + b"\n")
-    assert "after authenticating as dealer" in raw.refusal()
+    code, _, err = finish(party("client", port, "--peer-fingerprint", "ab" * 32))
+    assert code == 3 and "is not the pinned abababababababab" in last_line(err)
+    refused_on_server(proc, "the client refused us")
 
 
-def test_silent_stranger_holds_up_nobody_and_is_refused_at_the_deadline(server):
+def test_silent_stranger_holds_up_nobody_and_is_dropped_at_the_deadline(server):
     port, proc = server
     start = time.monotonic()
-    silent = Raw(port)
-    silent.line()  # the challenge; then nothing
-    raw = Raw(port)  # another connection is served at once meanwhile
-    raw.line()
-    raw.send(b"42\n")
-    assert "not a JSON object" in raw.refusal()
+    silent = socket.create_connection(("127.0.0.1", port), timeout=HANDSHAKE_S + 10)
+    link = secure(port)  # another connection is served at once meanwhile
+    link.send_msg(hello(budget="big"))
+    assert "field 'budget' must be an integer" in refusal(link)
     assert time.monotonic() - start < HANDSHAKE_S / 2
-    assert f"within {HANDSHAKE_S:.0f} s" in silent.refusal()
+    assert silent.recv(4096) == b""  # closed at the deadline
     assert HANDSHAKE_S - 1 < time.monotonic() - start < HANDSHAKE_S + 5
-    refused_on_server(proc, "no authentication and hello within")
+    silent.close()
+    refused_on_server(proc, "refused a connection from 127.0.0.1: the peer sent nothing in time")
 
 
-def test_second_dealer_and_second_client_are_refused_the_first_stay(server):
+def test_second_dealer_is_refused_the_first_stays(server):
     port, proc = server
     dealer = party("dealer", port)
     wait_for(dealer, "waiting for the client")
     code, _, err = finish(party("dealer", port))
     assert code == 3 and "the server already has a dealer" in last_line(err)
-    refused_on_server(proc, "refused a dealer from 127.0.0.1: the server already has a dealer")
+    refused_on_server(proc, "the server already has a dealer; still waiting")
     assert dealer.poll() is None  # the seated dealer is still waiting
     dealer.kill()
     dealer.communicate()
@@ -167,7 +151,32 @@ def test_a_dealer_is_refused_by_a_tfp_server():
     wait_for(proc, "listening")
     code, _, err = finish(party("dealer", port))
     assert code == 3 and "needs no dealer" in last_line(err)
-    still_running(proc, "refused a dealer")
+    still_running(proc, "needs no dealer; still waiting")
+
+
+def test_unpinned_dealer_is_refused_when_the_client_expects_another(tmp_path):
+    """--expect-dealer: a dealer with another key is refused whether it came before the client
+    (unseated) or after; the client and the server keep waiting for the pinned one."""
+    port = free_port()
+    server = party("server", port, "--dealer", "ttp")
+    wait_for(server, "listening")
+    pinned = tls.make(tmp_path / "pinned.pem").fingerprint
+    early = party("dealer", port)
+    wait_for(early, "waiting for the client")
+    client = party("client", port, "--expect-dealer", pinned)
+    code, _, err = finish(early)
+    assert code == 3 and "the client pins another dealer key" in last_line(err)
+    wait_for(client, "waiting for the dealer")
+    code, _, err = finish(party("dealer", port))  # a late stranger dealer: refused too
+    assert code == 3 and "the client pins another dealer key" in last_line(err)
+    assert client.poll() is None
+    good = party("dealer", port, "--key", str(tmp_path / "pinned.pem"))
+    seen = wait_for(good, "dealer: serving")  # seated: the session would start now
+    assert f"my key {pinned}" in seen and "the server's key" in seen
+    seen = wait_for(client, "the dealer's key")
+    for proc in (good, client, server):
+        proc.kill()
+        proc.communicate()
 
 
 def test_local_secret_file_is_private(server):
@@ -175,4 +184,3 @@ def test_local_secret_file_is_private(server):
     path = secret_path(port)
     assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
     assert len(bytes.fromhex(path.read_text())) == 32
-    assert os.environ.get(SECRET_ENV) is None

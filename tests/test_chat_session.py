@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -121,19 +122,29 @@ def test_second_client_is_refused_and_the_first_goes_on(port):
     wait_for(first, "ready")
     code2, _, err2 = finish(party("client", port, "--dealer", "tfp"))
     assert code2 == 3 and "busy with another client" in last_line(err2)
+    # strangers during the session: not TLS, a wrong secret, a silent one; the chat goes on
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.sendall(b"[1, 2, 3]\n")
+        silent = socket.create_connection(("127.0.0.1", port))
+        wrong = {"MPCACHE_SESSION_SECRET": "11" * 32}
+        code3, _, err3 = finish(party("client", port, "--dealer", "tfp", env=wrong))
+        assert code3 == 3 and "does not know the session secret" in last_line(err3)
     first.stdin.write(b"hi\n/quit\n")
     first.stdin.close()
     code1, out1, err1 = finish(first, 180)
     assert code1 == 0 and "assistant>" in out1 and "[turn 1:" in err1
-    assert finish(server)[0] == 0
+    silent.close()
+    code_s, _, err_s = finish(server)
+    assert code_s == 0 and "TLS handshake" in err_s and "the chat goes on" in err_s
 
 
 @pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
 def test_bad_prompts_are_refused_and_the_chat_goes_on(port):
-    server = party("server", port, "--dealer", "tfp", "--max-new-tokens", "2")
+    server = party("server", port, "--dealer", "tfp", "--max-new-tokens", "2", "--max-prompt-tokens", "30")
     client = party("client", port, "--dealer", "tfp", "--max-new-tokens", "5", "--max-prompt-tokens", "40",
                    stdin=subprocess.PIPE)
-    client.stdin.write(b"x" * 100 + b"\n" + b"   \n" + b"caf\xe9\n" + b"ok\n/quit\n")
+    # 15 characters: 33 tokens with the first turn's template, over the server's own 30 (not the client's 40)
+    client.stdin.write(b"x" * 100 + b"\n" + b"   \n" + b"caf\xe9\n" + b"fifteen chars!!\n" + b"ok\n/quit\n")
     client.stdin.close()
     code, out, err = finish(client, 180)  # a whole session with one turn on a loaded machine
     assert code == 0, err
@@ -141,8 +152,11 @@ def test_bad_prompts_are_refused_and_the_chat_goes_on(port):
     assert re.search(r"\[refused: the message is \d+ tokens, the limit is 40", err)
     assert "[refused: empty message" in err
     assert "[refused: the message is not valid UTF-8" in err
+    assert "[refused by the server: the message is 33 tokens, the server's limit is 30" in err
+    assert "[the server takes messages up to 30 tokens]" in err
     assert "[turn 1: " in err and "+ 2 answer tokens" in err and "[turn 2:" not in err
-    assert finish(server)[0] == 0
+    code_s, _, err_s = finish(server)
+    assert code_s == 0 and "[server: refused a turn: the message is 33 tokens" in err_s
 
 
 @pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
@@ -184,16 +198,20 @@ def test_killed_peer_is_reported_at_once(port):
 def test_turn_two_continues_the_secret_cache_like_a_plaintext_run(port, tmp_path):
     """Turn 2 feeds only its own tokens on top of the secret cache, and decodes what plaintext
     decodes over the concatenated conversation (turn 1 prompt + answer + turn 2)."""
+    from protocols import tls
+
     record = tmp_path / "turns.jsonl"
-    dealer = party("dealer", port)
+    key = tmp_path / "dealer.pem"
+    pinned = tls.make(key).fingerprint  # the client pins the dealer's key
+    dealer = party("dealer", port, "--key", str(key))
     server = party("server", port, "--policy", "full")
     client = party("client", port, "--policy", "full", "--max-new-tokens", "4", "--json", str(record),
-                   stdin=subprocess.PIPE)
+                   "--expect-dealer", pinned, stdin=subprocess.PIPE)
     client.stdin.write(b"Hello MPC world\nAnd the second turn?\n/quit\n")
     client.stdin.close()
     code, _, err = finish(client, 240)
     assert code == 0, err
-    assert "dealer: TTP" in err
+    assert "dealer: TTP" in err and f"the dealer's key {pinned} (as the server saw it; pinned)" in err
     assert re.search(r"\[turn 1: .*; dealer [1-9][0-9.]* MB", err), err  # the dealer's traffic is shown
     finish(server, 30), finish(dealer, 30)
     t1, t2 = [json.loads(line) for line in record.read_text().splitlines()]

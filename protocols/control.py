@@ -99,8 +99,9 @@ class Channel:
     def _ready(self, timeout: float | None) -> bool:
         """Bytes to read: decrypted or undecrypted ones buffered in the link, or on the socket."""
         link = self.link
-        if link.obj.pending() or link._in.pending:
-            return True
+        with self.lock:  # the SSL object is never touched by two threads at once
+            if link.obj.pending() or link._in.pending:
+                return True
         return bool(select.select([link.sock], [], [], timeout)[0])
 
     def recv(self, timeout: float | None = None, deadline: float | None = None) -> dict | None:

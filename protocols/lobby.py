@@ -47,7 +47,7 @@ from protocols.runtime import RuntimeFault
 
 SECRET_ENV = tls.SECRET_ENV
 SECRET_BYTES = 32
-MAX_PENDING = 8  # handshakes at once; more connections are refused at once
+MAX_PENDING = 32  # handshakes at once; more connections are refused at once
 PEERS = ("client", "dealer")
 
 
@@ -262,6 +262,7 @@ class Lobby:
         self.sock.settimeout(0.5)
         while True:
             with self.lock:
+                self._drop_leavers()
                 if self.needed <= set(self.seated):
                     self.busy = True
                     break
@@ -276,6 +277,15 @@ class Lobby:
             seat.channel.send({"ok": True, "settings": settings})
         threading.Thread(target=self._refuse_forever, daemon=True).start()
         return self.seated["client"].channel
+
+    def _drop_leavers(self) -> None:
+        """A seated party says nothing until the session starts: data (or EOF) means it left."""
+        for role, seat in list(self.seated.items()):
+            if seat.channel._ready(0):
+                del self.seated[role]
+                seat.channel.close()
+                say(f"[server: the {role} (key {seat.fingerprint[:16]}) left before the session began; "
+                    "still waiting]")
 
     def _spawn(self, conn: socket.socket, peer) -> None:
         if not self.pending.acquire(blocking=False):
@@ -329,6 +339,8 @@ class Lobby:
             self.seated[role] = seat
             if role == "client":
                 self.reached_at = seat.channel.sock.getsockname()[0]
+                say(f"[server: the MPC rendezvous will be {self.reached_at}:{self.port + 1} (the address the "
+                    "client reached)]")
             missing = self.needed - set(self.seated)
             seats = list(self.seated.values())
         say(f"[server: {role} connected from {peer[0]}, key {seat.fingerprint}]")

@@ -2,6 +2,8 @@
 with one line on both sides (once the peer can read one: after TLS) and the server goes on waiting
 for the right peer (random:tiny; no MPC turn needed)."""
 
+import re
+import secrets
 import socket
 import time
 
@@ -121,13 +123,14 @@ def test_silent_stranger_holds_up_nobody_and_is_dropped_at_the_deadline(server):
 def test_second_dealer_is_refused_the_first_stays(server):
     port, proc = server
     dealer = party("dealer", port)
-    wait_for(dealer, "waiting for the client")
+    key = re.search(r"my key ([0-9a-f]{16})", wait_for(dealer, "waiting for the client")).group(1)
     code, _, err = finish(party("dealer", port))
     assert code == 3 and "the server already has a dealer" in last_line(err)
     refused_on_server(proc, "the server already has a dealer; still waiting")
     assert dealer.poll() is None  # the seated dealer is still waiting
     dealer.kill()
     dealer.communicate()
+    refused_on_server(proc, f"the dealer (key {key}) left")  # the seat is free for the next test
 
 
 def test_second_client_before_the_session_is_refused():
@@ -184,3 +187,40 @@ def test_local_secret_file_is_private(server):
     path = secret_path(port)
     assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
     assert len(bytes.fromhex(path.read_text())) == 32
+
+
+def _host_ip() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the route
+            ip = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if ip.startswith("127.") else ip
+
+
+def test_any_address_server_advertises_the_address_the_client_reached():
+    """--addr 0.0.0.0: the MPC rendezvous (and the direct link's route) is the address the client
+    connected to, never 127.0.0.1 for a remote client."""
+    ip = _host_ip()
+    if ip is None:
+        pytest.skip("no non-loopback address on this machine")
+    port = free_port()
+    env = {SECRET_ENV: secrets.token_hex(32)}
+    server = party("server", port, "--dealer", "ttp", "--addr", "0.0.0.0", env=env)
+    wait_for(server, "listening on 0.0.0.0")
+    client = party("client", port, "--addr", ip, env=env)
+    wait_for(server, f"the MPC rendezvous will be {ip}:{port + 1}")
+    for proc in (client, server):
+        proc.kill()
+        proc.communicate()
+
+
+def test_a_seated_dealer_that_leaves_is_unseated_and_another_can_come(server):
+    port, proc = server
+    for _ in range(2):  # the seat is free again each time
+        dealer = party("dealer", port)
+        key = re.search(r"my key ([0-9a-f]{16})", wait_for(dealer, "waiting for the client")).group(1)
+        dealer.kill()
+        dealer.communicate()
+        refused_on_server(proc, f"the dealer (key {key}) left before the session began; still waiting")

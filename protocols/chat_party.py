@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+from mpcache.errors import UserError
 from protocols import runtime, tls
 from protocols.accounting import Cost
 from protocols.control import PROTOCOL_VERSION, Peer, describe, mismatch, say
@@ -261,13 +262,11 @@ def dealer_problem(server: dict, pin: str | None) -> str | None:
 
 def turn_problem(conv, n: int, max_new: int, max_prompt: int) -> str | None:
     """Why the server will not run a turn of ``n`` tokens (public facts only), or None."""
-    from mpcache.chat import TurnRefused
-
     if n > max_prompt:
         return f"the message is {n} tokens, the server's limit is {max_prompt} (--max-prompt-tokens)"
     try:
         conv.check(n, max_new)
-    except TurnRefused as exc:
+    except UserError as exc:  # mpcache.chat.TurnRefused
         return str(exc)
     return None
 

@@ -20,6 +20,7 @@ import pytest
 from mpcache.backend import Approximations, PlainBackend
 from mpcache.generate import generate
 from mpcache.models import Transformer, load_model
+from protocols import tls
 from protocols.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,8 +199,6 @@ def test_killed_peer_is_reported_at_once(port):
 def test_turn_two_continues_the_secret_cache_like_a_plaintext_run(port, tmp_path):
     """Turn 2 feeds only its own tokens on top of the secret cache, and decodes what plaintext
     decodes over the concatenated conversation (turn 1 prompt + answer + turn 2)."""
-    from protocols import tls
-
     record = tmp_path / "turns.jsonl"
     key = tmp_path / "dealer.pem"
     pinned = tls.make(key).fingerprint  # the client pins the dealer's key

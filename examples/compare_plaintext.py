@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protocols import runtime  # noqa: E402
+from protocols import links, runtime  # noqa: E402
 
 PROMPTS = [
     "What is the capital of France?",
@@ -40,6 +40,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--dealer", choices=runtime.DEALERS, default="tfp")
     p.add_argument("--no-chat", action="store_true")
     p.add_argument("--timeout", type=float, default=600)
+    links.add_flags(p)
     p.add_argument("--json", required=True)
     return p.parse_args()
 
@@ -60,6 +61,7 @@ def plain_logits(model, ids: list[int], tokens: list[int]):
 
 def main() -> int:
     args = parse()
+    links.apply_flags_or_exit(args)
     if not runtime.under_torchrun():
         from protocols.launch import launch_self
 

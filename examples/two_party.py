@@ -13,6 +13,12 @@ Two machines (run on each; --node_rank 0 on the server's machine):
     torchrun --nnodes=2 --nproc_per_node=1 --node_rank=0|1 --master_addr=SERVER_IP --master_port=29500 \\
         examples/two_party.py --prompt "..."     (only the client's --prompt is used)
 Without --launch-local and outside torchrun it starts the two local parties itself.
+
+Links: the parties' direct link and the dealer's are TLS 1.3, authenticated by a session secret
+(MPCACHE_SESSION_SECRET, hex, the same for all parties: `export MPCACHE_SESSION_SECRET=$(openssl
+rand -hex 32)` before plain `torchrun`; local launches and mpcache-torchrun make one) or by pinned
+keys (`mpcache keys server.pem` prints a fingerprint; --key server.pem on the server,
+--peer-fingerprint FP on the other side; the client can pin the dealer with --expect-dealer FP).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protocols import runtime  # noqa: E402
+from protocols import links, runtime  # noqa: E402
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -48,11 +54,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--plaintext-compare", action="store_true",
                    help="the server also times plaintext generation for the cost table")
     p.add_argument("--timeout", type=float, default=600)
+    links.add_flags(p)
     return p.parse_args()
 
 
 def main() -> int:
     args = parse()
+    links.apply_flags_or_exit(args)
     if not runtime.under_torchrun():
         from protocols.launch import launch_self
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mpcache.commands import bench, chat, generate, plot, table, train
+from mpcache.commands import bench, chat, generate, keys, plot, table, train
 from mpcache.commands import eval as eval_command
 from mpcache.errors import UserError
 
-COMMANDS = [generate, eval_command, bench, chat, plot, table, train]
+COMMANDS = [generate, eval_command, bench, chat, plot, table, train, keys]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -16,6 +16,7 @@ from mpcache.backend import Approximations, PlainBackend
 from mpcache.generate import generate
 from mpcache.models import Transformer, load_model
 from mpcache.policies import parse_spec
+from protocols import csprng, fastcomm, links
 from protocols.accounting import NETWORKS, Cost, total
 from protocols.plain_prefill import NOTE as PLAINTEXT_NOTE
 from protocols.runtime import DEALER_NOTE, Party
@@ -69,7 +70,10 @@ def run(party: Party, args) -> int:
             prompt = synthetic_prompt(length, pm.model.config.vocab_size) if party.is_client else None
             policy = parse_spec(spec, args.budget)
 
-            def progress(token, step, length=length, spec=spec):
+            framing = [fastcomm.framing_bytes()]  # TLS bytes beyond the plaintext, after each token
+
+            def progress(token, step, length=length, spec=spec, framing=framing):
+                framing.append(fastcomm.framing_bytes())
                 c = total(step)
                 log(party, f"L={length} {spec}: token in {c.compute_s:.1f} s, {c.online_bytes / 1e6:.1f} MB, "
                            f"{c.rounds} rounds")
@@ -77,6 +81,7 @@ def run(party: Party, args) -> int:
             start = time.perf_counter()
             out = private_generate(pm, prompt, args.new_tokens, progress, policy=policy, prefill=args.prefill)
             record = make_record(party, args, pm, out.steps, length, mask_reuse, approx)
+            record.update(link_record(framing))
             record.update(policy=spec, budget=policy.budget, wall_s=time.perf_counter() - start,
                           selected_tokens=out.result.cache.mean_attended(), approx=name)
             if args.prefill == "plaintext":  # not private anyway: the server records the tokens too
@@ -136,6 +141,21 @@ def make_record(party: Party, args, pm, steps, length, mask_reuse, approx) -> di
         **({"note": PLAINTEXT_NOTE} if args.prefill == "plaintext" else {}),
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def link_record(framing: list[int]) -> dict:
+    """How the links ran (TLS or the insecure baseline) and their TLS framing, apart from the
+    online bytes (which count plaintext elements only, as CrypTen does)."""
+    decode = framing[2:] and (framing[-1] - framing[1]) / (len(framing) - 2)
+    return {
+        "insecure": links.insecure() or csprng.insecure_rng(),
+        "link": "plain sockets (insecure)" if links.insecure() else "TLS 1.3",
+        "rng": "mt19937 (insecure)" if csprng.insecure_rng() else "AES-256-CTR",
+        "tls_framing_bytes": {"prefill": framing[1] - framing[0] if len(framing) > 1 else 0,
+                              "decode_per_token": decode or 0.0,
+                              "note": "TLS record headers, tags and handshakes on this party's links "
+                                      "(both directions), not in online_bytes"},
     }
 
 

@@ -20,7 +20,7 @@ from functools import lru_cache
 
 import torch
 
-from protocols import csprng
+from protocols import csprng, dealerlink
 from protocols.compat import import_crypten
 
 KINDS = ("matmul", "matmul_t", "mul")
@@ -300,9 +300,11 @@ def make_dealer(name: str, rank: int):
     return {"tfp": LocalDealer, "ttp": TTPDealer}[name](rank)
 
 
-def run_ttp_server(on_connected=None) -> None:
-    """Body of the dealer process (rank 2): CrypTen's TTP server plus the fixed-mask requests.
-    ``on_connected`` runs once the parties have connected (before serving)."""
+def run_ttp_server(on_connected=None, timeout_s: float = 60.0) -> None:
+    """Body of the dealer process (rank 2): CrypTen's TTP server plus the fixed-mask requests,
+    served over the dealer's TLS links (``protocols.dealerlink``; a request is answered by the
+    method named like it). ``on_connected`` runs once the parties have connected (before serving);
+    ``timeout_s`` bounds their arrival."""
     import_crypten()
     from crypten.mpc.provider.ttp_provider import TTPServer
 
@@ -311,14 +313,6 @@ def run_ttp_server(on_connected=None) -> None:
     class FixedMaskServer(TTPServer):
         masks: dict[int, torch.Tensor] = {}
         masks_t: dict[int, torch.Tensor] = {}
-
-        def _setup_generators(self):
-            if csprng.insecure_rng():
-                super()._setup_generators()  # MT19937 seeds (the insecure reference)
-            else:  # links: keys move to the authenticated dealer link
-                csprng.ttp_server_setup(self)
-            if on_connected is not None:
-                on_connected()
 
         def fixed_new(self, key, shape):
             self.masks[key] = self._get_additive_PRSS(shape)
@@ -356,4 +350,4 @@ def run_ttp_server(on_connected=None) -> None:
             return torch.cat([(p - self._get_additive_PRSS(p.size(), remove_rank=True)).flatten()
                               for p in parts])
 
-    FixedMaskServer()  # serves until party 0 sends "terminate"
+    dealerlink.run(FixedMaskServer, on_connected, timeout_s)  # serves until party 0 sends "terminate"

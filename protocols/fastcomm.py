@@ -1,213 +1,231 @@
-"""Two-party openings over one direct TCP connection instead of gloo all-reduces.
+"""The parties' direct link: every two-party collective that carries a share goes over it.
 
-CrypTen opens a share with ``dist.all_reduce`` (a Beaver product: one all-reduce per operand).
-For two parties gloo's ring all-reduce is two dependent message steps, each handed between gloo's
-I/O thread and the caller; a sum of two shares only needs each party to send its share once and add
-the one it receives. Measured on this 2-core machine (loaded), per opening: 8 elements 0.84 ms
-(all-reduce) / 0.09-0.5 ms (gloo send + recv) / 0.025 ms (this socket); 1e5 elements 2.4 / 1.5-2.3
-/ 0.75-1.15 ms. A batched opening (eps and delta of a Beaver product) is one message.
+CrypTen opens a share with ``dist.all_reduce`` over gloo: in the clear, and for two parties two
+dependent message steps. Here each party sends its share once, over one TLS 1.3 connection
+authenticated by ``protocols.tls`` (pinned keys or the session secret), and adds the one it
+receives: one round per opening, large messages sent and received at once by one thread
+(``tlsio.SecureSocket.exchange``). Sums and XORs are exact: results are bit-identical to gloo's.
 
-``install(timeout_s)`` (both parties, at the same point: ``MPCBackend`` does it) connects the two
-parties: party 0 listens on the address it uses towards MASTER_ADDR and sends it, with a one-time
-token, over the existing process group; party 1 connects and answers whether it could. Where it
-could not (or MPCACHE_SOCKET=0 on either side), openings go through gloo's send/recv instead.
-``DistributedCommunicator.all_reduce`` is swapped for a version wrapped by CrypTen's own
-``_logging``, so bytes and rounds are counted exactly as before (one round per call). Only SUM
-over CPU tensors of one dtype between two parties is changed; anything else goes to CrypTen's
-original. Sums are exact (integer addition commutes): results are bit-identical.
+Routed through the link (two parties, main group, CPU tensors; anything else goes to CrypTen's
+original): ``all_reduce`` (SUM, BXOR), ``reduce`` (reveal to one party), ``scatter`` (TFP's shares),
+``gather``, ``all_gather``, ``broadcast`` and ``broadcast_obj`` (as tagged JSON, never pickle).
+Each replacement is wrapped by CrypTen's own ``_logging`` under the same name, so bytes and rounds
+are counted exactly as before. gloo keeps the rendezvous and barriers only.
 
-Faults: a peer that dies closes the connection (ConnectionError at once); a silent one hits the
-socket timeout (the session's ``timeout_s``); both surface like gloo's errors (``runtime``).
+``install(timeout_s)`` (both parties, same point: ``runtime.init``) connects them: party 0 listens
+and publishes "host:port" in torchrun's TCPStore (no pickle); party 1 connects. Party 0 accepts
+until the authenticated client arrives within the deadline (a stranger or a wrong key is refused
+with one line; the session goes on). Then party 0 makes the parties' pair key
+(``protocols.csprng``) and sends it over the link. ``MPCACHE_INSECURE=1`` (bench only): plain
+sockets; ``MPCACHE_SOCKET=0`` (insecure only): gloo, as CrypTen does.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
-import socket
-import threading
+import time
 
 import torch
 import torch.distributed as dist
 
-from protocols import csprng
+from protocols import csprng, dealerlink, links
+from protocols.runtime import RuntimeFault
+from protocols.tlsio import SecureSocket
 
-_ORIGINAL = "_mpcache_all_reduce"
+_PATCHED = "_mpcache_fastcomm"
 _LINK = "_mpcache_link"
-SMALL = 1 << 16  # bytes sent inline; larger messages are sent by a thread while we receive
-BUFFER = 1 << 21  # socket buffers: an inline send never waits for the other party to read
+OBJ_LIMIT = 64 << 20  # a broadcast object (settings, token lists) on the link, at most
+_OPS = {dist.ReduceOp.SUM: torch.add, dist.ReduceOp.BXOR: torch.bitwise_xor}
+_installs = [0]
+
+
+_bytes = links.tensor_bytes
 
 
 class Link:
-    """The TCP connection between the two parties (one ordered stream; both call in the same order)."""
+    """The ordered stream between the two parties (both call in the same order)."""
 
-    def __init__(self, sock: socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock = sock
+    def __init__(self, sock: SecureSocket, timeout_s: float):
+        self.sock, self.timeout_s = sock, timeout_s
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.timeout_s
 
     def exchange(self, mine: torch.Tensor) -> torch.Tensor:
         """Send ``mine`` (contiguous, CPU), receive the other party's tensor of the same shape."""
         theirs = torch.empty_like(mine)
-        out = memoryview(mine.numpy()).cast("B")
-        into = memoryview(theirs.numpy()).cast("B")
-        if len(out) <= SMALL:
-            self.sock.sendall(out)
-            self._recv_into(into)
-            return theirs
-        failed: list[BaseException] = []
-
-        def send() -> None:
-            try:
-                self.sock.sendall(out)
-            except BaseException as exc:  # noqa: BLE001 - re-raised by the caller below
-                failed.append(exc)
-
-        sender = threading.Thread(target=send, daemon=True)
-        sender.start()
-        self._recv_into(into)
-        sender.join()
-        if failed:
-            raise failed[0]
+        self.sock.exchange(_bytes(mine), _bytes(theirs), self._deadline())
         return theirs
 
-    def _recv_into(self, view: memoryview) -> None:
-        got = 0
-        while got < len(view):
-            n = self.sock.recv_into(view[got:])
-            if n == 0:
-                raise ConnectionError("the other party closed the connection")
-            got += n
+    def send(self, t: torch.Tensor) -> None:
+        self.sock.exchange(_bytes(t.contiguous()), b"", self._deadline())
+
+    def recv(self, like: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(like, memory_format=torch.contiguous_format)
+        self.sock.exchange(b"", _bytes(out), self._deadline())
+        return out
+
+    def send_obj(self, msg: dict) -> None:
+        self.sock.send_msg(msg, self._deadline())
+
+    def recv_obj(self) -> dict:
+        return self.sock.recv_msg(OBJ_LIMIT, self._deadline())
 
 
-def exchange_sum(tensors: list[torch.Tensor], peer: int, group, link: Link | None) -> list[torch.Tensor]:
-    """Each party sends its tensors (one message) and adds the peer's: the opened sums."""
-    flats = [t.reshape(-1) for t in tensors]
-    mine = flats[0].contiguous() if len(flats) == 1 else torch.cat(flats)
-    if mine.numel() == 0:
-        theirs = mine
-    elif link is not None:
-        theirs = link.exchange(mine)
-    else:
-        theirs = torch.empty_like(mine)
-        requests = [dist.isend(mine, peer, group=group), dist.irecv(theirs, peer, group=group)]
-        for request in requests:
-            request.wait()
-    total = mine + theirs
-    out, start = [], 0
-    for t in tensors:
-        n = t.numel()
-        out.append(total[start : start + n].view(t.shape))
-        start += n
-    return out
-
-
-def _usable(comm, tensors, op) -> bool:
-    return (op == dist.ReduceOp.SUM and comm.get_world_size() == 2
-            and all(type(t) is torch.Tensor and t.device.type == "cpu" for t in tensors)
-            and len({t.dtype for t in tensors}) == 1)
-
-
-def _enabled() -> bool:
-    return os.environ.get("MPCACHE_SOCKET", "1") != "0"
-
-
-def _local_ip() -> str:
-    """The address of this machine towards the rendezvous (127.0.0.1 for local parties)."""
-    master = os.environ.get("MASTER_ADDR", "127.0.0.1")
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect((master, 9))  # no packet is sent: this only picks the route
-        return probe.getsockname()[0]
-    finally:
-        probe.close()
-
-
+# --- connecting ---------------------------------------------------------------------------------------
 def connect(comm, timeout_s: float) -> Link | None:
-    """Both parties: open the direct connection (None where either side cannot or will not)."""
-    group, rank = comm.main_group, comm.get_rank()
-    if rank == 0:
-        listener, offer = None, None
-        if _enabled():
-            try:
-                listener = socket.create_server((_local_ip(), 0))
-                offer = (*listener.getsockname()[:2], secrets.token_bytes(16))
-            except OSError:
-                listener = None
-        box = [offer]
-        dist.broadcast_object_list(box, src=0, group=group)
-        answer = [None]
-        dist.broadcast_object_list(answer, src=1, group=group)
-        if listener is None:
-            return None
-        with listener:
-            if answer[0] != "ok":
-                return None
-            listener.settimeout(timeout_s)
-            sock, _ = listener.accept()
-        sock.settimeout(timeout_s)
-        token = bytearray(16)
-        Link(sock)._recv_into(memoryview(token))
-        if bytes(token) != offer[2]:
-            sock.close()
-            raise ConnectionError("a stranger connected to the parties' direct link")
+    """Both parties: open the direct link (None only where the insecure bench asks for gloo)."""
+    if os.environ.get("MPCACHE_SOCKET", "1") == "0":
+        if not links.insecure():
+            raise RuntimeFault("MPCACHE_SOCKET=0 would open shares over gloo in the clear "
+                               "(bench --insecure only)")
+        return None
+    _installs[0] += 1
+    name = f"link{_installs[0]}"
+    if comm.get_rank() == 0:
+        sock = links.offer(name, "server", ("client",), timeout_s)["client"]
     else:
-        box = [None]
-        dist.broadcast_object_list(box, src=0, group=group)
-        sock = None
-        if box[0] is not None and _enabled():
-            try:
-                sock = socket.create_connection(box[0][:2], timeout=min(timeout_s, 30))
-                sock.settimeout(timeout_s)
-                sock.sendall(box[0][2])
-            except OSError:
-                sock = None
-        dist.broadcast_object_list(["ok" if sock is not None else "no"], src=1, group=group)
-        if sock is None:
-            return None
-    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        sock.setsockopt(socket.SOL_SOCKET, option, BUFFER)
-    return Link(sock)
-
-
-def install(timeout_s: float = 60.0) -> None:
-    """Use the direct link for CrypTen's two-party openings (idempotent per session). Both parties
-    must call it at the same point."""
-    from crypten import communicator
-    from crypten.communicator.communicator import _logging
-    from crypten.communicator.distributed_communicator import DistributedCommunicator
-
-    if not hasattr(DistributedCommunicator, _ORIGINAL):
-        original = DistributedCommunicator.all_reduce  # logged; calling it would count twice
-        inner = original.__wrapped__
-
-        def all_reduce(self, input, op=dist.ReduceOp.SUM, batched=False):
-            tensors = list(input) if batched else [input]
-            if not _usable(self, tensors, op):
-                return inner(self, input, op=op, batched=batched)
-            out = exchange_sum(tensors, 1 - self.get_rank(), self.main_group, getattr(self, _LINK, None))
-            return out if batched else out[0]
-
-        setattr(DistributedCommunicator, _ORIGINAL, original)
-        DistributedCommunicator.all_reduce = _logging(all_reduce)
-    comm = communicator.get()
-    if comm.get_world_size() == 2 and not hasattr(comm, _LINK):
-        setattr(comm, _LINK, connect(comm, timeout_s))
-        csprng.bind_pair(_pair_key(comm, getattr(comm, _LINK)))
+        sock = links.dial(name, "client", "server", timeout_s)
+    return Link(sock, timeout_s)
 
 
 def _pair_key(comm, link: Link | None) -> bytes:
-    """Party 0 makes the parties' pair key (protocols.csprng) and sends it right after connecting.
-    links: the links branch authenticates and encrypts this link; gloo only where there is none."""
+    """Party 0 makes the parties' pair key (protocols.csprng) and sends it over the link."""
     sender = comm.get_rank() == 0
     key = bytearray(csprng.fresh_key() if sender else csprng.KEY_BYTES)
-    if link is None:
-        tensor = torch.frombuffer(key, dtype=torch.uint8)
+    tensor = torch.frombuffer(key, dtype=torch.uint8)
+    if link is None:  # insecure bench with MPCACHE_SOCKET=0 only
         (dist.send if sender else dist.recv)(tensor, 1 - comm.get_rank(), group=comm.main_group)
     elif sender:
-        link.sock.sendall(key)
+        link.send(tensor)
     else:
-        link._recv_into(memoryview(key))
-    return bytes(key)
+        tensor.copy_(link.recv(tensor))
+    return bytes(tensor.numpy().tobytes())
+
+
+# --- the collectives ----------------------------------------------------------------------------------
+def _plain(tensors) -> bool:
+    return all(type(t) is torch.Tensor and t.device.type == "cpu" for t in tensors)
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    flats = [t.reshape(-1) for t in tensors]
+    return flats[0].contiguous() if len(flats) == 1 else torch.cat(flats)
+
+
+def _split(total: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    out, start = [], 0
+    for t in like:
+        out.append(total[start:start + t.numel()].view(t.shape))
+        start += t.numel()
+    return out
+
+
+def _patch(cls, inners: dict) -> None:
+    from crypten.communicator.communicator import _logging
+
+    def link_of(self) -> Link | None:
+        return getattr(self, _LINK, None) if self.get_world_size() == 2 else None
+
+    def main(self, group) -> bool:
+        return group is None or group is self.main_group
+
+    def all_reduce(self, input, op=dist.ReduceOp.SUM, batched=False):
+        tensors, link = (list(input) if batched else [input]), link_of(self)
+        if link is None or op not in _OPS or not _plain(tensors) or len({t.dtype for t in tensors}) != 1:
+            return inners["all_reduce"](self, input, op=op, batched=batched)
+        mine = _cat(tensors)
+        out = _split(_OPS[op](mine, link.exchange(mine)) if mine.numel() else mine, tensors)
+        return out if batched else out[0]
+
+    def reduce(self, input, dst, op=dist.ReduceOp.SUM, batched=False):
+        tensors, link = (list(input) if batched else [input]), link_of(self)
+        if link is None or op not in _OPS or not _plain(tensors) or len({t.dtype for t in tensors}) != 1:
+            return inners["reduce"](self, input, dst, op=op, batched=batched)
+        mine = _cat(tensors)
+        if self.get_rank() != dst:
+            link.send(mine)
+            return None
+        out = _split(_OPS[op](mine, link.recv(mine)), tensors)
+        return out if batched else out[0]
+
+    def scatter(self, scatter_list, src, size=None, device=None):
+        link = link_of(self)
+        if link is None or not _plain(scatter_list or []):
+            return inners["scatter"](self, scatter_list, src, size=size, device=device)
+        if src == self.get_rank():
+            link.send(scatter_list[1 - src].data)
+            return scatter_list[src].data
+        size = size if size is not None else scatter_list[self.get_rank()].size()
+        return link.recv(torch.empty(size, dtype=torch.long))
+
+    def gather(self, tensor, dst):
+        link = link_of(self)
+        if link is None or not _plain([tensor.data]):
+            return inners["gather"](self, tensor, dst)
+        if self.get_rank() != dst:
+            link.send(tensor.data)
+            return [None]
+        theirs = link.recv(tensor.data)
+        return [tensor.data, theirs] if dst == 0 else [theirs, tensor.data]
+
+    def all_gather(self, tensor):
+        link = link_of(self)
+        if link is None or not _plain([tensor.data]):
+            return inners["all_gather"](self, tensor)
+        theirs = link.exchange(tensor.data.contiguous())
+        return [tensor.data, theirs] if self.get_rank() == 0 else [theirs, tensor.data]
+
+    def broadcast(self, input, src, group=None, batched=False):
+        tensors, link = (list(input) if batched else [input]), link_of(self)
+        if link is None or not main(self, group) or not _plain([t.data for t in tensors]):
+            return inners["broadcast"](self, input, src, group=group, batched=batched)
+        for t in tensors:
+            if self.get_rank() == src:
+                link.send(t.data)
+            else:
+                t.data.copy_(link.recv(t.data))
+        return input
+
+    def broadcast_obj(self, obj, src, group=None):
+        link = link_of(self)
+        if link is None or not main(self, group):
+            return inners["broadcast_obj"](self, obj, src, group=group)
+        if self.get_rank() == src:
+            try:
+                link.send_obj({"obj": links.encode(obj)})
+            except TypeError:  # a type JSON cannot carry: CrypTen's restricted unpickler on gloo
+                link.send_obj({"gloo": True})
+                return inners["broadcast_obj"](self, obj, src, group=group)
+            return obj
+        msg = link.recv_obj()
+        if msg.get("gloo") is True:
+            return inners["broadcast_obj"](self, obj, src, group=group)
+        return links.decode(msg.get("obj"))
+
+    for fn in (all_reduce, reduce, scatter, gather, all_gather, broadcast, broadcast_obj):
+        setattr(cls, fn.__name__, _logging(fn))
+
+
+def install(timeout_s: float = 60.0) -> None:
+    """Open the direct link and route the two-party collectives over it (idempotent per session).
+    Both parties must call it at the same point."""
+    from crypten import communicator
+    from crypten.communicator.distributed_communicator import DistributedCommunicator
+
+    if not getattr(DistributedCommunicator, _PATCHED, False):
+        names = ("all_reduce", "reduce", "scatter", "gather", "all_gather", "broadcast", "broadcast_obj")
+        # The originals are logged; calling the logged ones would count twice.
+        originals = {n: getattr(DistributedCommunicator, n) for n in names}
+        inners = {n: fn.__wrapped__ for n, fn in originals.items()}
+        _patch(DistributedCommunicator, inners)
+        DistributedCommunicator._mpcache_originals = originals  # gloo's (tests compare with them)
+        setattr(DistributedCommunicator, _PATCHED, True)
+    comm = communicator.get()
+    if comm.get_world_size() == 2 and not hasattr(comm, _LINK):
+        link = connect(comm, timeout_s)
+        setattr(comm, _LINK, link)
+        csprng.bind_pair(_pair_key(comm, link))
 
 
 def linked() -> bool:
@@ -215,3 +233,15 @@ def linked() -> bool:
     from crypten import communicator
 
     return getattr(communicator.get(), _LINK, None) is not None
+
+
+def framing_bytes() -> int:
+    """TLS bytes beyond the plaintext on this party's links (direct + dealer), both directions."""
+    from crypten import communicator
+
+    total = 0
+    link = getattr(communicator.get(), _LINK, None)
+    if link is not None:
+        total += link.sock.framing_bytes
+    sock = dealerlink.party_socket()
+    return total + (sock.framing_bytes if sock is not None else 0)

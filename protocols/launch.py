@@ -2,16 +2,52 @@
 
 ``python -m protocols.launch`` (console script ``mpcache-torchrun``) takes torchrun's arguments and
 runs it the same way, except that a failed party ends it with that party's own one-line message and
-exit status instead of torchrun's ChildFailedError traceback (exit 1).
+exit status instead of torchrun's ChildFailedError traceback (exit 1), and that a local launch (one
+node, loopback rendezvous) gives its parties an ephemeral session secret (MPCACHE_SESSION_SECRET)
+to authenticate their TLS links. Leading link flags (``--key PATH``, ``--peer-fingerprint FP``,
+``--expect-dealer FP``, ``--insecure-network``, before torchrun's arguments) reach every party.
 """
 
 from __future__ import annotations
 
+import argparse
+import ipaddress
 import os
+import secrets
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from protocols import links
+
+SECRET_ENV = "MPCACHE_SESSION_SECRET"
+LINK_FLAGS = ("--key", "--peer-fingerprint", "--expect-dealer", "--insecure-network")
+
+
+def _link_flags(argv: list[str]) -> list[str]:
+    """Leading --key PATH / --peer-fingerprint FP / --expect-dealer FP / --insecure-network (before
+    torchrun's own arguments) go to every party through the environment."""
+    parser = argparse.ArgumentParser(prog="mpcache-torchrun", add_help=False)
+    links.add_flags(parser)
+    n = 0
+    while n < len(argv) and argv[n].split("=")[0] in LINK_FLAGS:
+        n += 1 if "=" in argv[n] or argv[n] == "--insecure-network" else 2
+    links.apply_flags_or_exit(parser.parse_args(argv[:n]))
+    return argv[n:]
+
+
+def make_local_secret() -> None:
+    """Local launches authenticate the parties' links with an ephemeral session secret (kept if the
+    user set one)."""
+    os.environ.setdefault(SECRET_ENV, secrets.token_hex(32))
+
+
+def _loopback(host: str | None) -> bool:
+    try:
+        return host is None or ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
 
 
 def free_port() -> int:
@@ -42,6 +78,7 @@ def launch_local(script_args: list[str], nproc: int, timeout_s: float | None = N
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONWARNINGS"] = "ignore"
+    env.setdefault(SECRET_ENV, secrets.token_hex(32))  # local parties: an ephemeral session secret
     port = free_port()
     print(f"[starting {nproc} local parties; rendezvous on 127.0.0.1:{port}]", file=sys.stderr, flush=True)
     try:
@@ -62,7 +99,10 @@ def torchrun_main(argv: list[str] | None = None) -> int:
 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # else torchrun warns about it for every run
+    argv = _link_flags(list(sys.argv[1:] if argv is None else argv))
     args = get_args_parser().parse_args(argv)
+    if str(args.nnodes) in ("1", "1:1") and _loopback(args.master_addr):
+        make_local_secret()  # all parties are ours: they share a fresh secret through the environment
     try:
         run(args)
     except ChildFailedError as exc:

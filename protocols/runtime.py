@@ -29,6 +29,7 @@ ROLES = {SERVER: "server", CLIENT: "client", DEALER: "dealer"}
 DEALERS = ("tfp", "ttp")
 DEFAULT_TIMEOUT_S = 60.0
 FAULT_EXIT = 3
+SECRET_ENV = "MPCACHE_SESSION_SECRET"
 
 DEALER_NOTE = {
     "tfp": "dealer: TFP (party 0 = the server makes the correlated randomness; fast, NOT private "
@@ -208,19 +209,37 @@ def init(dealer: str = "tfp", timeout_s: float = DEFAULT_TIMEOUT_S,
     crypten.cfg.communicator.verbose = True
     _patch_timeouts(timeout_s)
     role = ROLES[rank]
-    with Watchdog(rendezvous_timeout_s or timeout_s, "the rendezvous of the parties", role) as watchdog:
+    # Imported here: these modules raise RuntimeFault (defined above), a top-level import would cycle.
+    from protocols import dealerlink, fastcomm, links
+
+    links.check_network(secret_on_gloo=links.insecure() or csprng.insecure_rng()
+                        or os.environ.get("MPCACHE_SOCKET") == "0")
+    if not links.insecure():
+        links.identity()  # an unreadable --key: one line before the rendezvous
+        for peer in ("server", "client", "dealer") if dealer == "ttp" else ("server", "client"):
+            if peer != role and not links.trust(role).usable_for(peer):
+                raise RuntimeFault(f"nothing to authenticate the {peer} with: set {SECRET_ENV} (hex, the "
+                                   "same for all parties) or pin its key (--peer-fingerprint / "
+                                   "--expect-dealer); local launches make a secret themselves")
+    connect_s = rendezvous_timeout_s or timeout_s
+    with Watchdog(connect_s, "the rendezvous of the parties", role) as watchdog:
         if rank == DEALER:
             from protocols.dealer import run_ttp_server
 
-            run_ttp_server(on_connected=watchdog.cancel)  # serves the whole session
+            run_ttp_server(on_connected=watchdog.cancel, timeout_s=connect_s)  # serves the whole session
             sys.exit(0)
         csprng.install_party(rank)  # keyed AES-CTR streams instead of MT19937 (before init: no seeds)
+        dealerlink.install_party(timeout_s)  # the TTP dealer over its TLS link (after csprng's patch)
         crypten.init()
+        fastcomm.install(timeout_s)  # the parties' direct TLS link; the pair key goes over it
     return Party(rank=rank, dealer=dealer, timeout_s=timeout_s)
 
 
 def shutdown() -> None:
     crypten = import_crypten()
+    from protocols import dealerlink  # (see init: import cycle)
+
+    dealerlink.close()
     try:
         if crypten.is_initialized():
             crypten.uninit()

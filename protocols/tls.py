@@ -46,8 +46,8 @@ from cryptography.x509.oid import NameOID
 from protocols.runtime import RuntimeFault
 from protocols.tlsio import MAX_MSG, LinkError, SecureSocket, deadline_in
 
-__all__ = ["MAX_MSG", "AuthError", "Identity", "LinkError", "SecureSocket", "Trust", "accept", "connect",
-           "deadline_in", "ephemeral", "load", "make", "trust_from_env_and_flags"]
+__all__ = ["MAX_MSG", "AuthError", "Identity", "LinkError", "SecureSocket", "Trust", "accept", "accept_each",
+           "connect", "deadline_in", "ephemeral", "load", "make", "trust_from_env_and_flags"]
 
 HANDSHAKE_S = 10.0  # one connection's handshake, at most (a silent stranger is dropped after it)
 SECRET_ENV = "MPCACHE_SESSION_SECRET"
@@ -233,8 +233,8 @@ def _check(trust: Trust, role: str, public_raw: bytes, msg: dict, label: bytes, 
 
 
 def _server_side(s: SecureSocket, identity: Identity, trust: Trust, my_role: str, peer_roles, deadline,
-                 claim=lambda: True) -> None:
-    """The accepting side; ``claim()`` (after the proofs) says whether the seat is still free."""
+                 claim=lambda role: True) -> None:
+    """The accepting side; ``claim(role)`` (after the proofs) says whether the seat is still free."""
     s.handshake(deadline)
     hello = s.recv_msg(4096, deadline)
     role = _str(hello, "role", 32)
@@ -254,7 +254,7 @@ def _server_side(s: SecureSocket, identity: Identity, trust: Trust, my_role: str
         raise AuthError(f"the {role} refused us: {str(answer['error'])[:200]}")
     try:
         _check(trust, role, pub, answer, b"client\0", t)
-        if not claim():
+        if not claim(role):
             raise AuthError(f"a {role} is already connected (a second {role} is refused)")
     except AuthError as exc:
         try:
@@ -315,38 +315,50 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def accept(listener: socket.socket, identity: Identity, trust: Trust, my_role: str, peer_role,
+def accept(listener: socket.socket, identity: Identity, trust: Trust, my_role: str, peer_role: str,
            deadline_s: float, handshake_s: float = HANDSHAKE_S) -> SecureSocket:
-    """Accept connections until one peer of ``peer_role`` (a role or a tuple of roles)
-    authenticates, within ``deadline_s``. Handshakes run side by side (a silent stranger cannot
-    hold the door); each refused connection gets one line on stderr, and the listener goes on."""
-    roles = (peer_role,) if isinstance(peer_role, str) else tuple(peer_role)
+    """Accept connections until the peer of ``peer_role`` authenticates, within ``deadline_s``.
+    Handshakes run side by side (a silent stranger cannot hold the door); each refused connection
+    gets one line on stderr, and the listener goes on."""
+    return accept_each(listener, identity, trust, my_role, (peer_role,), deadline_s, handshake_s)[peer_role]
+
+
+def accept_each(listener: socket.socket, identity: Identity, trust: Trust, my_role: str, roles,
+                deadline_s: float, handshake_s: float = HANDSHAKE_S) -> dict[str, SecureSocket]:
+    """``accept`` for several peers, one per role, arriving in any order; a second peer of a
+    seated role is refused."""
+    roles = tuple(roles)
     for role in roles:
         if not trust.usable_for(role):
             raise AuthError(f"no pinned fingerprint or session secret to authenticate the {role}")
     deadline = time.monotonic() + deadline_s
     won: queue.Queue[SecureSocket] = queue.Queue()
-    seat = threading.Lock()  # the first authenticated peer takes it; it is never released
+    seats = {role: threading.Lock() for role in roles}  # taken by the first authenticated peer, kept
 
     def handle(conn: socket.socket, where: str) -> None:
         s = SecureSocket(conn, _context(identity, server=True), server=True, peer_name="peer")
         try:
             _server_side(s, identity, trust, my_role, roles, min(deadline, time.monotonic() + handshake_s),
-                         claim=lambda: seat.acquire(blocking=False))
+                         claim=lambda role: seats[role].acquire(blocking=False))
         except Exception as exc:  # noqa: BLE001 - every refusal is one line; the listener goes on
             s.close()
             say(f"mpcache: {my_role}: refused a connection from {where}: {exc}")
             return
         won.put(s)
 
+    seated: dict[str, SecureSocket] = {}
     listener.settimeout(0.1)
     while True:
-        try:
-            return won.get_nowait()
-        except queue.Empty:
-            pass
+        while not won.empty():
+            s = won.get_nowait()
+            seated[s.peer_role] = s
+        if len(seated) == len(roles):
+            return seated
         if time.monotonic() >= deadline:
-            raise LinkError(f"no authenticated {' or '.join(roles)} connected within {deadline_s:.0f} s")
+            for s in seated.values():
+                s.close()
+            missing = " or ".join(r for r in roles if r not in seated)
+            raise LinkError(f"no authenticated {missing} connected within {deadline_s:.0f} s")
         try:
             conn, where = listener.accept()
         except TimeoutError:

@@ -123,6 +123,9 @@ class SecureSocket:
             raise LinkError(f"the {self.peer_name} closed the connection")
         return n
 
+    def _put(self, chunk: memoryview) -> None:
+        self.obj.write(chunk)
+
     # public
     def exchange(self, out, into, deadline: float | None = None) -> None:
         """Send all of ``out`` while receiving exactly ``len(into)`` bytes (either may be empty), in
@@ -133,7 +136,7 @@ class SecureSocket:
         while True:
             while written < len(out) and len(self._wbuf) + self._out.pending < HIGH_WATER:
                 k = min(CHUNK, len(out) - written)
-                self.obj.write(out[written:written + k])
+                self._put(out[written:written + k])
                 written += k
             self._send_some()
             while got < len(into):
@@ -143,6 +146,8 @@ class SecureSocket:
                 got += n
             if got == len(into) and written == len(out) and not self._wbuf and not self._out.pending:
                 break
+            if not self._wbuf and (written < len(out) or got == len(into)):
+                continue  # the socket took everything: encrypt more (or flush what TLS queued)
             readable, _ = self._wait(got < len(into), bool(self._wbuf), deadline)
             if readable:
                 self._recv_some()
@@ -194,3 +199,37 @@ class SecureSocket:
         self.sock.close()
 
 
+
+
+class PlainSocket(SecureSocket):
+    """The same transport without TLS: the bench-only ``--insecure`` baseline (cost of privacy)."""
+
+    def __init__(self, sock: socket.socket, peer_name: str = "peer"):
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self._out = ssl.MemoryBIO()  # stays empty: ``_wbuf`` holds what is to be sent
+        self._wbuf = bytearray()
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
+        self.peer_name, self.peer_fingerprint, self.peer_role = peer_name, "", peer_name
+        self.wire_sent = self.wire_recv = self.plain_sent = self.plain_recv = 0
+
+    def _put(self, chunk: memoryview) -> None:
+        self._wbuf += chunk
+
+    def _recv_some(self) -> None:  # reading happens in _read_into, straight into the target
+        return
+
+    def _read_into(self, view: memoryview) -> int:
+        try:
+            n = self.sock.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            raise LinkError(f"the {self.peer_name} closed the connection ({exc.strerror or exc})") from None
+        if n == 0:
+            raise LinkError(f"the {self.peer_name} closed the connection")
+        self.wire_recv += n
+        return n

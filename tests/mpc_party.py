@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protocols import runtime  # noqa: E402
+from protocols import links, runtime  # noqa: E402
 
 
 def main() -> int:
@@ -34,7 +34,15 @@ def main() -> int:
     p.add_argument("--check-openings", action="store_true",
                    help="open shares by the message exchange and by gloo's all-reduce; write both")
     p.add_argument("--out", required=True)
+    p.add_argument("--capture-dump", action="store_true",
+                   help="capture test: each party writes samples of the plaintext it sent and received, "
+                        "the opened sums and its keys to OUT.rankR.json")
+    links.add_flags(p)
     args = p.parse_args()
+    links.apply_flags_or_exit(args)
+    samples: dict[str, list[str]] = {"sent": [], "received": [], "opened": []}
+    if args.capture_dump:
+        record_plaintext(samples)
 
     def body() -> int:
         from protocols.session import build, private_generate
@@ -88,9 +96,44 @@ def main() -> int:
                          "selections": [s.tolist() for s in pm.backend.debug_selections]})
         if party.is_client:
             Path(args.out).write_text(json.dumps({"prompt_ids": ids, **runs[0], "runs": runs}))
+        if args.capture_dump:
+            from protocols import csprng
+
+            keys = [k.hex() for k in (csprng._keys.pair, csprng._keys.dealer) if k is not None]
+            Path(f"{args.out}.rank{party.rank}.json").write_text(json.dumps({**samples, "keys": keys}))
         return 0
 
     return runtime.run_party(body)
+
+
+def record_plaintext(samples: dict, limit: int = 4000) -> None:
+    """Keep the first 32 bytes of each message this party sends and receives on its links (direct
+    and dealer) and of each opened sum: what a capture of the wire must not contain."""
+    import torch
+
+    from protocols import fastcomm, tlsio
+
+    exchange = tlsio.SecureSocket.exchange
+
+    def recorded(self, out, into, deadline=None):
+        exchange(self, out, into, deadline)
+        for name, data in (("sent", out), ("received", into)):
+            data = bytes(memoryview(data).cast("B")[:32])
+            if len(data) == 32 and len(samples[name]) < limit and any(data):
+                samples[name].append(data.hex())
+
+    link_exchange = fastcomm.Link.exchange
+
+    def opened(self, mine):
+        theirs = link_exchange(self, mine)
+        if mine.dtype == torch.long and mine.numel() >= 4 and len(samples["opened"]) < limit:
+            total = (mine.reshape(-1)[:4] + theirs.reshape(-1)[:4]).numpy().tobytes()
+            if any(total):
+                samples["opened"].append(total.hex())
+        return theirs
+
+    tlsio.SecureSocket.exchange = recorded
+    fastcomm.Link.exchange = opened
 
 
 def seeded_prompt(length: int, vocab: int) -> list[int]:
@@ -238,17 +281,17 @@ def check_openings(party, out: str) -> int:
 
     from protocols.backend import MPCBackend
 
-    backend = MPCBackend(party)  # installs the exchange
+    backend = MPCBackend(party)  # the exchange over the TLS link (runtime.init installed it)
     comm, gen = backend.comm, torch.Generator().manual_seed(party.rank)
     big = torch.randint(-2**63, 2**63 - 1, (300, 7), generator=gen)
     cases = [(big, False), (big.t(), False), (torch.zeros(0, dtype=torch.long), False),
              ([big[:5], torch.full((2, 3), 2**62, dtype=torch.long), big[0, 0]], True),
-             (torch.randint(-2**63, 2**63 - 1, (40000,), generator=gen), False)]  # > fastcomm.SMALL
+             (torch.randint(-2**63, 2**63 - 1, (40000,), generator=gen), False)]  # > 4 TLS records
     from protocols import fastcomm
 
     record = {"linked": fastcomm.linked()}
     for name, fn in (("exchange", DistributedCommunicator.all_reduce),
-                     ("allreduce", DistributedCommunicator._mpcache_all_reduce)):
+                     ("allreduce", DistributedCommunicator._mpcache_originals["all_reduce"])):
         before = (comm.comm_rounds, comm.comm_bytes)
         results = [fn(comm, x, batched=batched) for x, batched in cases]
         flat = [r if isinstance(r, list) else [r] for r in results]

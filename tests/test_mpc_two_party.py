@@ -92,9 +92,11 @@ def test_killed_party_makes_the_other_exit_with_a_message(tmp_path):
     """Both parties as separate commands (as on two machines); kill the server mid-run."""
     port = free_port()
     procs = []
+    secret = os.urandom(32).hex()  # given to both out of band, as on two machines
     for rank in (0, 1):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+                   MASTER_PORT=str(port), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1",
+                   MPCACHE_SESSION_SECRET=secret)
         cmd = [sys.executable, PARTY, "--out", str(tmp_path / "x.json"), "--timeout", "20",
                "--hang-after-setup"]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

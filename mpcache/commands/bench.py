@@ -12,6 +12,7 @@ import sys
 from mpcache.backend import PRESETS
 from mpcache.errors import UserError
 from mpcache.models import DEFAULT_MODEL
+from protocols import links
 
 
 def _lengths(text: str) -> list[int]:
@@ -47,6 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--approx", default="v1",
                    help="approximation preset(s), comma list (v1, fast): one record each, same run")
     m.add_argument("--json", required=True, help="file to append the records to")
+    links.add_flags(m, bench=True)
     m.set_defaults(run=run)
     from mpcache.commands import bench_ops
 
@@ -107,11 +109,19 @@ def run_topk(args: argparse.Namespace) -> int:
     return runtime.run_party(lambda: run_party(runtime.init(args.dealer, args.timeout), args))
 
 
+def _apply_link_flags(args: argparse.Namespace) -> None:
+    try:
+        links.apply_flags(args)
+    except RuntimeError as exc:  # a bad key or fingerprint: one line, before any launch
+        raise UserError(str(exc)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from protocols import runtime
 
     if args.new_tokens < 2:
         raise UserError("--new-tokens must be at least 2 (the first token comes from the prefill)")
+    _apply_link_flags(args)
     from mpcache.backend import Approximations
 
     args.approx_presets = [a.strip() for a in args.approx.split(",") if a.strip()]

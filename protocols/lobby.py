@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocols import runtime, tls
+from protocols import links, runtime, tls
 from protocols.control import (
     HANDSHAKE_S,
     HELLO,
@@ -131,7 +131,19 @@ class Credentials:
 
 
 def identity(key: str | None) -> tuple[tls.Identity, str]:
-    return (tls.load(key), key) if key else (tls.ephemeral(), "ephemeral, this run only")
+    """This party's key, the same for the control channel and the MPC links (``links.identity``:
+    one ephemeral key per process unless --key), so the fingerprint it prints is the one peers see."""
+    if key:
+        os.environ["MPCACHE_KEY"] = os.path.abspath(key)
+    return links.identity(), key or os.environ.get("MPCACHE_KEY") or "ephemeral, this run only"
+
+
+def _pins_for_links(pins: list[str], expect_dealer: str | None) -> None:
+    """The MPC links (protocols.links) read their pins from the environment: the same as ours."""
+    if pins:
+        os.environ["MPCACHE_PEER_FINGERPRINT"] = ",".join(pins)
+    if expect_dealer:
+        os.environ["MPCACHE_EXPECT_DEALER"] = expect_dealer
 
 
 def server_credentials(args, need_dealer: bool) -> Credentials:
@@ -139,6 +151,7 @@ def server_credentials(args, need_dealer: bool) -> Credentials:
     the session secret for every peer not pinned (the environment's or a local one)."""
     me, origin = identity(args.key)
     trust = tls.trust_from_env_and_flags("server", args.peer_fingerprint or "", args.expect_dealer)
+    _pins_for_links([p for p in (args.peer_fingerprint or "").split(",") if p.strip()], args.expect_dealer)
     needed = {"client", "dealer"} if need_dealer else {"client"}
     if trust.secret is None and not needed <= set(trust.pins):
         trust = tls.Trust(secret=server_secret(args.addr, args.port), pins=trust.pins)
@@ -151,6 +164,7 @@ def party_credentials(args, role: str):
     me, origin = identity(args.key)
     pins = [p if "=" in p else f"server={p}" for p in (args.peer_fingerprint or "").split(",") if p.strip()]
     flags = tls.trust_from_env_and_flags(role, pins, getattr(args, "expect_dealer", None))
+    _pins_for_links(pins, getattr(args, "expect_dealer", None))
 
     def get() -> Credentials | None:
         secret = party_secret(args.addr, args.port, "server" in flags.pins)
@@ -219,6 +233,8 @@ def connect(host: str, port: int, hello: dict, timeout_s: float, creds_for) -> t
                 raise RuntimeFault(str(reply["error"])[:500])
             if reply.get("ok"):
                 settings = expect(reply.get("settings") or {}, SETTINGS, "server settings")
+                secret = tls.parse_secret(expect(reply, {"mpc_secret": str}, "ok message")["mpc_secret"])
+                os.environ[SECRET_ENV] = secret.hex()  # the MPC links' secret (see Lobby)
                 return channel, settings, link.peer_fingerprint
             say(f"[{str(reply.get('status', 'waiting'))[:200]}]")
     except BaseException:
@@ -273,8 +289,12 @@ class Lobby:
             self._spawn(conn, peer)
         dealer = self.seated.get("dealer")
         settings = dict(self.settings, dealer_fingerprint=dealer.fingerprint if dealer else None)
+        # The MPC links (party-party, party-dealer) authenticate with a fresh secret that only the
+        # parties seated here get, over this authenticated channel (pins, if given, hold as well).
+        mpc_secret = secrets.token_hex(SECRET_BYTES)
+        os.environ[SECRET_ENV] = mpc_secret
         for seat in self.seated.values():
-            seat.channel.send({"ok": True, "settings": settings})
+            seat.channel.send({"ok": True, "settings": settings, "mpc_secret": mpc_secret})
         threading.Thread(target=self._refuse_forever, daemon=True).start()
         return self.seated["client"].channel
 

@@ -224,3 +224,24 @@ def test_a_seated_dealer_that_leaves_is_unseated_and_another_can_come(server):
         dealer.kill()
         dealer.communicate()
         refused_on_server(proc, f"the dealer (key {key}) left before the session began; still waiting")
+
+
+def test_pinned_keys_without_a_secret_and_a_wrong_client_key(tmp_path):
+    """Three terminals with keys (`mpcache keys`): the server pins the client, the client pins the
+    server; no secret is made. A client with another key is refused by the server."""
+    port = free_port()
+    fps = {name: tls.make(tmp_path / f"{name}.pem").fingerprint for name in ("server", "client", "other")}
+    server = party("server", port, "--dealer", "ttp", "--key", str(tmp_path / "server.pem"),
+                   "--peer-fingerprint", fps["client"], "--expect-dealer", "cd" * 32)
+    wait_for(server, "listening")
+    assert not secret_path(port).exists()  # every peer is pinned: no secret
+    code, _, err = finish(party("client", port, "--key", str(tmp_path / "other.pem"),
+                                "--peer-fingerprint", fps["server"]))
+    assert code == 3 and "the client's key" in last_line(err) and "is not the pinned" in last_line(err)
+    refused_on_server(server, "is not the pinned")
+    client = party("client", port, "--key", str(tmp_path / "client.pem"), "--peer-fingerprint", fps["server"])
+    seen = wait_for(client, "waiting for the dealer")
+    assert f"my key {fps['client']}" in seen and f"the server's key {fps['server']}" in seen
+    client.kill()
+    client.communicate()
+    still_running(server, f"key {fps['client'][:16]}) left before the session began")

@@ -17,9 +17,11 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-from protocols import runtime
+from mpcache.errors import UserError
+from protocols import runtime, tls
 from protocols.accounting import Cost
-from protocols.control import PROTOCOL_VERSION, Lobby, Peer, connect, describe, mismatch, say
+from protocols.control import PROTOCOL_VERSION, Peer, describe, mismatch, say
+from protocols.lobby import Lobby, connect, party_credentials, server_credentials, show_keys
 
 DEALER_FOREVER_S = 7 * 24 * 3600.0  # the dealer idles in gloo while the user types
 
@@ -43,18 +45,20 @@ def _arch(config) -> dict:
     return json.loads(json.dumps(config.to_dict()))  # as it comes back from the wire
 
 
-def _start_mpc(args, channel, rank: int) -> tuple[Peer, runtime.Party]:
+def _start_mpc(args, channel, rank: int, addr: str) -> tuple[Peer, runtime.Party]:
     """After the settings check: tell the peer when this party ends, then join the MPC session."""
     me, other = ("server", "client") if rank == runtime.SERVER else ("client", "server")
     peer = Peer(channel, me, other)
     runtime.on_exit(_notify_peer(peer))
-    _mpc_env(args, rank)
+    _mpc_env(args, rank, addr)
     return peer, runtime.init(args.dealer, args.timeout, args.connect_timeout)
 
 
-def _mpc_env(args, rank: int) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(runtime.world_size(args.dealer)),
-                      MASTER_ADDR=args.addr if args.addr != "0.0.0.0" else "127.0.0.1",
+def _mpc_env(args, rank: int, addr: str) -> None:
+    """``addr``: the server's address as the parties reach it. The server takes the address its
+    client connected to (never 0.0.0.0, nor 127.0.0.1 for a remote client): the direct link
+    (protocols.fastcomm) listens on and advertises the address it uses towards MASTER_ADDR."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(runtime.world_size(args.dealer)), MASTER_ADDR=addr,
                       MASTER_PORT=str(args.port + 1), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
 
 
@@ -98,7 +102,9 @@ def serve(args) -> int:
     from mpcache.models import load_model
     from protocols.session import build, private_turn
 
-    lobby = Lobby(args.addr, args.port, {})
+    creds = server_credentials(args, args.dealer == "ttp")
+    lobby = Lobby(args.addr, args.port, {}, creds)
+    show_keys("server", creds)
     if not _port_free(args.addr, args.port + 1):
         raise runtime.RuntimeFault(f"port {args.port + 1} (the MPC rendezvous, --port + 1) is in use: "
                                    "choose another --port")
@@ -107,17 +113,17 @@ def serve(args) -> int:
     settings = {"role": "server", "version": PROTOCOL_VERSION, "model": args.model,
                 "arch": _arch(model.config), "digest": weights_digest(model.weights),
                 "dealer": args.dealer, "policy": args.policy, "budget": args.budget,
-                "max_new_tokens": args.max_new_tokens}
+                "max_new_tokens": args.max_new_tokens, "max_prompt_tokens": args.max_prompt_tokens}
     lobby.settings = settings
     say(f"[server: {describe(settings)}; {runtime.DEALER_NOTE[args.dealer]}]")
-    say(f"[server: policy {args.policy}, budget {args.budget} tokens, answers capped at "
-        f"{args.max_new_tokens} tokens]")
+    say(f"[server: policy {args.policy}, budget {args.budget} tokens, messages up to "
+        f"{args.max_prompt_tokens} tokens, answers capped at {args.max_new_tokens} tokens]")
     extra = (f" and the dealer (mpcache chat dealer --addr HOST --port {args.port})"
              if args.dealer == "ttp" else "")
     say(f"[server: listening on {args.addr}:{args.port} (MPC on port {args.port + 1}); waiting for a "
         f"client{extra}; Ctrl-C stops]")
     channel = lobby.wait_for_parties(args.dealer == "ttp")
-    peer, party = _start_mpc(args, channel, runtime.SERVER)
+    peer, party = _start_mpc(args, channel, runtime.SERVER, lobby.reached_at or args.addr)
     say("[server: sharing and masking the weights once ...]")
     pm = build(party, args.model, loaded=model)
     say(f"[server: ready (setup {pm.setup.online_bytes / 1e6:.0f} MB, {pm.setup.compute_s:.0f} s); "
@@ -134,8 +140,13 @@ def serve(args) -> int:
             conv.reset()
             say("[server: new conversation]")
         elif op == "turn":
-            n, max_new = int(msg["n"]), min(int(msg["max_new"]), args.max_new_tokens)
-            conv.check(n, max_new)  # the client checked the same public facts already
+            n, max_new = msg["n"], min(msg["max_new"], args.max_new_tokens)
+            problem = turn_problem(conv, n, max_new, args.max_prompt_tokens)
+            if problem:  # the server's own limits: the turn is refused, the chat goes on
+                peer.send({"op": "refused", "why": problem})
+                say(f"[server: refused a turn: {problem}]")
+                continue
+            peer.send({"op": "go"})
             start = time.perf_counter()
             turn = private_turn(pm, conv, None, n, max_new)
             turns += 1
@@ -150,9 +161,10 @@ def deal(args) -> int:
     if args.dealer != "ttp":
         raise runtime.RuntimeFault("the dealer role needs --dealer ttp")
     hello = {"role": "dealer", "version": PROTOCOL_VERSION}
-    channel, server = connect(args.addr, args.port, hello, args.connect_timeout)
+    channel, server, _ = connect(args.addr, args.port, hello, args.connect_timeout,
+                                 party_credentials(args, "dealer"))
     say(f"[dealer: serving {describe(server)}; the dealer sees no input, only randomness requests]")
-    _mpc_env(args, runtime.DEALER)
+    _mpc_env(args, runtime.DEALER, args.addr)
     runtime.init("ttp", DEALER_FOREVER_S, args.connect_timeout)  # serves until the server ends
     return 0
 
@@ -167,16 +179,22 @@ def chat(args) -> int:
     model = load_model(args.model)
     hello = {"role": "client", "version": PROTOCOL_VERSION, "model": args.model, "arch": _arch(model.config),
              "dealer": args.dealer, "policy": args.policy, "budget": args.budget,
-             "expect_digest": args.expect_digest}
-    channel, server = connect(args.addr, args.port, hello, args.connect_timeout)
-    problem = mismatch(server, hello)
+             "expect_digest": args.expect_digest, "expect_dealer": args.expect_dealer}
+    channel, server, _ = connect(args.addr, args.port, hello, args.connect_timeout,
+                                 party_credentials(args, "client"))
+    problem = mismatch(server, hello) or dealer_problem(server, args.expect_dealer)
     if problem:
         raise runtime.RuntimeFault(problem)
+    if server["dealer_fingerprint"]:
+        say(f"[client: the dealer's key {server['dealer_fingerprint']} (as the server saw it"
+            f"{'; pinned' if args.expect_dealer else ''})]")
     max_new = min(args.max_new_tokens, server["max_new_tokens"])
     say(f"[connected to {describe(server)}; {runtime.DEALER_NOTE[args.dealer]}]")
     if args.max_new_tokens > max_new:
         say(f"[the server caps answers at {max_new} tokens (you asked for {args.max_new_tokens})]")
-    peer, party = _start_mpc(args, channel, runtime.CLIENT)
+    if args.max_prompt_tokens > server["max_prompt_tokens"]:
+        say(f"[the server takes messages up to {server['max_prompt_tokens']} tokens]")
+    peer, party = _start_mpc(args, channel, runtime.CLIENT, args.addr)
     say("[setting up: the server shares and masks its weights once ...]")
     pm = build(party, args.model, loaded=model)
     tok = pm.model.tokenizer
@@ -212,6 +230,10 @@ def chat(args) -> int:
             say(f"[refused: {exc}; nothing was sent]")
             continue
         peer.send({"op": "turn", "n": len(ids), "max_new": max_new})
+        answer = peer.get()
+        if answer.get("op") != "go":  # the server's own limits (it says why)
+            say(f"[refused by the server: {answer.get('why', answer.get('op'))}; the chat goes on]")
+            continue
         printer = StreamPrinter(tok)
         sys.stdout.write("assistant> ")
         sys.stdout.flush()
@@ -220,13 +242,42 @@ def chat(args) -> int:
         seconds = time.perf_counter() - start
         print(flush=True)
         counted = peer.get()  # the server's counts of this turn (see serve)
-        turn = replace(turn, cost=Cost(**counted["turn"]), prefill=Cost(**counted["prefill"]))
+        turn = replace(turn, cost=_cost(counted, "turn"), prefill=_cost(counted, "prefill"))
         totals.turns += 1
         totals.tokens += len(ids) + len(turn.result.new_ids)
         totals.cost = totals.cost + turn.cost
         say(turn_line(totals.turns, turn, conv, seconds))
         if args.json:
             _record(args, totals.turns, turn, seconds, conv, ids)
+
+
+def dealer_problem(server: dict, pin: str | None) -> str | None:
+    """The client's own check of the dealer the server seated against its --expect-dealer."""
+    seen = server["dealer_fingerprint"]
+    if pin and server["dealer"] == "ttp" and seen != tls.normalize_fp(pin):
+        return (f"the dealer's key {str(seen)[:16]} is not the pinned {tls.normalize_fp(pin)[:16]} "
+                "(--expect-dealer)")
+    return None
+
+
+def turn_problem(conv, n: int, max_new: int, max_prompt: int) -> str | None:
+    """Why the server will not run a turn of ``n`` tokens (public facts only), or None."""
+    if n > max_prompt:
+        return f"the message is {n} tokens, the server's limit is {max_prompt} (--max-prompt-tokens)"
+    try:
+        conv.check(n, max_new)
+    except UserError as exc:  # mpcache.chat.TurnRefused
+        return str(exc)
+    return None
+
+
+def _cost(msg: dict, key: str) -> Cost:
+    if msg.get("op") != "cost":
+        raise runtime.RuntimeFault(f"the server sent {msg.get('op')!r} where its counts belong")
+    try:
+        return Cost(**msg[key])
+    except TypeError:
+        raise runtime.RuntimeFault(f"the server sent malformed counts ({key})") from None
 
 
 def _show(tok, printer, token: int) -> None:

@@ -1,70 +1,133 @@
-"""The chat's control channel: a plain TCP connection next to the MPC traffic.
+"""The chat's control channel: JSON objects over TLS next to the MPC traffic, authenticated first.
 
-Before any secret work the client (and, with TTP, the dealer) connect to the server's port and
-exchange their settings (:data:`CHECKED`); a mismatch stops every side with a message naming it,
-and a second client is turned away. During the session the channel carries the public turn
-requests (token count, answer cap, /reset, /quit), and it is how a party learns at once that the
-other one stopped (Ctrl-C, a crash or a kill closes it), even while gloo waits inside C++.
-The MPC rendezvous (torch.distributed's store) then runs on the next port, ``port + 1``.
+Before any secret work the client (and, with TTP, the dealer) connect to the server's port. The
+first thing either side reads is the TLS handshake and the peer's proof of its key or of the
+session secret (:mod:`protocols.lobby`, :mod:`protocols.tls`); only then the hello with the
+settings (:data:`CHECKED`). Every message is one JSON object of at most :data:`MAX_LINE` bytes,
+checked field by field (:func:`expect`); a handshake has one overall deadline, not a timeout that
+resets on every chunk.
+During the session the channel carries the public turn requests (token count, answer cap, /reset,
+/quit), and it is how a party learns at once that the other one stopped (Ctrl-C, a crash or a
+kill closes it), even while gloo waits inside C++. The MPC rendezvous then runs on ``port + 1``.
 """
 
 from __future__ import annotations
 
-import json
 import queue
-import socket
+import select
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 
 from protocols.runtime import RuntimeFault, exit_now
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+MAX_LINE = 64 * 1024  # a control message: the settings (a model config) take a few kB
+HANDSHAKE_S = 10.0  # a connection proves the secret and says hello within this, in all
 # Settings both sides must agree on, with the words a mismatch message uses.
 CHECKED = {"version": "protocol version", "arch": "model architecture", "dealer": "dealer",
            "policy": "KV policy", "budget": "cache budget"}
 PROGRESS_EVERY_S = 10.0
+
+# Message schemas: field -> accepted JSON types (bool is not an int here).
+HELLO = {"client": {"role": str, "version": int, "model": str, "arch": dict, "dealer": str, "policy": str,
+                    "budget": int, "expect_digest": (str, type(None)), "expect_dealer": (str, type(None))},
+         "dealer": {"role": str, "version": int}}
+SETTINGS = {"version": int, "model": str, "arch": dict, "digest": str, "dealer": str, "policy": str,
+            "budget": int, "max_new_tokens": int, "max_prompt_tokens": int,
+            "dealer_fingerprint": (str, type(None))}
+OPS = {"turn": {"n": int, "max_new": int}, "go": {}, "refused": {"why": str}, "reset": {}, "quit": {},
+       "stopped": {"why": str}, "cost": {"turn": dict, "prefill": dict}}
+
+
+class ProtocolError(RuntimeFault):
+    """A message that is not what the protocol allows (not JSON, not an object, too long, a field
+    of the wrong type): the connection is refused with this one line."""
 
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-class Channel:
-    """JSON lines over a socket (own buffer: a timed-out read must leave the stream usable)."""
+def _type_name(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    names = {str: "a string", int: "an integer", dict: "an object", type(None): "null"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
 
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.buffer = b""
+
+def expect(msg: dict, fields: dict, what: str) -> dict:
+    """``msg`` if every field in ``fields`` is there with an accepted type, else ProtocolError."""
+    for name, types in fields.items():
+        types = types if isinstance(types, tuple) else (types,)
+        value = msg.get(name)
+        ok = name in msg and isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            raise ProtocolError(f"malformed {what}: field {name!r} must be {_type_name(types)}")
+    return msg
+
+
+def expect_op(msg: dict) -> dict:
+    op = msg.get("op")
+    if op not in OPS:
+        raise ProtocolError(f"unknown control message {str(op)[:40]!r}")
+    return expect(msg, OPS[op], f"{op!r} message")
+
+
+class Channel:
+    """JSON objects over an authenticated TLS link (``protocols.tls.SecureSocket``: length-prefixed,
+    bounded by ``MAX_LINE``). The link is single-threaded by design, so one lock covers each whole
+    operation; a reader first waits for data without the lock (a send is never held up by a wait)."""
+
+    def __init__(self, link, max_line: int = MAX_LINE):
+        self.link, self.max_line = link, max_line
         self.lock = threading.Lock()
 
-    def send(self, obj: dict) -> None:
-        with self.lock:
-            self.sock.sendall(json.dumps(obj).encode() + b"\n")
+    @property
+    def sock(self):
+        return self.link.sock
 
-    def try_send(self, obj: dict) -> None:
+    def send(self, obj: dict, timeout: float = HANDSHAKE_S) -> None:
+        with self.lock:
+            self.link.send_msg(obj, time.monotonic() + timeout)
+
+    def try_send(self, obj: dict, timeout: float = 1.0) -> None:
         try:
-            self.sock.settimeout(1.0)
-            self.send(obj)
-        except OSError:
+            self.send(obj, timeout)
+        except (OSError, RuntimeFault):
             pass
 
-    def recv(self, timeout: float | None = None) -> dict | None:
-        """The next message, or None when the peer closed the connection; TimeoutError after
-        ``timeout`` seconds without a whole line (what arrived so far is kept)."""
-        self.sock.settimeout(timeout)
-        while b"\n" not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return None
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return json.loads(line)
+    def _ready(self, timeout: float | None) -> bool:
+        """Bytes to read: decrypted or undecrypted ones buffered in the link, or on the socket."""
+        link = self.link
+        with self.lock:  # the SSL object is never touched by two threads at once
+            if link.obj.pending() or link._in.pending:
+                return True
+        return bool(select.select([link.sock], [], [], timeout)[0])
+
+    def recv(self, timeout: float | None = None, deadline: float | None = None) -> dict | None:
+        """The next message, or None when the peer closed the connection. TimeoutError when no
+        message began within ``timeout`` seconds or by the monotonic ``deadline`` (the stream stays
+        usable); a begun message must be whole within HANDSHAKE_S (or by ``deadline``).
+        ProtocolError for a message over the cap or that is not a JSON object."""
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            timeout = left if timeout is None else min(timeout, left)
+            if timeout <= 0:
+                raise TimeoutError("deadline passed")
+        if not self._ready(timeout):
+            raise TimeoutError("no message in time")
+        end = time.monotonic() + HANDSHAKE_S if deadline is None else deadline
+        with self.lock:
+            try:
+                return self.link.recv_msg(self.max_line, end)
+            except RuntimeFault as exc:  # tlsio.LinkError: one line already
+                if "closed the connection" in str(exc):
+                    return None
+                raise ProtocolError(str(exc)) from None
 
     def close(self) -> None:
         try:
-            self.sock.close()
+            self.link.close()
         except OSError:
             pass
 
@@ -72,8 +135,8 @@ class Channel:
 def describe(settings: dict) -> str:
     a = settings["arch"]
     digest = f", weights {settings['digest'][:12]}" if settings.get("digest") else ""
-    return (f"{settings['model']} ({a['num_layers']} layers, hidden {a['hidden_size']}, vocab "
-            f"{a['vocab_size']}{digest})")
+    return (f"{settings['model']} ({a.get('num_layers')} layers, hidden {a.get('hidden_size')}, vocab "
+            f"{a.get('vocab_size')}{digest})")
 
 
 def mismatch(server: dict, other: dict) -> str | None:
@@ -98,130 +161,11 @@ def mismatch(server: dict, other: dict) -> str | None:
     return None
 
 
-# --- client / dealer side ----------------------------------------------------------------------------
-def connect(host: str, port: int, hello: dict, timeout_s: float) -> tuple[Channel, dict]:
-    """Connect to the server (retrying while it is not up), send ``hello``, return the server's
-    settings. Progress every 10 s; RuntimeFault after ``timeout_s`` or when refused."""
-    start = time.monotonic()
-    last = start
-    what = f"the server at {host}:{port}"
-
-    def tick(state: str) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if now - start > timeout_s:
-            raise RuntimeFault(f"gave up after {timeout_s:.0f} s {state} {what} (is it running, with "
-                               "this --addr and --port? --connect-timeout sets the wait)")
-        if now - last >= PROGRESS_EVERY_S:
-            say(f"[{state} {what}... {now - start:.0f} s]")
-            last = now
-
-    say(f"[connecting to {what} ...]")
-    while True:
-        try:
-            sock = socket.create_connection((host, port), timeout=2.0)
-            break
-        except OSError:
-            tick("waiting for")
-            time.sleep(0.5)
-    channel = Channel(sock)
-    channel.send(hello)
-    while True:
-        try:
-            reply = channel.recv(timeout=1.0)
-        except TimeoutError:
-            tick("waiting for an answer from")
-            continue
-        if reply is None:
-            raise RuntimeFault(f"{what} closed the connection during the handshake")
-        if reply.get("error"):
-            raise RuntimeFault(reply["error"])
-        if reply.get("ok"):
-            return channel, reply["settings"]
-        say(f"[{reply.get('status', 'waiting')}]")
-
-
-# --- server side -------------------------------------------------------------------------------------
-@dataclass
-class Lobby:
-    """The server's listening socket: seats one client (and one dealer with TTP), refuses the rest."""
-
-    host: str
-    port: int
-    settings: dict
-    sock: socket.socket = field(init=False)
-    seated: dict[str, Channel] = field(default_factory=dict, init=False)
-
-    def __post_init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self.sock.bind((self.host, self.port))
-        except OSError as exc:
-            raise RuntimeFault(f"cannot listen on {self.host}:{self.port} ({exc.strerror}): choose "
-                               "another --port") from None
-        self.sock.listen(8)
-
-    def wait_for_parties(self, need_dealer: bool) -> Channel:
-        """Block (interruptibly) until the client and, if needed, the dealer are seated and agree."""
-        needed = {"client", "dealer"} if need_dealer else {"client"}
-        self.sock.settimeout(0.5)
-        while not needed <= set(self.seated):
-            try:
-                conn, peer = self.sock.accept()
-            except TimeoutError:
-                continue
-            self._greet(Channel(conn), peer, needed)
-        for channel in self.seated.values():
-            channel.send({"ok": True, "settings": self.settings})
-        threading.Thread(target=self._refuse_forever, daemon=True).start()
-        return self.seated["client"]
-
-    def _greet(self, channel: Channel, peer, needed: set[str]) -> None:
-        try:
-            hello = channel.recv(timeout=10.0)
-        except (OSError, ValueError):
-            hello = None
-        if not hello or hello.get("role") not in ("client", "dealer"):
-            channel.close()  # not one of ours (a port scanner, a stray connection)
-            return
-        role = hello["role"]
-        if role in self.seated or role not in needed:
-            reason = ("the server already has a " + role if role in self.seated
-                      else "the server runs --dealer tfp and needs no dealer")
-            channel.try_send({"error": reason})
-            channel.close()
-            return
-        problem = mismatch(self.settings, hello)
-        if problem:
-            channel.try_send({"error": problem})
-            for other in self.seated.values():
-                other.try_send({"error": f"stopped: the {role} at {peer[0]} has a {problem}"})
-            raise RuntimeFault(f"{role} at {peer[0]}: {problem}")
-        self.seated[role] = channel
-        say(f"[server: {role} connected from {peer[0]}]")
-        missing = needed - set(self.seated)
-        status = f"connected to the server; waiting for the {' and the '.join(sorted(missing))}"
-        for other in self.seated.values():
-            if missing:
-                other.try_send({"status": status})
-
-    def _refuse_forever(self) -> None:
-        self.sock.settimeout(None)
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            channel = Channel(conn)
-            channel.try_send({"error": "the server is busy with another client; try again later"})
-            channel.close()
-
-
 # --- during the session ------------------------------------------------------------------------------
 class Peer:
-    """Reads the other party's control messages in a thread. A closed connection or a stop message
-    outside a clean /quit ends this process at once with one line (exit status 3)."""
+    """Reads the other party's control messages in a thread. A closed connection, a malformed
+    message or a stop message outside a clean /quit ends this process at once with one line (exit
+    status 3): the peer is authenticated, so a bad message means a broken or hostile peer."""
 
     def __init__(self, channel: Channel, me: str, them: str):
         self.channel, self.me, self.them = channel, me, them
@@ -231,14 +175,19 @@ class Peer:
 
     def _read(self) -> None:
         while True:
+            why = None
             try:
                 msg = self.channel.recv(timeout=None)
-            except (OSError, ValueError):
+                if msg is not None:
+                    expect_op(msg)
+            except ProtocolError as exc:
+                msg, why = None, f"broke the control protocol ({exc})"
+            except OSError:
                 msg = None
             if msg is None or msg.get("op") == "stopped":
                 if self.closing:
                     return
-                why = msg.get("why", "stopped") if msg else "disconnected (killed or crashed?)"
+                why = why or (msg["why"] if msg else "disconnected (killed or crashed?)")
                 exit_now(f"mpcache: {self.me}: the {self.them} {why}; ending the session", 3)
             self.inbox.put(msg)
             if msg.get("op") == "quit":

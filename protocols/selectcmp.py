@@ -6,6 +6,12 @@ By default (``compare=bounded``) of differences |x| < 2^16 at 16 fractional bits
 digit (``digits.ltz_bounded``: 1 round and 16 B with TFP), else over the whole ring
 (``digits.ltz_ring``: 2 rounds and 80 B; CrypTen's circuit: ~8 rounds, 432 B). The fast presets'
 own "value" comparison resolves only 2^-8 and is not used here.
+
+Past its bound the bounded comparison's sign wraps, the comparisons stop being transitive and a
+selection could keep 0 or 2 items for one slot. So the values are first clamped to the bound
+(:func:`clamp_to_bound`: |v| <= 2^15, every difference then inside it; n ring comparisons, not
+n^2): beyond it values tie at the clamp and the lower index wins, so a selection is always exactly
+k distinct items, and within it nothing changes.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from mpcache.backend import Approximations
 from protocols import digits
 from protocols import nonlinear as nl
 from protocols.accounting import NETWORKS
+from protocols.topk import BOUND_RING_BITS, clamp_ring
 
 COMPARES = ("bounded", "ring")
 
@@ -40,6 +47,13 @@ class BoundedNumerics(RingNumerics):
 
     def cmp_digits(self) -> int:
         return digits.BOUNDED_SPECS[self.dealer.name].digits
+
+
+def clamp_to_bound(x, dealer):
+    """x (an MPCTensor) with its ring values clamped to the bounded comparison's range
+    (``BOUND_RING_BITS``): exact ring comparisons of the n values, one product layer."""
+    bits = round(math.log2(x._tensor.encoder.scale))
+    return nl._mpc_from_share(clamp_ring(x._tensor, BOUND_RING_BITS, dealer), bits)
 
 
 def numerics(approx: Approximations, dealer, compare: str = "bounded") -> nl.Numerics:
@@ -91,6 +105,8 @@ def best_arity(rows: int, m: int, digits: int, widest: int = 64) -> int:
 def exact_max(x, nm: nl.Numerics, with_index: bool = False):
     """Exact max (and first argmax) over the last dim with the selection's numerics."""
     m = x.shape[-1]
+    if isinstance(nm, BoundedNumerics) and m > 1:
+        x = clamp_to_bound(x, nm.dealer)  # past the bound: ties at the clamp, never 0 or 2 winners
     if nm.dealer is not None and m > 1:
         arity = best_arity(x.numel() // m, m, nm.cmp_digits())
         if arity > 2:

@@ -25,7 +25,8 @@ A construction turns the keys into secret *keep bits* (exactly k ones per row):
 Comparisons: CrypTen's exact circuit (~8 rounds), or with a ``dealer`` the dealer-assisted digit
 comparison: of the keys over the whole ring (``digits.ltz_ring``: exact too, 2 rounds with TFP), or
 for all-pairs (``TopkConfig.compare="bounded"``, the default) of the score differences themselves,
-|s_i - s_j| < 2^16, in one digit (``digits.ltz_bounded``: 1 round); with a dealer the count against
+|s_i - s_j| < 2^16, in one digit (``digits.ltz_bounded``: 1 round; the scores are clamped to
+|s| <= 2^15 first, so past the bound they tie instead of breaking the count); with a dealer the count against
 k is a one-digit comparison (1 round) and the compaction's one-hot one opening
 (``digits.onehot_share``) instead of a binary conversion (with TFP without the product either).
 """
@@ -46,6 +47,10 @@ METHODS = ("argmax", "allpairs", "bisect", "network")
 FORCED_KEY = 1 << 60  # above every score key (|key| < 2^59)
 PUSH_DOWN = 1 << 62  # picked keys (argmax) fall below every key, never wrap (2^62 + 2^60 < 2^63)
 PAD_KEY = -(1 << 61)  # bitonic padding: below every key
+# Bounded comparisons: ring values (any scale) are clamped to [-2^31, 2^31 - 1] first, so every
+# difference of two lies in [-(2^32 - 1), 2^32 - 1], where ``digits.ltz_bounded`` (bit 32 of
+# x + 2^32) is the sign. Past it the sign wraps and a rank could be shared or skipped.
+BOUND_RING_BITS = 31
 
 
 @dataclass(frozen=True)
@@ -179,11 +184,14 @@ def keep_allpairs(key, k: int, dealer=None) -> torch.Tensor:
 def keep_allpairs_bounded(scores, k: int, forced: torch.Tensor | None, dealer) -> torch.Tensor:
     """All-pairs on the scores themselves (no keys): for i < j, j beats i iff s_i - s_j < 0 (equal
     scores: the lower index wins, the keys' rule), one bounded comparison each (|s_i - s_j| < 2^16);
-    a pair with a forced item has a public outcome (forced first, then the lower index)."""
+    a pair with a forced item has a public outcome (forced first, then the lower index). The scores
+    are clamped to the bound first (``BOUND_RING_BITS``; beyond it they tie, the lower index wins):
+    exactly k kept, whatever the scores."""
     n = scores.shape[-1]
     i, j = torch.triu_indices(n, n, 1)
     in_bits = round(math.log2(scores.encoder.scale))
-    below = digits.ltz_bounded(scores.share[..., i] - scores.share[..., j], dealer, nl._rank(), in_bits)
+    ring = clamp_ring(scores, BOUND_RING_BITS, dealer)
+    below = digits.ltz_bounded(ring[..., i] - ring[..., j], dealer, nl._rank(), in_bits)
     if forced is not None:
         f = forced.to(torch.bool).expand(scores.shape)
         fi, fj = f[..., i], f[..., j]

@@ -227,6 +227,14 @@ def topk_cases() -> list[dict]:
         {"scores": torch.randn(1, 4, generator=gen), "k": 4, "forced": None},
         # beyond bisection's bound 2^12 (clamped there, the set is still the plaintext one)
         {"scores": torch.tensor([[5000.0, 0.5, 9000.0, -7000.0, 1.0, 0.25]]), "k": 3, "forced": None},
+        # at (32767.5 - -32768: just inside) and past the bounded comparison's |difference| < 2^16:
+        # clamped to |s| <= 2^15 the set is still the plaintext one (ties at the clamp: lower index)
+        {"scores": torch.tensor([[40000.0, -40000.0, 0.0, 20000.0, -20000.0, 1.0, 32767.5, -32768.0],
+                                 [50000.0, 40000.0, -50000.0, 0.0, 3.0, -3.0, 7.0, 2.0]]), "k": 3,
+         "forced": None},
+        # unclamped, every pair here would rank 1 (a cycle: 0 items kept for k = 1, all 3 for k = 2)
+        {"scores": torch.tensor([[40000.0, -40000.0, 0.0]]), "k": 1, "forced": None},
+        {"scores": torch.tensor([[40000.0, -40000.0, 0.0]]), "k": 2, "forced": None},
     ]
 
 
@@ -267,7 +275,7 @@ def check_topk(party, out: str, methods: list[str], approx: str = "v1") -> int:
 
 def maxima_cases() -> list:
     """Rows with ties (first index must win the argmin), differences near the bounded comparison's
-    2^16 and of one unit (2^-16)."""
+    2^16 and of one unit (2^-16), values past it (clamped to |x| < 2^15: ties, the lower index)."""
     import torch
 
     gen = torch.Generator().manual_seed(5)
@@ -275,7 +283,11 @@ def maxima_cases() -> list:
     near = torch.tensor([[30000.0, -30000.0, 29999.5, -29999.0, 0.0, 2**-16, -(2**-16), 32000.0, -32000.0]])
     wide = torch.randint(-4, 4, (9, 128), generator=gen).float() * 0.25
     wide[0, [3, 77]] = -9.0  # a tied minimum: the lower index wins
-    return [ties, near, wide]
+    past = torch.tensor([[3.0, 40000.0, -40000.0, 0.0, 32767.5, -32767.5, 1.0, -50000.0, 2.0]])
+    wide_past = wide[:2].clone()  # grouped tournament past the bound (clamped: ties, lower index)
+    wide_past[0, [5, 60, 100]] = torch.tensor([-50000.0, 45000.0, -40000.0])
+    wide_past[1, [1, 2]] = torch.tensor([70000.0, -32767.5])
+    return [ties, near, wide, past, wide_past]
 
 
 def check_mul_hi(party, out: str, elements: int) -> int:

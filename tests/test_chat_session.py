@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,14 +20,15 @@ import pytest
 from mpcache.backend import Approximations, PlainBackend
 from mpcache.generate import generate
 from mpcache.models import Transformer, load_model
+from protocols import tls
 from protocols.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT_S = 60
 
 
-def party(role: str, port: int, *extra: str, stdin=subprocess.DEVNULL) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT))
+def party(role: str, port: int, *extra: str, stdin=subprocess.DEVNULL, env=None) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(ROOT), **(env or {}))
     cmd = [sys.executable, "-m", "mpcache", "chat", role, "--model", "random:tiny", "--port", str(port),
            "--connect-timeout", "30", "--timeout", "60", *extra]
     return subprocess.Popen(cmd, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -87,24 +89,31 @@ def test_ctrl_c_while_connecting_ends_within_2_s(port):
     assert code == 130 and "interrupted (Ctrl-C)" in last_line(err)
 
 
-def test_dealer_mismatch_stops_both(port):
+def still_running(server: subprocess.Popen, refused: str) -> None:
+    """The server said it refused (one line) and keeps listening; then stop it (Ctrl-C)."""
+    wait_for(server, refused)
+    assert server.poll() is None, "the server stopped after refusing a connection"
+    server.send_signal(signal.SIGINT)
+    code, _, err = finish(server, 10)
+    assert code == 130 and "interrupted" in last_line(err)
+
+
+def test_dealer_mismatch_is_refused_and_the_server_goes_on(port):
     server = party("server", port, "--dealer", "ttp")
     wait_for(server, "listening")
     code_c, _, err_c = finish(party("client", port, "--dealer", "tfp"))
-    code_s, _, err_s = finish(server)
     assert code_c == 3 and "dealer mismatch: server --dealer ttp, client --dealer tfp" in last_line(err_c)
-    assert code_s == 3 and "dealer mismatch" in last_line(err_s)
+    still_running(server, "dealer mismatch: server --dealer ttp, client --dealer tfp; still waiting")
 
 
-def test_model_mismatch_stops_both(port):
+def test_model_mismatch_is_refused_and_the_server_goes_on(port):
     server = party("server", port, "--dealer", "tfp")
     wait_for(server, "listening")
     client = party("client", port, "--dealer", "tfp", "--model", "random:small")
     code_c, _, err_c = finish(client)
-    code_s, _, err_s = finish(server)
     assert code_c == 3 and "model mismatch: the server runs random:tiny (2 layers" in last_line(err_c)
     assert "the client expects random:small (8 layers" in last_line(err_c)
-    assert code_s == 3 and "model mismatch" in last_line(err_s)
+    still_running(server, "model mismatch: the server runs random:tiny")
 
 
 @pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
@@ -114,19 +123,29 @@ def test_second_client_is_refused_and_the_first_goes_on(port):
     wait_for(first, "ready")
     code2, _, err2 = finish(party("client", port, "--dealer", "tfp"))
     assert code2 == 3 and "busy with another client" in last_line(err2)
+    # strangers during the session: not TLS, a wrong secret, a silent one; the chat goes on
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.sendall(b"[1, 2, 3]\n")
+        silent = socket.create_connection(("127.0.0.1", port))
+        wrong = {"MPCACHE_SESSION_SECRET": "11" * 32}
+        code3, _, err3 = finish(party("client", port, "--dealer", "tfp", env=wrong))
+        assert code3 == 3 and "does not know the session secret" in last_line(err3)
     first.stdin.write(b"hi\n/quit\n")
     first.stdin.close()
     code1, out1, err1 = finish(first, 180)
     assert code1 == 0 and "assistant>" in out1 and "[turn 1:" in err1
-    assert finish(server)[0] == 0
+    silent.close()
+    code_s, _, err_s = finish(server)
+    assert code_s == 0 and "TLS handshake" in err_s and "the chat goes on" in err_s
 
 
 @pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
 def test_bad_prompts_are_refused_and_the_chat_goes_on(port):
-    server = party("server", port, "--dealer", "tfp", "--max-new-tokens", "2")
+    server = party("server", port, "--dealer", "tfp", "--max-new-tokens", "2", "--max-prompt-tokens", "30")
     client = party("client", port, "--dealer", "tfp", "--max-new-tokens", "5", "--max-prompt-tokens", "40",
                    stdin=subprocess.PIPE)
-    client.stdin.write(b"x" * 100 + b"\n" + b"   \n" + b"caf\xe9\n" + b"ok\n/quit\n")
+    # 15 characters: 33 tokens with the first turn's template, over the server's own 30 (not the client's 40)
+    client.stdin.write(b"x" * 100 + b"\n" + b"   \n" + b"caf\xe9\n" + b"fifteen chars!!\n" + b"ok\n/quit\n")
     client.stdin.close()
     code, out, err = finish(client, 180)  # a whole session with one turn on a loaded machine
     assert code == 0, err
@@ -134,8 +153,11 @@ def test_bad_prompts_are_refused_and_the_chat_goes_on(port):
     assert re.search(r"\[refused: the message is \d+ tokens, the limit is 40", err)
     assert "[refused: empty message" in err
     assert "[refused: the message is not valid UTF-8" in err
+    assert "[refused by the server: the message is 33 tokens, the server's limit is 30" in err
+    assert "[the server takes messages up to 30 tokens]" in err
     assert "[turn 1: " in err and "+ 2 answer tokens" in err and "[turn 2:" not in err
-    assert finish(server)[0] == 0
+    code_s, _, err_s = finish(server)
+    assert code_s == 0 and "[server: refused a turn: the message is 33 tokens" in err_s
 
 
 @pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
@@ -169,8 +191,9 @@ def test_killed_peer_is_reported_at_once(port):
     start = time.time()
     code, _, err = finish(client, 30)
     assert time.time() - start < 5
-    assert code == 3 and "server" in last_line(err) and ("disconnected" in last_line(err)
-                                                          or "other party died" in last_line(err))
+    line = last_line(err)  # the control channel or the MPC link (TLS) notices first
+    assert code == 3 and "server" in line and any(
+        words in line for words in ("disconnected", "other party died", "closed the connection"))
 
 
 @pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
@@ -178,15 +201,17 @@ def test_turn_two_continues_the_secret_cache_like_a_plaintext_run(port, tmp_path
     """Turn 2 feeds only its own tokens on top of the secret cache, and decodes what plaintext
     decodes over the concatenated conversation (turn 1 prompt + answer + turn 2)."""
     record = tmp_path / "turns.jsonl"
-    dealer = party("dealer", port)
+    key = tmp_path / "dealer.pem"
+    pinned = tls.make(key).fingerprint  # the client pins the dealer's key
+    dealer = party("dealer", port, "--key", str(key))
     server = party("server", port, "--policy", "full")
     client = party("client", port, "--policy", "full", "--max-new-tokens", "4", "--json", str(record),
-                   stdin=subprocess.PIPE)
+                   "--expect-dealer", pinned, stdin=subprocess.PIPE)
     client.stdin.write(b"Hello MPC world\nAnd the second turn?\n/quit\n")
     client.stdin.close()
     code, _, err = finish(client, 240)
     assert code == 0, err
-    assert "dealer: TTP" in err
+    assert "dealer: TTP" in err and f"the dealer's key {pinned} (as the server saw it; pinned)" in err
     assert re.search(r"\[turn 1: .*; dealer [1-9][0-9.]* MB", err), err  # the dealer's traffic is shown
     finish(server, 30), finish(dealer, 30)
     t1, t2 = [json.loads(line) for line in record.read_text().splitlines()]

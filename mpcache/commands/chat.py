@@ -15,6 +15,13 @@ CHAT_EPILOG = """\
 exit status: 0 done, 2 bad option, 3 connection fault (no server, refused, settings mismatch, the
 other party stopped or died, timeout), 130 interrupted (Ctrl-C).
 the MPC rendezvous uses --port + 1 as well; the server must be reachable on both ports.
+links: the control channel is TLS 1.3; every party prints its key fingerprint and its peers', and
+proves its key (pinned: --peer-fingerprint, --expect-dealer) or the session secret before anything
+else is read. On one machine the server leaves a fresh secret in a file only you can read and the
+others find it; for a remote server set MPCACHE_SESSION_SECRET (hex; the server prints the line to
+export) or pin keys (`mpcache keys PATH`, --key PATH).
+the server refuses a bad connection (wrong secret, malformed message, mismatched settings, a
+second client or dealer) with one line on both sides and keeps waiting for the right one.
 in the chat: /stats (traffic, rounds, time so far), /reset (new conversation), /quit."""
 
 
@@ -49,9 +56,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48,
                    help="answer length; the server's value caps the client's")
     p.add_argument("--max-prompt-tokens", type=int, default=256,
-                   help="client: longest message (in tokens) it sends")
+                   help="longest message in tokens (client: it sends; server: it accepts, refusing a "
+                   "longer turn)")
     p.add_argument("--expect-digest", default=None,
                    help="client: refuse a server whose weights digest does not start with this")
+    p.add_argument("--key", default=None, metavar="PATH",
+                   help="this party's key (`mpcache keys PATH` makes one); default: a fresh key per run")
+    p.add_argument("--peer-fingerprint", default=None, metavar="FP",
+                   help="pin the peer's key (client/dealer: the server's; server: the client's, or "
+                   "client=FP). Without pins the parties prove the session secret (see below)")
+    p.add_argument("--expect-dealer", default=None, metavar="FP",
+                   help="client (and server): accept only the dealer with this key fingerprint")
     p.add_argument("--connect-timeout", type=float, default=60.0,
                    help="seconds to wait for the other parties to connect")
     p.add_argument("--timeout", type=float, default=600.0,

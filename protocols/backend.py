@@ -22,7 +22,7 @@ import torch
 
 from mpcache.backend import Approximations, Backend
 from mpcache.selected import SelectedRows
-from protocols import fastcrypten, selectcmp, topk
+from protocols import fastcrypten, selectcmp, topk, trunc
 from protocols import nonlinear as nl
 from protocols.accounting import Meter
 from protocols.compat import import_crypten
@@ -74,6 +74,7 @@ class MPCBackend(Backend):
         self.meter = meter or Meter(self.comm)
         self.dealer = _MeteredDealer(make_dealer(party.dealer, party.rank), self.meter)
         self.numerics = nl.Numerics(self.approx, self.dealer)
+        trunc.install(self.dealer, self.rank)  # exact truncation everywhere (ours and CrypTen's)
         # Selections compare exactly (ties and near-ties must match the plaintext): with the fast
         # presets by the dealer's digit comparison (bounded differences: 1 round; see _select_nm),
         # else CrypTen's circuit.

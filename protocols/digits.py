@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from protocols import trunc
 from protocols.fixed import open_ring
 
 
@@ -128,7 +129,7 @@ def _borrow(e: torch.Tensor, g: torch.Tensor, me: torch.Tensor, mg: torch.Tensor
 def ltz_share(share: torch.Tensor, spec: DigitSpec, dealer, rank: int, in_bits: int = 16) -> torch.Tensor:
     """Share (scale 1) of [x < 0] for x shared as ``share`` at ``in_bits`` fractional bits."""
     shift = in_bits - spec.frac_bits
-    t = share.div(1 << shift, rounding_mode="floor") if shift > 0 else share * (1 << -shift)
+    t = trunc.divide([(share, 1 << shift)], rounding="floor")[0] if shift > 0 else share * (1 << -shift)
     top = spec.top
     if rank == 0:
         t = t + ((1 << top) if top < 63 else -(1 << 63))  # 2^63 wraps to -2^63 in the ring

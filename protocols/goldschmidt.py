@@ -20,18 +20,20 @@ import math
 import torch
 
 from mpcache import approx
+from protocols import trunc
 from protocols.nonlinear import (
     HI_BITS,
     Numerics,
     _mpc_from_share,
     _ring_mul,
     _trunc,
+    _trunc_many,
+    column_divisors,
     exp_neg,
     ltz,
-    nl_from_ring,
+    mean_square,
     one_hot_levels,
     split_digits,
-    trunc_columns,
 )
 
 OUT_BITS = 16 + HI_BITS  # the scaled vector (x * 2^-p, e * 4^-(j+1)) is kept at 24 bits
@@ -75,9 +77,12 @@ def _scaled_pair(v, x_share: torch.Tensor, level: torch.Tensor, in_scales: list[
     prod_v, prod_x = ring_mul_many([(v_share, level), (x_share.unsqueeze(0), stacked)])
     frexp = [math.frexp(c) for c in in_scales]  # c = m 2^e, m in [1/2, 1)
     mantissas = torch.tensor([round(m * 2.0**17) for m, _ in frexp], dtype=torch.int64)  # 2m at 16 bits
-    vn = _trunc(trunc_columns(prod_v, [1 - e for _, e in frexp]) * mantissas, 16).sum(-1, keepdim=True)
-    xs = sum(_trunc(prod_x[i], 16 + f - OUT_BITS) for i, (_, f) in enumerate(digits))
-    return _mpc_from_share(vn), xs
+    # The column truncation of prod_v and the digit truncations of prod_x go in ONE opening.
+    up, down = column_divisors([1 - e for _, e in frexp])
+    outs = trunc.divide([(prod_v * up, down)]
+                        + [(prod_x[i], 1 << (16 + f - OUT_BITS)) for i, (_, f) in enumerate(digits)])
+    vn = _trunc(outs[0] * mantissas, 16).sum(-1, keepdim=True)
+    return _mpc_from_share(vn), sum(outs[1:])
 
 
 def times_hi(xs: torch.Tensor, y) -> torch.Tensor:
@@ -86,7 +91,8 @@ def times_hi(xs: torch.Tensor, y) -> torch.Tensor:
     digits = split_digits(y._tensor.share, 16)
     stacked = _mpc_from_share(torch.stack([d for d, _ in digits]), 0)
     prod = _ring_mul(_mpc_from_share(xs.unsqueeze(0), 0), stacked)
-    return _mpc_from_share(sum(_trunc(prod[i], OUT_BITS + f - 16) for i, (_, f) in enumerate(digits)))
+    terms = _trunc_many([(prod[i], OUT_BITS + f - 16) for i, (_, f) in enumerate(digits)])
+    return _mpc_from_share(sum(terms))
 
 
 def times_reciprocal(e, d, nm: Numerics):
@@ -112,10 +118,7 @@ def rms_norm(x, eps: float, nm: Numerics):
     """x / sqrt(mean(x^2) + eps), as ``nonlinear.rms_norm`` with the shallower schedule."""
     from crypten.mpc.primitives import beaver
 
-    x10 = nl_from_ring(_trunc(x._tensor.share, 6), 10)
-    squares = _trunc(beaver.square(x10._tensor).share, 4)
-    total = squares.sum(-1, keepdim=True)
-    v = _mpc_from_share(total.div(x.shape[-1], rounding_mode="trunc")) + eps
+    v = mean_square(x, beaver) + eps
     step = nm.approx.range_step
     kmin, kmax = approx.inv_sqrt_powers(step)
     level = one_hot_levels(v, [2.0 ** (k * step) for k in range(kmin, kmax + 1)], nm, "wide")

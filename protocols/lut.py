@@ -19,6 +19,7 @@ from functools import lru_cache
 import torch
 
 from mpcache import approx
+from protocols import trunc
 from protocols.digits import DigitSpec, digits_of
 from protocols.fixed import open_ring
 
@@ -46,7 +47,7 @@ def exp_neg_share(share: torch.Tensor, dealer, rank: int, in_bits: int = 16) -> 
     from protocols.nonlinear import _mpc_from_share, _ring_mul, _trunc
 
     f = approx.EXP_FRAC_BITS
-    t = share.div(1 << (in_bits - f), rounding_mode="floor")
+    t = trunc.divide([(share, 1 << (in_bits - f))], rounding="floor")[0]
     if rank == 0:
         t = t + int(round(approx.EXP_OFFSET * 2**f))
     handle, r_share = dealer.cmp_begin(tuple(t.shape), SPEC, with_m=False)

@@ -114,7 +114,8 @@ def _two_party_crypten() -> bool:
 
 # --- analysis: record the inputs of every truncation --------------------------------------------------
 
-_HELPERS = {"divide", "trunc", "_trunc", "_trunc_many", "trunc_columns", "_from_ring", "_record", "div_", "div",
+_HELPERS = {"divide", "trunc", "_trunc", "_trunc_many", "trunc_columns", "_from_ring", "_record",
+            "div_", "div",
             "_arithmetic_function", "_arithmetic_function_", "mul", "mul_", "square_", "square",
             "encode_", "_div", "_mul", "matmul", "__mul__", "__rmul__", "_fixed", "__truediv__"}
 

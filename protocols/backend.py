@@ -28,6 +28,7 @@ from protocols.accounting import Meter
 from protocols.compat import import_crypten
 from protocols.dealer import make_dealer
 from protocols.fixed import FixedOperand, extend_fixed, fix_and_multiply, fixed_product, make_fixed, open_ring
+from protocols.guard import Guard
 from protocols.runtime import CLIENT, Party
 from protocols.topk import TopkConfig
 
@@ -75,6 +76,7 @@ class MPCBackend(Backend):
         self.dealer = _MeteredDealer(make_dealer(party.dealer, party.rank), self.meter)
         self.numerics = nl.Numerics(self.approx, self.dealer)
         trunc.install(self.dealer, self.rank)  # exact truncation everywhere (ours and CrypTen's)
+        self.guard = Guard(self.dealer, self.rank)  # range checks per token (protocols/guard.py)
         # Selections compare exactly (ties and near-ties must match the plaintext): with the fast
         # presets by the dealer's digit comparison (bounded differences: 1 round; see _select_nm),
         # else CrypTen's circuit.
@@ -195,6 +197,9 @@ class MPCBackend(Backend):
     # --- non-linear -----------------------------------------------------------------------------------
     def rms_norm(self, x, weight: SecretWeight, eps: float):
         with self.meter.phase("norm"):
+            if weight.name == "model.norm.weight":  # the residual stream, once per token
+                with self.meter.phase("guard"):
+                    self.guard.hidden(x)
             h = nl.rms_norm(x, eps, self.numerics)
             if weight.fixed is not None:
                 return self._fixed(h, weight.fixed, "mul")
@@ -351,6 +356,8 @@ class MPCBackend(Backend):
         with self.meter.phase("argmax"):
             last = logits[-1:]
             if self.reveal_logits:
+                with self.meter.phase("guard"):
+                    self.guard.verify()
                 plain = reveal(last, dst=CLIENT)
                 if self.rank == CLIENT:
                     self.last_logits = plain[0]
@@ -359,7 +366,10 @@ class MPCBackend(Backend):
             if self.debug_logits:
                 plain = reveal(last, dst=CLIENT)
                 self.last_logits = plain[0] if self.rank == CLIENT else None
-            _, idx = nl.row_max(last, with_index=True, nm=self.numerics)
+            top, idx = nl.row_max(last, with_index=True, nm=self.numerics)
+            with self.meter.phase("guard"):
+                self.guard.logit_max(top)
+                self.guard.verify()  # stops both parties, one line, before any nonsense is revealed
             value = reveal(idx, dst=CLIENT)
             return int(round(value.item())) if self.rank == CLIENT else -1
 

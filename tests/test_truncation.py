@@ -82,6 +82,8 @@ def test_two_parties_straddling_shares(tmp_path, dealer):
     proc = subprocess.run(command, env=env, timeout=240, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
+    assert r["guard"][0] == ""  # a plausible hidden state passes
+    assert r["guard"][1].startswith("stopped at token 2 (prefill): final hidden state (1 values) out of")
     for value, old, new, cdiv in zip(r["values"], r["old_error"], r["new_error"], r["crypten_div_error"],
                                      strict=True):
         if abs(value) >= 2**20:  # near the edge: the straddling split really wraps

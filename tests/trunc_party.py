@@ -35,7 +35,7 @@ def main() -> int:
         from protocols.fixed import open_ring
 
         party = runtime.init(args.dealer, 60)
-        MPCBackend(party)  # installs the exact truncation with this run's dealer
+        backend = MPCBackend(party)  # installs the exact truncation with this run's dealer
         x = torch.tensor(VALUES, dtype=torch.int64)
         # s1 at the far side of the ring from x: s0 = x - s1 then wraps (for x != 0 near the edge).
         s1 = torch.where(x >= 0, torch.full_like(x, -(2**63) + 7), torch.full_like(x, 2**63 - 7))
@@ -52,8 +52,9 @@ def main() -> int:
         want = big >> BITS
         old_r = (open_ring(shr.div(1 << BITS, rounding_mode="trunc")) - want).abs()
         new_r = (open_ring(trunc.divide([(shr, 1 << BITS)])[0]) - want).abs()
+        guard = check_guard(backend, party.rank)
         if party.is_client:
-            Path(args.out).write_text(json.dumps({
+            Path(args.out).write_text(json.dumps({"guard": guard,
                 "values": VALUES, "old_error": old.tolist(), "new_error": new.tolist(),
                 "crypten_div_error": crypten_div.tolist(),
                 "random_old_failures": int((old_r > 1).sum()), "random_new_max_error": int(new_r.max()),
@@ -61,6 +62,27 @@ def main() -> int:
         return 0
 
     return runtime.run_party(body)
+
+
+def check_guard(backend, rank: int) -> list[str]:
+    """The guard on a plausible hidden state (passes) and on one whose element wrapped by 2^32 in
+    value (stops with one line). Returns what each raised ("" for nothing)."""
+    import torch
+
+    from protocols.guard import OutOfRange
+
+    said = []
+    hidden = backend.crypten.cryptensor(torch.tensor([[1.5, -2.2e4, 3.0], [0.5, 7.0, -1.0]]), src=0)
+    for corrupt in (False, True):
+        if corrupt and rank == 0:
+            hidden._tensor.share[-1, 1] += 2**48  # a wrapped local truncation: 2^32 in value
+        backend.guard.hidden(hidden)
+        try:
+            backend.guard.verify()
+            said.append("")
+        except OutOfRange as e:
+            said.append(str(e))
+    return said
 
 
 if __name__ == "__main__":

@@ -214,8 +214,14 @@ class MPCBackend(Backend):
             return nl.softmax(scores, mask, self.numerics)
 
     def rope(self, x, cos: torch.Tensor, sin: torch.Tensor):
+        """x cos + rotate_half(x) sin with ONE truncation of the sum (two public products would
+        truncate twice, a round each)."""
         with self.meter.phase("rope"):
-            return super().rope(x, cos, sin)
+            s, enc = x._tensor.share, x._tensor.encoder
+            half = s.shape[-1] // 2
+            rotated = torch.cat([-s[..., half:], s[..., :half]], dim=-1)
+            prod = s * enc.encode(cos).long() + rotated * enc.encode(sin).long()
+            return nl._mpc_from_share(trunc.trunc(prod, 16))
 
     # --- selection -------------------------------------------------------------------------------------
     topk_config = TopkConfig()  # protocols.topk.choose by (n, k); assign another to force one method

@@ -157,20 +157,21 @@ class LocalDealer:
             return self._share(a, a_shape), self._share(c, c_shape)
         return self._share(None, a_shape), self._share(None, c_shape)
 
-    def div_material(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Shares of a uniform r, of floor(r / d) and of msb(r) (r unsigned; d [n] public divisors)
-        for an exact truncation (``protocols.trunc``); party 0 draws them (no traffic)."""
-        shape = (3, *d.shape)
+    def div_material(self, shape, d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Shares of a uniform r, of floor(r / d) and of msb(r) (r unsigned; d an int or public
+        divisors of ``shape``) for an exact truncation (``protocols.trunc``); party 0 draws them
+        (no traffic)."""
+        full = (3, *tuple(shape))
         if self.rank == 0:
-            r = _random_ring(d.shape)
-            parts = self._share(torch.stack([r, *material(r, d)]), shape)
+            r = _random_ring(shape)
+            parts = self._share(torch.stack([r, *material(r, d)]), full)
         else:
-            parts = self._share(None, shape)
+            parts = self._share(None, full)
         return parts[0], parts[1], parts[2]
 
     def trunc(self, shape, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This party's shares of (r, r >> bits, msb(r)) of ``shape``."""
-        return _reshaped(self.div_material(torch.full((_numel(shape),), 1 << bits, dtype=torch.int64)), shape)
+        return self.div_material(shape, 1 << bits)
 
     def _shared_gen(self):
         """The generator both parties hold (party 0's "next" is party 1's "prev")."""
@@ -295,20 +296,22 @@ class TTPDealer:
         me, mg = tables_at(pending.tables[1], c_digits)
         return e, g, me, mg, pending.tables[2]
 
-    def div_material(self, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def div_material(self, shape, d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As ``LocalDealer.div_material``: both parties draw r's shares from their dealer streams;
         party 1 draws its shares of floor(r / d) and msb(r) too, party 0 receives its shares by one
-        ``trunc_material`` request (the divisors go run-length encoded)."""
-        r = _random_ring(d.shape, self._gen())
+        ``trunc_material`` request (divisors other than one int go run-length encoded)."""
+        shape = tuple(shape)
+        r = _random_ring(shape, self._gen())
         if self.rank == 0:
-            values, counts = torch.unique_consecutive(d, return_counts=True)
-            flat = self._request("trunc_material", values, counts)
-            return r, flat[: d.numel()], flat[d.numel():]
+            spec = d if isinstance(d, int) else torch.unique_consecutive(d.reshape(-1), return_counts=True)
+            flat = self._request("trunc_material", shape, spec)
+            n = r.numel()
+            return r, flat[:n].reshape(shape), flat[n:].reshape(shape)
         gen = self._gen()
-        return r, _random_ring(d.shape, gen), _random_ring(d.shape, gen)
+        return r, _random_ring(shape, gen), _random_ring(shape, gen)
 
     def trunc(self, shape, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _reshaped(self.div_material(torch.full((_numel(shape),), 1 << bits, dtype=torch.int64)), shape)
+        return self.div_material(shape, 1 << bits)
 
     def triple(self, key: int, kind: str, a_shape, b_shape, view: tuple | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -318,17 +321,6 @@ class TTPDealer:
         else:
             c = _random_ring(result_shape(kind, a_shape, b_shape), self._gen())
         return a, c
-
-
-def _numel(shape) -> int:
-    n = 1
-    for k in shape:
-        n *= int(k)
-    return n
-
-
-def _reshaped(parts, shape) -> tuple[torch.Tensor, ...]:
-    return tuple(p.reshape(tuple(shape)) for p in parts)
 
 
 def make_dealer(name: str, rank: int):
@@ -386,11 +378,12 @@ def run_ttp_server(on_connected=None) -> None:
             return torch.cat([(p - self._get_additive_PRSS(p.size(), remove_rank=True)).flatten()
                               for p in parts])
 
-        def trunc_material(self, values, counts):
+        def trunc_material(self, shape, spec):
             """Party 0's shares of floor(r / d) and msb(r) (``TTPDealer.div_material``)."""
-            d = torch.repeat_interleave(values, counts)
-            r = self._get_additive_PRSS(d.shape)
+            d = spec if isinstance(spec, int) else torch.repeat_interleave(*spec).reshape(shape)
+            r = self._get_additive_PRSS(shape)
             parts = material(r, d)
-            return torch.cat([p - self._get_additive_PRSS(p.size(), remove_rank=True) for p in parts])
+            return torch.cat([(p - self._get_additive_PRSS(p.size(), remove_rank=True)).reshape(-1)
+                              for p in parts])
 
     FixedMaskServer()  # serves until party 0 sends "terminate"

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from protocols.compat import import_crypten
+from protocols.dealer import _random_ring
 from protocols.fixed import open_ring
 from protocols.ringdiv import combine, consts
 
@@ -76,28 +77,57 @@ def divide(items: Sequence[tuple[torch.Tensor, Divisor]], rounding: str = "trunc
         if _state["dealer"] is None and not local() and _two_party_crypten():
             raise RuntimeError("exact truncation used before protocols.trunc.install(dealer, rank)")
         return [s.div(torch.as_tensor(d, dtype=torch.int64), rounding_mode=rounding) for s, d in items]
-    shares = [s.reshape(-1) for s, _ in items]
-    divisors = torch.cat([_flat_divisors(s, d) for s, d in items])
-    flat = torch.cat(shares) if len(shares) > 1 else shares[0]
-    work = divisors > 1  # d = 1 is exact already (nothing to open)
-    out = flat.clone()
-    if bool(work.any()):
-        x, d = (flat, divisors) if bool(work.all()) else (flat[work], divisors[work])
-        r_share, q_share, m_share = _state["dealer"].div_material(d)
-        first = _state["rank"] == 0
-        y = x + d * consts(d)[2] if first else x  # + K (party 0 adds the public shift)
-        c = open_ring(y + r_share)
-        res = combine(c, d, q_share, m_share, first)
+    first = _state["rank"] == 0
+    uniform = {d for _, d in items if isinstance(d, int)}
+    if len(uniform) == 1 and all(isinstance(d, int) for _, d in items) and next(iter(uniform)) > 1:
+        d = next(iter(uniform))  # one divisor for all: scalar constants, no per-element work
+        flat = torch.cat([s.reshape(-1) for s, _ in items]) if len(items) > 1 else items[0][0].reshape(-1)
+        out = _divide_flat(flat, d, first)
+    else:
+        flat = torch.cat([s.reshape(-1) for s, _ in items])
+        divisors = torch.cat([_flat_divisors(s, d) for s, d in items])
+        work = divisors > 1  # d = 1 is exact already (nothing to open)
+        out = flat.clone()
         if bool(work.all()):
-            out = res
-        else:
-            out[work] = res
+            out = _divide_flat(flat, divisors, first)
+        elif bool(work.any()):
+            out[work] = _divide_flat(flat[work], divisors[work], first)
     result, start = [], 0
     for s, _ in items:
         n = s.numel()
         result.append(out[start : start + n].reshape(s.shape))
         start += n
     return result
+
+
+def _divide_flat(x: torch.Tensor, d, first: bool) -> torch.Tensor:
+    """The protocol on a flat share (d: an int or per-element divisors >= 2): one opening."""
+    r_share, q_share, m_share = _state["dealer"].div_material(tuple(x.shape), d)
+    y = x + d * consts(d)[2] if first else x  # + K (party 0 adds the public shift)
+    c = open_ring(y + r_share)
+    return combine(c, d, q_share, m_share, first)
+
+
+def open_shifted(share: torch.Tensor, r_share: torch.Tensor, shift: int, rank: int, add: int = 0
+                 ) -> torch.Tensor:
+    """Open c = floor(x / 2^shift) + add + r + e (mod 2^(64 - shift)), e in {-1, 0, 1}, for a digit
+    comparison or table lookup that masks its input with the dealer's r anyway: the truncation is
+    folded into that opening (no round of its own, and no wrap: everything after it is read mod
+    2^W, W <= 64 - shift). Opened: x + r 2^shift + rho, rho = rho_0 + rho_1 with rho_i uniform in
+    [0, 2^shift) drawn by each party, so the low bits are uniform to either party; the carry out of
+    them is e (never below floor: a value just under a threshold may read as on it, as with the
+    exact truncation's {0, +1}; the approximations' level choices tolerate that side, not the other)."""
+    if shift <= 0:
+        y = share * (1 << -shift)
+        return open_ring(y + r_share + (add if rank == 0 else 0))
+    if local():  # the old way: a local truncation, then the opening
+        t = share.div(1 << shift, rounding_mode="floor")
+        return open_ring(t + r_share + (add if rank == 0 else 0))
+    rho = _random_ring(tuple(share.shape)) & ((1 << shift) - 1)
+    masked = share + rho + r_share * (1 << shift)
+    if rank == 0:
+        masked = masked + add * (1 << shift)
+    return open_ring(masked) >> shift
 
 
 def trunc(share: torch.Tensor, bits: int) -> torch.Tensor:

@@ -26,7 +26,6 @@ from protocols.nonlinear import (
     Numerics,
     _mpc_from_share,
     _ring_mul,
-    _trunc,
     _trunc_many,
     column_divisors,
     exp_neg,
@@ -77,12 +76,12 @@ def _scaled_pair(v, x_share: torch.Tensor, level: torch.Tensor, in_scales: list[
     prod_v, prod_x = ring_mul_many([(v_share, level), (x_share.unsqueeze(0), stacked)])
     frexp = [math.frexp(c) for c in in_scales]  # c = m 2^e, m in [1/2, 1)
     mantissas = torch.tensor([round(m * 2.0**17) for m, _ in frexp], dtype=torch.int64)  # 2m at 16 bits
-    # The column truncation of prod_v and the digit truncations of prod_x go in ONE opening.
+    # v's scaling (power of two and mantissa: ONE division, |v level 2^(16+17)| <= 2^57 for the
+    # variances' v < 2^24) and the digit truncations of prod_x go in ONE opening.
     up, down = column_divisors([1 - e for _, e in frexp])
-    outs = trunc.divide([(prod_v * up, down)]
+    outs = trunc.divide([(prod_v * up * mantissas, down * (1 << 16))]
                         + [(prod_x[i], 1 << (16 + f - OUT_BITS)) for i, (_, f) in enumerate(digits)])
-    vn = _trunc(outs[0] * mantissas, 16).sum(-1, keepdim=True)
-    return _mpc_from_share(vn), sum(outs[1:])
+    return _mpc_from_share(outs[0].sum(-1, keepdim=True)), sum(outs[1:])
 
 
 def times_hi(xs: torch.Tensor, y) -> torch.Tensor:

@@ -1,0 +1,88 @@
+"""docs/results/truncation.md from the records of issue #24 (nothing is run here).
+
+Inputs (docs/records/): ``truncation_magnitudes.json`` (examples/trunc_magnitudes.py),
+``trunc_failures_before.jsonl`` / ``trunc_failures_after*.jsonl`` (examples/compare_plaintext.py
+--repeat N: one setup, N private runs with fresh randomness, each against the plaintext-approx
+logits) and ``trunc_bench.jsonl`` (``mpcache bench mpc`` records, each with a "code" field: before
+or after).
+
+    python examples/truncation_report.py
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from trunc_magnitudes import magnitude_lines  # noqa: E402
+
+RECORDS = Path("docs/records")
+TEST_TOL = 0.1  # tests/test_mpc_two_party.py LOGIT_TOL: the fixed-point tolerance of a good run
+CATASTROPHIC = 4.0  # --tolerance of the runs: far beyond any fixed-point error seen after the fix
+
+
+def _runs(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def failure_lines() -> list[str]:
+    lines = ["## Failure rate: private SmolLM2 runs against the plaintext-approx logits", "",
+             "Each row: one setup, then N private runs (`fast`, TFP, the chat prompt 'What is private "
+             "inference?', prefill + 1 decode step: 2 tokens), fresh randomness each; per run the largest "
+             "|logit difference| over both steps against `PlainBackend(Approximations.preset('fast'))` "
+             "teacher-forced along the private tokens.", "",
+             f"| code | runs | max \\|dlogit\\| min / median / max | runs > {TEST_TOL} "
+             f"| runs > {CATASTROPHIC} | tokens = plaintext-approx |", "|---|---:|---|---:|---:|---:|"]
+    for path in sorted(RECORDS.glob("trunc_failures_*.jsonl")):
+        runs = _runs(path)
+        if not runs:
+            continue
+        worst = [max(r["logits_max_abs_diff_per_step"]) for r in runs]
+        code = path.stem.removeprefix("trunc_failures_")
+        spread = f"{min(worst):.3f} / {statistics.median(worst):.3f} / {max(worst):.3f}"
+        over = [sum(w > t for w in worst) for t in (TEST_TOL, CATASTROPHIC)]
+        lines.append(f"| {code} (`{path.name}`) | {len(runs)} | {spread} | {over[0]} | {over[1]} | "
+                     f"{sum(r['match'] for r in runs)} |")
+    return lines + [""]
+
+
+def _cost(c: dict) -> str:
+    return (f"{c['online_bytes'] / 1e6:.2f} MB | {c['rounds']:.0f} | {c['compute_s']:.2f} s | "
+            f"{c['lan_s']:.2f} s | {c['wan_s']:.2f} s")
+
+
+def bench_lines() -> list[str]:
+    path = RECORDS / "trunc_bench.jsonl"
+    if not path.exists():
+        return []
+    lines = ["## Cost before vs after (`mpcache bench mpc --model smollm2 --length 128 --new-tokens 3 "
+             "--approx fast`, TFP, this shared 2-core machine, loopback)", "",
+             "| code | stage | online bytes | rounds | compute | LAN estimate | WAN estimate |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for rec in _runs(path):
+        lines.append(f"| {rec['code']} | prefill ({rec['length']} tokens) | {_cost(rec['prefill'])} |")
+        lines.append(f"| {rec['code']} | decode, per token | {_cost(rec['decode_per_token'])} |")
+    return lines + ["", "Compute is wall time on a machine shared with other jobs: compare with care; "
+                    "bytes and rounds are exact counts."]
+
+
+def main() -> int:
+    lines = ["# Exact truncation (issue #24): measurements", ""]
+    mags = RECORDS / "truncation_magnitudes.json"
+    if mags.exists():
+        lines += magnitude_lines(str(mags), level="##")
+    lines += failure_lines() + bench_lines()
+    out = Path("docs/results/truncation.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

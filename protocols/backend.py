@@ -126,6 +126,7 @@ class MPCBackend(Backend):
     def embed(self, token_ids, table: SecretWeight):
         with self.meter.phase("embed"):
             n, vocab = len(token_ids), table.shape[0]
+            self.guard.stage = "prefill" if n > 1 else "decode"
             onehot = torch.zeros(n, vocab)
             if self.rank == CLIENT:
                 onehot[torch.arange(n), torch.as_tensor(token_ids, dtype=torch.long)] = 1.0

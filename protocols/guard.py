@@ -43,7 +43,6 @@ class Guard:
 
     def hidden(self, x) -> None:
         """The final hidden state (last row only: the one the next token depends on)."""
-        self.stage = "prefill" if x.shape[-2] > 1 else "decode"
         last = x._tensor.share[..., -1:, :]
         self.pending.append(("final hidden state", out_of_range(last, x._tensor.encoder.scale,
                                                                 HIDDEN_BOUND, self.dealer, self.rank)))

@@ -39,7 +39,9 @@ LOCAL_ENV = "MPCACHE_LOCAL_TRUNC"
 
 Divisor = int | torch.Tensor  # a positive integer, or int64 divisors broadcastable to the share
 
-_state: dict = {"dealer": None, "rank": None, "recorder": None}
+FAULT_ENV = "MPCACHE_TRUNC_FAULT"  # tests: =N makes the N-th truncation wrap like a straddling split
+
+_state: dict = {"dealer": None, "rank": None, "recorder": None, "calls": 0}
 
 
 def local() -> bool:
@@ -73,10 +75,12 @@ def divide(items: Sequence[tuple[torch.Tensor, Divisor]], rounding: str = "trunc
     items = list(items)
     if _state["recorder"] is not None:
         _record(items)
+    _state["calls"] += 1
     if local() or _state["dealer"] is None:
         if _state["dealer"] is None and not local() and _two_party_crypten():
             raise RuntimeError("exact truncation used before protocols.trunc.install(dealer, rank)")
-        return [s.div(torch.as_tensor(d, dtype=torch.int64), rounding_mode=rounding) for s, d in items]
+        local_out = [s.div(torch.as_tensor(d, dtype=torch.int64), rounding_mode=rounding) for s, d in items]
+        return _fault(local_out, items)
     first = _state["rank"] == 0
     uniform = {d for _, d in items if isinstance(d, int)}
     if len(uniform) == 1 and all(isinstance(d, int) for _, d in items) and next(iter(uniform)) > 1:
@@ -97,6 +101,18 @@ def divide(items: Sequence[tuple[torch.Tensor, Divisor]], rounding: str = "trunc
         n = s.numel()
         result.append(out[start : start + n].reshape(s.shape))
         start += n
+    return _fault(result, items)
+
+
+def _fault(result: list[torch.Tensor], items) -> list[torch.Tensor]:
+    """Tests only (env MPCACHE_TRUNC_FAULT=N): the N-th truncation of this process comes out as a
+    local truncation of a straddling split would: its last element off by 2^64 / d units."""
+    if os.environ.get(FAULT_ENV, "") != str(_state["calls"]) or _state["rank"] != 0:
+        return result
+    d = items[-1][1]
+    if isinstance(d, int) and d > 1 and result[-1].numel():
+        result[-1] = result[-1].clone()
+        result[-1].view(-1)[-1] += consts(d)[0]
     return result
 
 

@@ -93,3 +93,17 @@ def test_two_parties_straddling_shares(tmp_path, dealer):
     expected = r["random_elements"] / 16
     assert abs(r["random_old_failures"] - expected) < 6 * expected**0.5
     assert r["random_new_max_error"] <= 1
+
+
+def test_a_wrapped_truncation_stops_the_run_with_one_line(tmp_path):
+    """MPCACHE_TRUNC_FAULT=1: the first truncation (the embedding's) comes out as a straddling local
+    split would (2^32 off in value); the guard stops both parties at the prefill, one line each."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MPCACHE_TRUNC_FAULT="1")
+    party = str(Path(__file__).with_name("mpc_party.py"))
+    command = torchrun_command([party, "--out", str(tmp_path / "x.json"), "--approx", "fast"], 2)
+    proc = subprocess.run(command, env=env, timeout=240, capture_output=True, text=True)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if "stopped at token" in line]
+    want = "stopped at token 1 (prefill): final hidden state"
+    assert lines and all(want in line for line in lines), proc.stderr
+    assert not (tmp_path / "x.json").exists()  # nothing was decoded

@@ -66,7 +66,7 @@ def run(args) -> int:
         party = runtime.init("tfp", args.timeout)
         pm = build(party, args.model, Approximations.preset(args.approx))
         tally = Tally(pm.backend)
-        ids = pm.model.tokenizer.encode(args.prompt) if party.is_client else None
+        ids = pm.model.tokenizer.encode(args.prompt, chat=True) if party.is_client else None
 
         def on_token(token, cost):
             tally.stage = "decode"

@@ -133,6 +133,8 @@ def open_shifted(share: torch.Tensor, r_share: torch.Tensor, shift: int, rank: i
     [0, 2^shift) drawn by each party, so the low bits are uniform to either party; the carry out of
     them is e (never below floor: a value just under a threshold may read as on it, as with the
     exact truncation's {0, +1}; the approximations' level choices tolerate that side, not the other)."""
+    if shift > 0 and _state["recorder"] is not None:
+        _record([(share, 1 << shift)])  # a truncation site of the old code (folded here)
     if shift <= 0:
         y = share * (1 << -shift)
         return open_ring(y + r_share + (add if rank == 0 else 0))
@@ -161,7 +163,7 @@ def _two_party_crypten() -> bool:
 # --- analysis: record the inputs of every truncation --------------------------------------------------
 
 _HELPERS = {"divide", "trunc", "_trunc", "_trunc_many", "trunc_columns", "_from_ring", "_record",
-            "div_", "div",
+            "open_shifted", "div_", "div",
             "_arithmetic_function", "_arithmetic_function_", "mul", "mul_", "square_", "square",
             "encode_", "_div", "_mul", "matmul", "__mul__", "__rmul__", "_fixed", "__truediv__"}
 

@@ -113,6 +113,14 @@ def magnitude_lines(record_path: str, level: str = "#") -> list[str]:
         "element (2^64/2^f units off, 2^32 in value at f = 16), so the expected number of such failures "
         "is the sum of |x| / 2^64. The exact truncation (protocols/trunc.py) cannot fail that way.",
         "",
+        "The sites are those of the current code (the old code truncated the same products, except: "
+        "`goldschmidt._scaled_pair` now scales v by its power of two and mantissa in ONE division, so "
+        "its input is 2^17 larger than either of the old code's two truncations there (the old code's "
+        "expected failures at that site were ~2^-17 of the value shown); `nonlinear.mean_square` "
+        "divides the row sums of the squares once where the old code truncated each square (the sum "
+        "of |x| is the same); truncations folded into a comparison or table opening "
+        "(`digits.ltz_share`, `lut.exp_neg_share`) are listed at their old inputs).",
+        "",
     ]
     for stage in ("prefill", "decode"):
         part = [r for r in rows if r["stage"] == stage]

@@ -38,17 +38,25 @@ def failure_lines() -> list[str]:
              "teacher-forced along the private tokens.", "",
              f"| code | runs | max \\|dlogit\\| min / median / max | runs > {TEST_TOL} "
              f"| runs > {CATASTROPHIC} | tokens = plaintext-approx |", "|---|---:|---|---:|---:|---:|"]
+    after: list[dict] = []
     for path in sorted(RECORDS.glob("trunc_failures_*.jsonl")):
         runs = _runs(path)
-        if not runs:
-            continue
-        worst = [max(r["logits_max_abs_diff_per_step"]) for r in runs]
         code = path.stem.removeprefix("trunc_failures_")
-        spread = f"{min(worst):.3f} / {statistics.median(worst):.3f} / {max(worst):.3f}"
-        over = [sum(w > t for w in worst) for t in (TEST_TOL, CATASTROPHIC)]
-        lines.append(f"| {code} (`{path.name}`) | {len(runs)} | {spread} | {over[0]} | {over[1]} | "
-                     f"{sum(r['match'] for r in runs)} |")
-    return lines + [""]
+        if code.startswith("after"):
+            after += runs
+        lines.append(_failure_row(f"{code} (`{path.name}`)", runs))
+    if after:
+        lines.append(_failure_row("**all exact-truncation runs**", after))
+    return lines + ["", "before = the old code (local truncation) at commit 32f5ab3; after_<commit> = the "
+                    "exact truncation at that commit (later commits only removed rounds); localmode = "
+                    "`MPCACHE_LOCAL_TRUNC=1` on the current structure (the old truncation alone).", ""]
+
+
+def _failure_row(label: str, runs: list[dict]) -> str:
+    worst = [max(r["logits_max_abs_diff_per_step"]) for r in runs]
+    spread = f"{min(worst):.3f} / {statistics.median(worst):.3f} / {max(worst):.3f}"
+    over = [sum(w > t for w in worst) for t in (TEST_TOL, CATASTROPHIC)]
+    return f"| {label} | {len(runs)} | {spread} | {over[0]} | {over[1]} | {sum(r['match'] for r in runs)} |"
 
 
 def _cost(c: dict) -> str:

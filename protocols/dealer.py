@@ -303,8 +303,10 @@ class TTPDealer:
         shape = tuple(shape)
         r = _random_ring(shape, self._gen())
         if self.rank == 0:
-            spec = d if isinstance(d, int) else torch.unique_consecutive(d.reshape(-1), return_counts=True)
-            flat = self._request("trunc_material", shape, spec)
+            # plain ints and lists only (a transport that carries JSON carries these)
+            runs = None if isinstance(d, int) else torch.unique_consecutive(d.reshape(-1), return_counts=True)
+            spec = d if runs is None else [runs[0].tolist(), runs[1].tolist()]
+            flat = self._request("trunc_material", list(shape), spec)
             n = r.numel()
             return r, flat[:n].reshape(shape), flat[n:].reshape(shape)
         gen = self._gen()
@@ -380,7 +382,9 @@ def run_ttp_server(on_connected=None) -> None:
 
         def trunc_material(self, shape, spec):
             """Party 0's shares of floor(r / d) and msb(r) (``TTPDealer.div_material``)."""
-            d = spec if isinstance(spec, int) else torch.repeat_interleave(*spec).reshape(shape)
+            shape = tuple(shape)
+            d = spec if isinstance(spec, int) else \
+                torch.repeat_interleave(torch.tensor(spec[0]), torch.tensor(spec[1])).reshape(shape)
             r = self._get_additive_PRSS(shape)
             parts = material(r, d)
             return torch.cat([(p - self._get_additive_PRSS(p.size(), remove_rank=True)).reshape(-1)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mpcache.backend import MPC_DEFAULT  # noqa: E402
 from protocols import links, runtime  # noqa: E402
 
 PROMPTS = [
@@ -41,6 +42,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--no-chat", action="store_true")
     p.add_argument("--timeout", type=float, default=600)
     links.add_flags(p)
+    p.add_argument("--approx", default=MPC_DEFAULT, help="approximation preset (mpcache.backend.PRESETS)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run every prompt N times (one setup, fresh randomness each: a failure rate)")
+    p.add_argument("--tolerance", type=float, default=0.5,
+                   help="max |logit difference| of a good run (fixed-point error; beyond it: a failure)")
     p.add_argument("--json", required=True)
     return p.parse_args()
 
@@ -75,13 +81,13 @@ def main() -> int:
         from protocols.session import build, private_generate
 
         party = runtime.init(args.dealer, args.timeout)
-        pm = build(party, args.model, debug_logits=True)
+        pm = build(party, args.model, Approximations.preset(args.approx), debug_logits=True)
         plain = None
         if party.is_client:
             m = load_model(args.model)
             plain = Transformer(m.config, m.weights, PlainBackend(pm.backend.approx))
             exact = Transformer(m.config, m.weights, PlainBackend(Approximations()))
-        for prompt in args.prompt or PROMPTS:
+        for run_index, prompt in enumerate([p for p in args.prompt or PROMPTS for _ in range(args.repeat)]):
             ids = pm.model.tokenizer.encode(prompt, chat=not args.no_chat) if party.is_client else None
             shown: list = []
 
@@ -101,16 +107,19 @@ def main() -> int:
             pairs = enumerate(zip(tokens, greedy, strict=False))
             first_mismatch = next((i for i, (a, b) in pairs if a != b), None)
             record = {
-                "model": args.model, "dealer": party.dealer, "prompt": prompt, "prompt_len": len(ids),
+                "model": args.model, "dealer": party.dealer, "approx": args.approx, "run": run_index,
+                "prompt": prompt, "prompt_len": len(ids),
                 "mpc_tokens": tokens, "plain_approx_tokens": greedy, "plain_exact_tokens": exact_greedy,
                 "match": tokens == greedy[: len(tokens)], "first_mismatch": first_mismatch,
                 "matches_exact": tokens == exact_greedy[: len(tokens)],
                 "logits_max_abs_diff_per_step": diffs,
                 "plain_top2_margin_per_step": margins,
+                "failed": max(diffs) > args.tolerance, "tolerance": args.tolerance,
                 "mpc_text": pm.model.tokenizer.decode(tokens), "seconds": time.perf_counter() - start,
                 "torch": torch.__version__,
             }
-            print(f"{'MATCH' if record['match'] else 'DIFFER'} {prompt!r}: {record['mpc_text']!r} "
+            verdict = f"{'FAIL' if record['failed'] else 'ok'} {'MATCH' if record['match'] else 'DIFFER'}"
+            print(f"{verdict} {prompt!r}: {record['mpc_text']!r} "
                   f"max|dlogit| {max(diffs):.3f}", file=sys.stderr, flush=True)
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             with open(args.json, "a") as f:

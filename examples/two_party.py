@@ -5,8 +5,8 @@ One machine:
     torchrun --nproc_per_node=2 examples/two_party.py --prompt "What is 2PC?"
 With a KV-cache policy (the selected tokens stay secret; their count is public):
     torchrun --nproc_per_node=2 examples/two_party.py --policy mpcache --budget 0.1 --prompt "..."
-With the round-efficient approximations (dealer comparisons, exp tables; same accuracy, ~1/3 of the rounds):
-    torchrun --nproc_per_node=2 examples/two_party.py --approx fast --prompt "..."
+With the first construction of the approximations (~3x the rounds of the default fast preset):
+    torchrun --nproc_per_node=2 examples/two_party.py --approx v1 --prompt "..."
 With a trusted dealer as a third process:
     torchrun --nproc_per_node=3 examples/two_party.py --dealer ttp --prompt "..."
 Two machines (run on each; --node_rank 0 on the server's machine):

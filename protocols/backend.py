@@ -22,12 +22,13 @@ import torch
 
 from mpcache.backend import MPC_DEFAULT, Approximations, Backend
 from mpcache.selected import SelectedRows
-from protocols import fastcrypten, selectcmp, topk
+from protocols import fastcrypten, selectcmp, topk, trunc
 from protocols import nonlinear as nl
 from protocols.accounting import Meter
 from protocols.compat import import_crypten
 from protocols.dealer import make_dealer
 from protocols.fixed import FixedOperand, extend_fixed, fix_and_multiply, fixed_product, make_fixed, open_ring
+from protocols.guard import Guard
 from protocols.runtime import CLIENT, Party
 from protocols.topk import TopkConfig
 
@@ -74,6 +75,8 @@ class MPCBackend(Backend):
         self.meter = meter or Meter(self.comm)
         self.dealer = _MeteredDealer(make_dealer(party.dealer, party.rank), self.meter)
         self.numerics = nl.Numerics(self.approx, self.dealer)
+        trunc.install(self.dealer, self.rank)  # exact truncation everywhere (ours and CrypTen's)
+        self.guard = Guard(self.dealer, self.rank)  # range checks per token (protocols/guard.py)
         # Selections compare exactly (ties and near-ties must match the plaintext): with the fast
         # presets by the dealer's digit comparison (bounded differences: 1 round; see _select_nm),
         # else CrypTen's circuit.
@@ -123,6 +126,7 @@ class MPCBackend(Backend):
     def embed(self, token_ids, table: SecretWeight):
         with self.meter.phase("embed"):
             n, vocab = len(token_ids), table.shape[0]
+            self.guard.stage = "prefill" if n > 1 else "decode"
             onehot = torch.zeros(n, vocab)
             if self.rank == CLIENT:
                 onehot[torch.arange(n), torch.as_tensor(token_ids, dtype=torch.long)] = 1.0
@@ -194,6 +198,9 @@ class MPCBackend(Backend):
     # --- non-linear -----------------------------------------------------------------------------------
     def rms_norm(self, x, weight: SecretWeight, eps: float):
         with self.meter.phase("norm"):
+            if weight.name == "model.norm.weight":  # the residual stream, once per token
+                with self.meter.phase("guard"):
+                    self.guard.hidden(x)
             h = nl.rms_norm(x, eps, self.numerics)
             if weight.fixed is not None:
                 return self._fixed(h, weight.fixed, "mul")
@@ -208,8 +215,14 @@ class MPCBackend(Backend):
             return nl.softmax(scores, mask, self.numerics)
 
     def rope(self, x, cos: torch.Tensor, sin: torch.Tensor):
+        """x cos + rotate_half(x) sin with ONE truncation of the sum (two public products would
+        truncate twice, a round each)."""
         with self.meter.phase("rope"):
-            return super().rope(x, cos, sin)
+            s, enc = x._tensor.share, x._tensor.encoder
+            half = s.shape[-1] // 2
+            rotated = torch.cat([-s[..., half:], s[..., :half]], dim=-1)
+            prod = s * enc.encode(cos).long() + rotated * enc.encode(sin).long()
+            return nl._mpc_from_share(trunc.trunc(prod, 16))
 
     # --- selection -------------------------------------------------------------------------------------
     topk_config = TopkConfig()  # protocols.topk.choose by (n, k); assign another to force one method
@@ -350,6 +363,8 @@ class MPCBackend(Backend):
         with self.meter.phase("argmax"):
             last = logits[-1:]
             if self.reveal_logits:
+                with self.meter.phase("guard"):
+                    self.guard.verify()
                 plain = reveal(last, dst=CLIENT)
                 if self.rank == CLIENT:
                     self.last_logits = plain[0]
@@ -358,7 +373,10 @@ class MPCBackend(Backend):
             if self.debug_logits:
                 plain = reveal(last, dst=CLIENT)
                 self.last_logits = plain[0] if self.rank == CLIENT else None
-            _, idx = nl.row_max(last, with_index=True, nm=self.numerics)
+            top, idx = nl.row_max(last, with_index=True, nm=self.numerics)
+            with self.meter.phase("guard"):
+                self.guard.logit_max(top)
+                self.guard.verify()  # stops both parties, one line, before any nonsense is revealed
             value = reveal(idx, dst=CLIENT)
             return int(round(value.item())) if self.rank == CLIENT else -1
 

@@ -22,6 +22,7 @@ import torch
 
 from protocols import csprng, dealerlink
 from protocols.compat import import_crypten
+from protocols.ringdiv import material
 
 KINDS = ("matmul", "matmul_t", "mul")
 
@@ -160,6 +161,22 @@ class LocalDealer:
             return self._share(a, a_shape), self._share(c, c_shape)
         return self._share(None, a_shape), self._share(None, c_shape)
 
+    def div_material(self, shape, d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Shares of a uniform r, of floor(r / d) and of msb(r) (r unsigned; d an int or public
+        divisors of ``shape``) for an exact truncation (``protocols.trunc``); party 0 draws them
+        (no traffic)."""
+        full = (3, *tuple(shape))
+        if self.rank == 0:
+            r = _random_ring(shape)
+            parts = self._share(torch.stack([r, *material(r, d)]), full)
+        else:
+            parts = self._share(None, full)
+        return parts[0], parts[1], parts[2]
+
+    def trunc(self, shape, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This party's shares of (r, r >> bits, msb(r)) of ``shape``."""
+        return self.div_material(shape, 1 << bits)
+
     def _shared_gen(self):
         """The generator both parties hold: its own pair stream (csprng.shared_generator); with the
         insecure reference, CrypTen's (party 0's "next" is party 1's "prev")."""
@@ -286,6 +303,25 @@ class TTPDealer:
         me, mg = tables_at(pending.tables[1], c_digits)
         return e, g, me, mg, pending.tables[2]
 
+    def div_material(self, shape, d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As ``LocalDealer.div_material``: both parties draw r's shares from their dealer streams;
+        party 1 draws its shares of floor(r / d) and msb(r) too, party 0 receives its shares by one
+        ``trunc_material`` request (divisors other than one int go run-length encoded)."""
+        shape = tuple(shape)
+        r = _random_ring(shape, self._gen())
+        if self.rank == 0:
+            # plain ints and lists only (a transport that carries JSON carries these)
+            runs = None if isinstance(d, int) else torch.unique_consecutive(d.reshape(-1), return_counts=True)
+            spec = d if runs is None else [runs[0].tolist(), runs[1].tolist()]
+            flat = self._request("trunc_material", list(shape), spec)
+            n = r.numel()
+            return r, flat[:n].reshape(shape), flat[n:].reshape(shape)
+        gen = self._gen()
+        return r, _random_ring(shape, gen), _random_ring(shape, gen)
+
+    def trunc(self, shape, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.div_material(shape, 1 << bits)
+
     def triple(self, key: int, kind: str, a_shape, b_shape, view: tuple | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         a = _random_ring(a_shape, self._gen())
@@ -348,6 +384,16 @@ def run_ttp_server(on_connected=None, timeout_s: float = 60.0) -> None:
             parts = onehot_tables(r, DigitSpec(0, digits, digit_bits))
             parts = parts if with_m else parts[:1]
             return torch.cat([(p - self._get_additive_PRSS(p.size(), remove_rank=True)).flatten()
+                              for p in parts])
+
+        def trunc_material(self, shape, spec):
+            """Party 0's shares of floor(r / d) and msb(r) (``TTPDealer.div_material``)."""
+            shape = tuple(shape)
+            d = spec if isinstance(spec, int) else \
+                torch.repeat_interleave(torch.tensor(spec[0]), torch.tensor(spec[1])).reshape(shape)
+            r = self._get_additive_PRSS(shape)
+            parts = material(r, d)
+            return torch.cat([(p - self._get_additive_PRSS(p.size(), remove_rank=True)).reshape(-1)
                               for p in parts])
 
     dealerlink.run(FixedMaskServer, on_connected, timeout_s)  # serves until party 0 sends "terminate"

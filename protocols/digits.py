@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from protocols import trunc
 from protocols.fixed import open_ring
 
 
@@ -128,12 +129,12 @@ def _borrow(e: torch.Tensor, g: torch.Tensor, me: torch.Tensor, mg: torch.Tensor
 def ltz_share(share: torch.Tensor, spec: DigitSpec, dealer, rank: int, in_bits: int = 16) -> torch.Tensor:
     """Share (scale 1) of [x < 0] for x shared as ``share`` at ``in_bits`` fractional bits."""
     shift = in_bits - spec.frac_bits
-    t = share.div(1 << shift, rounding_mode="floor") if shift > 0 else share * (1 << -shift)
     top = spec.top
-    if rank == 0:
-        t = t + ((1 << top) if top < 63 else -(1 << 63))  # 2^63 wraps to -2^63 in the ring
-    handle, r_share = dealer.cmp_begin(tuple(t.shape), spec)
-    c = open_ring(t + r_share)
+    if shift > 0 and top + shift > 62:
+        raise ValueError(f"comparison {spec} of a value at {in_bits} bits does not fit the ring")
+    handle, r_share = dealer.cmp_begin(tuple(share.shape), spec)
+    # c = y + r with y = x / 2^shift + 2^top (the truncation folded into this opening)
+    c = trunc.open_shifted(share, r_share, shift, rank, (1 << top) if top < 63 else -(1 << 63))
     e, g, me, mg, m = dealer.cmp_select(handle, digits_of(c, spec))
     borrow, m_borrow = _borrow(e, g, me, mg)
     s = m + borrow - 2 * m_borrow  # m xor borrow

@@ -20,18 +20,20 @@ import math
 import torch
 
 from mpcache import approx
+from protocols import trunc
 from protocols.nonlinear import (
+    DIGIT_BITS,
     HI_BITS,
     Numerics,
     _mpc_from_share,
     _ring_mul,
-    _trunc,
+    _trunc_many,
+    column_divisors,
     exp_neg,
     ltz,
-    nl_from_ring,
+    mean_square,
     one_hot_levels,
     split_digits,
-    trunc_columns,
 )
 
 OUT_BITS = 16 + HI_BITS  # the scaled vector (x * 2^-p, e * 4^-(j+1)) is kept at 24 bits
@@ -57,10 +59,18 @@ def ring_mul_many(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.
 SCALE_BITS = 32  # fractional bits of a level's output scale (a local constant; 2^-16 .. 2^6 fit)
 
 
-def level_constant(level: torch.Tensor, scales: list[float], bits: int) -> torch.Tensor:
-    """Share of scales[level] at ``bits`` fractional bits: local (public constants x shared bits)."""
-    consts = torch.tensor([round(c * 2.0**bits) for c in scales], dtype=torch.int64)
-    return (level * consts).sum(-1, keepdim=True)
+def level_digits(level: torch.Tensor, scales: list[float], bits: int) -> list[tuple[torch.Tensor, int]]:
+    """``split_digits`` of scales[level] (at ``bits``) without opening anything: level is one-hot,
+    so each digit of scales[level] is the same public combination of the level bits as the
+    constant itself (the digits of each public constant, picked by the secret one-hot level)."""
+    values = [round(c * 2.0**bits) for c in scales]
+    out, rest, width = [], values, bits
+    while width > DIGIT_BITS:
+        top = [v >> DIGIT_BITS for v in rest]
+        out.append(([v - t * (1 << DIGIT_BITS) for v, t in zip(rest, top, strict=True)], width))
+        rest, width = top, width - DIGIT_BITS
+    out.append((rest, width))
+    return [((level * torch.tensor(d, dtype=torch.int64)).sum(-1, keepdim=True), w) for d, w in out]
 
 
 def _scaled_pair(v, x_share: torch.Tensor, level: torch.Tensor, in_scales: list[float],
@@ -69,15 +79,18 @@ def _scaled_pair(v, x_share: torch.Tensor, level: torch.Tensor, in_scales: list[
 
     A scale c = m 2^e (m in [1, 2)) is applied as an exact power of two, then the mantissa at 16
     bits: every truncated value stays near v c 2^32 <= 2^33."""
-    digits = split_digits(level_constant(level, out_scales, SCALE_BITS), SCALE_BITS)
+    digits = level_digits(level, out_scales, SCALE_BITS)  # local: no truncation, no round
     stacked = torch.stack([d for d, _ in digits])  # [k, ..., 1]
     v_share = v._tensor.share.expand(*level.shape)
     prod_v, prod_x = ring_mul_many([(v_share, level), (x_share.unsqueeze(0), stacked)])
     frexp = [math.frexp(c) for c in in_scales]  # c = m 2^e, m in [1/2, 1)
     mantissas = torch.tensor([round(m * 2.0**17) for m, _ in frexp], dtype=torch.int64)  # 2m at 16 bits
-    vn = _trunc(trunc_columns(prod_v, [1 - e for _, e in frexp]) * mantissas, 16).sum(-1, keepdim=True)
-    xs = sum(_trunc(prod_x[i], 16 + f - OUT_BITS) for i, (_, f) in enumerate(digits))
-    return _mpc_from_share(vn), xs
+    # v's scaling (power of two and mantissa: ONE division, |v level 2^(16+17)| <= 2^57 for the
+    # variances' v < 2^24) and the digit truncations of prod_x go in ONE opening.
+    up, down = column_divisors([1 - e for _, e in frexp])
+    outs = trunc.divide([(prod_v * up * mantissas, down * (1 << 16))]
+                        + [(prod_x[i], 1 << (16 + f - OUT_BITS)) for i, (_, f) in enumerate(digits)])
+    return _mpc_from_share(outs[0].sum(-1, keepdim=True)), sum(outs[1:])
 
 
 def times_hi(xs: torch.Tensor, y) -> torch.Tensor:
@@ -86,7 +99,8 @@ def times_hi(xs: torch.Tensor, y) -> torch.Tensor:
     digits = split_digits(y._tensor.share, 16)
     stacked = _mpc_from_share(torch.stack([d for d, _ in digits]), 0)
     prod = _ring_mul(_mpc_from_share(xs.unsqueeze(0), 0), stacked)
-    return _mpc_from_share(sum(_trunc(prod[i], OUT_BITS + f - 16) for i, (_, f) in enumerate(digits)))
+    terms = _trunc_many([(prod[i], OUT_BITS + f - 16) for i, (_, f) in enumerate(digits)])
+    return _mpc_from_share(sum(terms))
 
 
 def times_reciprocal(e, d, nm: Numerics):
@@ -112,10 +126,7 @@ def rms_norm(x, eps: float, nm: Numerics):
     """x / sqrt(mean(x^2) + eps), as ``nonlinear.rms_norm`` with the shallower schedule."""
     from crypten.mpc.primitives import beaver
 
-    x10 = nl_from_ring(_trunc(x._tensor.share, 6), 10)
-    squares = _trunc(beaver.square(x10._tensor).share, 4)
-    total = squares.sum(-1, keepdim=True)
-    v = _mpc_from_share(total.div(x.shape[-1], rounding_mode="trunc")) + eps
+    v = mean_square(x, beaver) + eps
     step = nm.approx.range_step
     kmin, kmax = approx.inv_sqrt_powers(step)
     level = one_hot_levels(v, [2.0 ** (k * step) for k in range(kmin, kmax + 1)], nm, "wide")
@@ -123,8 +134,10 @@ def rms_norm(x, eps: float, nm: Numerics):
     vn, xs = _scaled_pair(v, x._tensor.share, level, [2.0 ** (-p * step) for p in powers],
                           [2.0 ** (-p * step / 2) for p in powers])
     a, b = approx.guess("inv_sqrt", nm.approx.initial_guess, step)
-    y0 = a - vn * b
-    g, h = vn * y0, y0 * 0.5
+    # y0 = a - vn b and h = y0 / 2 from ONE public product (one truncation, not two in a row)
+    both = vn.unsqueeze(0) * torch.tensor([b, b / 2]).reshape(2, *([1] * vn.dim()))
+    y0, h = a - both[0], a / 2 - both[1]
+    g = vn * y0
     for step in range(nm.approx.inv_sqrt_iterations):
         r = 0.5 - g * h
         if step == nm.approx.inv_sqrt_iterations - 1:

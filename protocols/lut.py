@@ -19,8 +19,8 @@ from functools import lru_cache
 import torch
 
 from mpcache import approx
+from protocols import trunc
 from protocols.digits import DigitSpec, digits_of
-from protocols.fixed import open_ring
 
 SPEC = DigitSpec(0, 2, 9)
 SCALE = 16  # fractional bits of the tables and of the result
@@ -46,11 +46,9 @@ def exp_neg_share(share: torch.Tensor, dealer, rank: int, in_bits: int = 16) -> 
     from protocols.nonlinear import _mpc_from_share, _ring_mul, _trunc
 
     f = approx.EXP_FRAC_BITS
-    t = share.div(1 << (in_bits - f), rounding_mode="floor")
-    if rank == 0:
-        t = t + int(round(approx.EXP_OFFSET * 2**f))
-    handle, r_share = dealer.cmp_begin(tuple(t.shape), SPEC, with_m=False)
-    c = open_ring(t + r_share)
+    handle, r_share = dealer.cmp_begin(tuple(share.shape), SPEC, with_m=False)
+    # c = y_int + r: the truncation to f bits is folded into this opening (protocols.trunc)
+    c = trunc.open_shifted(share, r_share, in_bits - f, rank, int(round(approx.EXP_OFFSET * 2**f)))
     t0, t1 = tables(f, approx.EXP_OFFSET)
     e0, e0b, a, b = dealer.lut_select(handle, digits_of(c, SPEC), t0, t1)
     left = _mpc_from_share(torch.stack([e0, e0b]), 0)

@@ -19,6 +19,7 @@ import torch
 
 from mpcache import approx
 from mpcache.backend import Approximations
+from protocols import trunc
 from protocols.compat import import_crypten
 
 # Extra fractional bits of a range-reduced reciprocal / inverse square root before it multiplies
@@ -53,18 +54,28 @@ def _ring_mul(x, y) -> torch.Tensor:
 
 
 def _trunc(share: torch.Tensor, bits: int) -> torch.Tensor:
-    """Local (2PC) truncation of a share by 2^bits (bits < 0 scales up, exactly)."""
-    if bits <= 0:
-        return share * (1 << -bits)
-    return share.div(1 << bits, rounding_mode="trunc")
+    """Exact truncation of a share by 2^bits (``protocols.trunc``: one opening; bits <= 0 scales
+    up, exactly and locally)."""
+    return trunc.trunc(share, bits)
+
+
+def _trunc_many(items: list[tuple[torch.Tensor, int]]) -> list[torch.Tensor]:
+    """``_trunc`` of several shares in ONE opening."""
+    return trunc.divide([(s, 1 << b) for s, b in items])
+
+
+def column_divisors(bits: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(exact power-of-two factors, divisors) per column for ``trunc_columns``."""
+    up = torch.tensor([1 << -b if b < 0 else 1 for b in bits], dtype=torch.int64)
+    down = torch.tensor([1 << b if b > 0 else 1 for b in bits], dtype=torch.int64)
+    return up, down
 
 
 def trunc_columns(share: torch.Tensor, bits: list[int]) -> torch.Tensor:
-    """``_trunc`` of column j (the last dim) by ``bits[j]``, all columns in one pass (the same
-    values: an exact power-of-two product, then truncating integer division)."""
-    up = torch.tensor([1 << -b if b < 0 else 1 for b in bits], dtype=torch.int64)
-    down = torch.tensor([1 << b if b > 0 else 1 for b in bits], dtype=torch.int64)
-    return (share * up).div(down, rounding_mode="trunc")
+    """``_trunc`` of column j (the last dim) by ``bits[j]``, all columns in one opening (an exact
+    power-of-two product, then the exact truncation)."""
+    up, down = column_divisors(bits)
+    return trunc.divide([(share * up, down)])[0]
 
 
 @dataclass
@@ -145,9 +156,12 @@ def split_digits(share: torch.Tensor, frac_bits: int) -> list[tuple[torch.Tensor
     The top digit is h truncated to ``frac_bits - k * DIGIT_BITS`` bits (a local truncation of a
     small value); each lower digit is the exact remainder, so a +-1 truncation error only moves a
     unit between digits. Returns (digit share, fractional bits of that digit)."""
+    levels = (frac_bits - 1) // DIGIT_BITS  # truncations while bits > DIGIT_BITS
+    # All the tops come from h itself, in ONE opening (top_k = h / 2^(k w)); each remainder is exact
+    # in the ring whatever the +-1 error of a top.
+    tops = _trunc_many([(share, k * DIGIT_BITS) for k in range(1, levels + 1)])
     digits, rest, bits = [], share, frac_bits
-    while bits > DIGIT_BITS:
-        top = _trunc(rest, DIGIT_BITS)
+    for top in tops:
         digits.append((rest - top * (1 << DIGIT_BITS), bits))  # the remainder, at ``bits``
         rest, bits = top, bits - DIGIT_BITS
     digits.append((rest, bits))
@@ -162,7 +176,7 @@ def mul_hi(x, hi_share: torch.Tensor, hi_bits: int):
     digits = split_digits(hi_share, hi_bits)
     h = _mpc_from_share(torch.stack([d for d, _ in digits]), 0)
     prod = _ring_mul(x, h)  # [digits, ..., n]: x * D_i at 16 + f_i fractional bits
-    terms = [_trunc(prod[i], f) for i, (_, f) in enumerate(digits)]
+    terms = _trunc_many([(prod[i], f) for i, (_, f) in enumerate(digits)])
     return _mpc_from_share(torch.stack(terms).sum(0))
 
 
@@ -211,11 +225,17 @@ def rms_norm(x, eps: float, nm: Numerics = CRYPTEN):
         from protocols import goldschmidt
 
         return goldschmidt.rms_norm(x, eps, nm)
-    x10 = nl_from_ring(_trunc(x._tensor.share, 6), 10)
-    squares = _trunc(beaver.square(x10._tensor).share, 4)  # x^2 at 16 bits
-    total = squares.sum(-1, keepdim=True)
-    variance = _mpc_from_share(total.div(x.shape[-1], rounding_mode="trunc")) + eps
+    variance = mean_square(x, beaver) + eps
     return mul_hi(x, inv_sqrt_hi(variance, nm.approx.inv_sqrt_iterations, nm), 16 + HI_BITS)
+
+
+def mean_square(x, beaver):
+    """mean(x^2) over the last dim (16 bits): x at 10 bits, squared (20 bits, |x^2| <= 2^49 for
+    |x| <= 2.2e4), summed, then ONE exact division by 2^4 * n (the old code truncated each square,
+    then the sum, locally)."""
+    x10 = nl_from_ring(_trunc(x._tensor.share, 6), 10)
+    total = beaver.square(x10._tensor).share.sum(-1, keepdim=True)  # at 20 bits
+    return _mpc_from_share(trunc.divide([(total, 16 * x.shape[-1])])[0])
 
 
 def nl_from_ring(share: torch.Tensor, bits: int):

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+from mpcache.backend import Approximations
 from mpcache.errors import UserError
 from protocols import runtime, tls
 from protocols.accounting import Cost
@@ -112,7 +113,7 @@ def serve(args) -> int:
     model = load_model(args.model)
     settings = {"role": "server", "version": PROTOCOL_VERSION, "model": args.model,
                 "arch": _arch(model.config), "digest": weights_digest(model.weights),
-                "dealer": args.dealer, "policy": args.policy, "budget": args.budget,
+                "dealer": args.dealer, "policy": args.policy, "budget": args.budget, "approx": args.approx,
                 "max_new_tokens": args.max_new_tokens, "max_prompt_tokens": args.max_prompt_tokens}
     lobby.settings = settings
     say(f"[server: {describe(settings)}; {runtime.DEALER_NOTE[args.dealer]}]")
@@ -125,7 +126,7 @@ def serve(args) -> int:
     channel = lobby.wait_for_parties(args.dealer == "ttp")
     peer, party = _start_mpc(args, channel, runtime.SERVER, lobby.reached_at or args.addr)
     say("[server: sharing and masking the weights once ...]")
-    pm = build(party, args.model, loaded=model)
+    pm = build(party, args.model, Approximations.preset(args.approx), loaded=model)
     say(f"[server: ready (setup {pm.setup.online_bytes / 1e6:.0f} MB, {pm.setup.compute_s:.0f} s); "
         "the client's text stays with the client]")
     conv = Conversation(pm.transformer, args.policy, args.budget)
@@ -178,7 +179,7 @@ def chat(args) -> int:
 
     model = load_model(args.model)
     hello = {"role": "client", "version": PROTOCOL_VERSION, "model": args.model, "arch": _arch(model.config),
-             "dealer": args.dealer, "policy": args.policy, "budget": args.budget,
+             "dealer": args.dealer, "policy": args.policy, "budget": args.budget, "approx": args.approx,
              "expect_digest": args.expect_digest, "expect_dealer": args.expect_dealer}
     channel, server, _ = connect(args.addr, args.port, hello, args.connect_timeout,
                                  party_credentials(args, "client"))
@@ -196,7 +197,7 @@ def chat(args) -> int:
         say(f"[the server takes messages up to {server['max_prompt_tokens']} tokens]")
     peer, party = _start_mpc(args, channel, runtime.CLIENT, args.addr)
     say("[setting up: the server shares and masks its weights once ...]")
-    pm = build(party, args.model, loaded=model)
+    pm = build(party, args.model, Approximations.preset(args.approx), loaded=model)
     tok = pm.model.tokenizer
     conv = Conversation(pm.transformer, args.policy, args.budget)
     fmt = ChatFormat(tok)
@@ -315,7 +316,7 @@ def _record(args, k: int, turn, seconds: float, conv, ids: list[int]) -> None:
     from protocols.accounting import NETWORKS
 
     rec = {"turn": k, "model": args.model, "dealer": args.dealer, "policy": args.policy,
-           "budget": args.budget, "prompt_tokens": turn.result.prompt_len,
+           "budget": args.budget, "approx": args.approx, "prompt_tokens": turn.result.prompt_len,
            "answer_tokens": len(turn.result.new_ids), "seconds": seconds,
            "cache_tokens": turn.result.cache_tokens, "position": conv.position,
            "turn_cost": turn.cost.to_dict(NETWORKS), "prefill_cost": turn.prefill.to_dict(NETWORKS),

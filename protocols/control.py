@@ -26,15 +26,16 @@ MAX_LINE = 64 * 1024  # a control message: the settings (a model config) take a 
 HANDSHAKE_S = 10.0  # a connection proves the secret and says hello within this, in all
 # Settings both sides must agree on, with the words a mismatch message uses.
 CHECKED = {"version": "protocol version", "arch": "model architecture", "dealer": "dealer",
-           "policy": "KV policy", "budget": "cache budget"}
+           "policy": "KV policy", "budget": "cache budget", "approx": "approximation preset"}
 PROGRESS_EVERY_S = 10.0
 
 # Message schemas: field -> accepted JSON types (bool is not an int here).
 HELLO = {"client": {"role": str, "version": int, "model": str, "arch": dict, "dealer": str, "policy": str,
-                    "budget": int, "expect_digest": (str, type(None)), "expect_dealer": (str, type(None))},
+                    "budget": int, "approx": str, "expect_digest": (str, type(None)),
+                    "expect_dealer": (str, type(None))},
          "dealer": {"role": str, "version": int}}
 SETTINGS = {"version": int, "model": str, "arch": dict, "digest": str, "dealer": str, "policy": str,
-            "budget": int, "max_new_tokens": int, "max_prompt_tokens": int,
+            "budget": int, "approx": str, "max_new_tokens": int, "max_prompt_tokens": int,
             "dealer_fingerprint": (str, type(None))}
 OPS = {"turn": {"n": int, "max_new": int}, "go": {}, "refused": {"why": str}, "reset": {}, "quit": {},
        "stopped": {"why": str}, "cost": {"turn": dict, "prefill": dict}}

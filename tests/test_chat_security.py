@@ -34,7 +34,8 @@ def refusal(link: tls.SecureSocket) -> str:
 
 def hello(role: str = "client", **fields) -> dict:
     base = {"role": role, "version": 2, "model": "random:tiny", "arch": {}, "dealer": "ttp",
-            "policy": "streaming", "budget": 512, "expect_digest": None, "expect_dealer": None}
+            "policy": "streaming", "budget": 512, "approx": "fast", "expect_digest": None,
+            "expect_dealer": None}
     return dict(base, **fields) if role == "client" else {"role": role, "version": 2, **fields}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from mpcache.backend import MPC_DEFAULT, PRESETS
 from mpcache.models import DEFAULT_MODEL
 
 CHAT_EPILOG = """\
@@ -53,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how the secret cache is bounded between turns")
     p.add_argument("--budget", type=int, default=512,
                    help="tokens the secret cache keeps between turns (streaming: 4 sink + most recent)")
+    p.add_argument("--approx", choices=[n for n in PRESETS if n != "exact"], default=MPC_DEFAULT,
+                   help=f"MPC approximation preset (default {MPC_DEFAULT}; both sides must agree)")
     p.add_argument("--max-new-tokens", type=int, default=48,
                    help="answer length; the server's value caps the client's")
     p.add_argument("--max-prompt-tokens", type=int, default=256,

@@ -217,7 +217,7 @@ def test_turn_two_continues_the_secret_cache_like_a_plaintext_run(port, tmp_path
     t1, t2 = [json.loads(line) for line in record.read_text().splitlines()]
     assert t2["prompt_tokens"] == len(t2["ids"]) < t2["position"]  # only its own tokens were fed
     m = load_model("random:tiny")
-    model = Transformer(m.config, m.weights, PlainBackend(Approximations(exact=False)))
+    model = Transformer(m.config, m.weights, PlainBackend(Approximations.preset(t1["approx"])))
     conversation = t1["ids"] + t1["answer_ids"][:-1] + t2["ids"]
     assert generate(model, conversation, 4).new_ids == t2["answer_ids"]
 
@@ -240,7 +240,7 @@ def test_streaming_budget_bounds_the_secret_cache_like_plaintext(port, tmp_path)
     t1, t2 = [json.loads(line) for line in record.read_text().splitlines()]
     assert t2["cache_tokens"] == 16 + len(t2["ids"]) + 3 - 1  # bounded, then this turn's tokens
     m = load_model("random:tiny")
-    conv = Conversation(Transformer(m.config, m.weights, PlainBackend(Approximations(exact=False))),
+    conv = Conversation(Transformer(m.config, m.weights, PlainBackend(Approximations.preset(t1["approx"]))),
                         "streaming", 16)
     assert conv.turn(t1["ids"], 3).new_ids == t1["answer_ids"]
     assert conv.turn(t2["ids"], 3).new_ids == t2["answer_ids"]

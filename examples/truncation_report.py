@@ -49,7 +49,11 @@ def failure_lines() -> list[str]:
         lines.append(_failure_row("**all exact-truncation runs**", after))
     return lines + ["", "before = the old code (local truncation) at commit 32f5ab3; after_<commit> = the "
                     "exact truncation at that commit (later commits only removed rounds); localmode = "
-                    "`MPCACHE_LOCAL_TRUNC=1` on the current structure (the old truncation alone).", ""]
+                    "`MPCACHE_LOCAL_TRUNC=1` on the current structure (the old truncation alone); "
+                    "diagA / diagB = diagnostic variants of 93358c0 (not committed): diagA keeps "
+                    "CrypTen's div_ local and our sites exact, diagB keeps our sites (protocols/, "
+                    "incl. the comparison and table inputs) local and CrypTen's div_ exact: the old "
+                    "deviation comes from our own sites.", ""]
 
 
 def _failure_row(label: str, runs: list[dict]) -> str:

@@ -52,8 +52,11 @@ def failure_lines() -> list[str]:
                     "`MPCACHE_LOCAL_TRUNC=1` on the current structure (the old truncation alone); "
                     "diagA / diagB = diagnostic variants of 93358c0 (not committed): diagA keeps "
                     "CrypTen's div_ local and our sites exact, diagB keeps our sites (protocols/, "
-                    "incl. the comparison and table inputs) local and CrypTen's div_ exact: the old "
-                    "deviation comes from our own sites.", ""]
+                    "incl. the comparison and table inputs) local and CrypTen's div_ exact, diagC keeps "
+                    "only the truncations of the digit comparisons' and exp tables' inputs local: the old "
+                    "deviation comes from those (their floor-of-shares error is -1 unit at 3, 8 or 10 "
+                    "fractional bits, so a level or sign right at a threshold differs from the plaintext "
+                    "twin), not from wraps.", ""]
 
 
 def _failure_row(label: str, runs: list[dict]) -> str:

@@ -1,6 +1,6 @@
 """docs/results/truncation.md from the records of issue #24 (nothing is run here).
 
-Inputs (docs/records/): ``truncation_magnitudes.json`` (examples/trunc_magnitudes.py),
+Inputs (docs/records/): ``truncation_magnitudes*.json`` (examples/trunc_magnitudes.py),
 ``trunc_failures_before.jsonl`` / ``trunc_failures_after*.jsonl`` (examples/compare_plaintext.py
 --repeat N: one setup, N private runs with fresh randomness, each against the plaintext-approx
 logits) and ``trunc_bench.jsonl`` (``mpcache bench mpc`` records, each with a "code" field: before
@@ -92,8 +92,7 @@ def bench_lines() -> list[str]:
 
 def main() -> int:
     lines = ["# Exact truncation (issue #24): measurements", ""]
-    mags = RECORDS / "truncation_magnitudes.json"
-    if mags.exists():
+    for mags in sorted(RECORDS.glob("truncation_magnitudes*.json")):  # fast, then v1
         lines += magnitude_lines(str(mags), level="##")
     lines += failure_lines() + bench_lines()
     out = Path("docs/results/truncation.md")

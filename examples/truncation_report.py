@@ -1,6 +1,6 @@
 """docs/results/truncation.md from the records of issue #24 (nothing is run here).
 
-Inputs (docs/records/): ``truncation_magnitudes.json`` (examples/trunc_magnitudes.py),
+Inputs (docs/records/): ``truncation_magnitudes*.json`` (examples/trunc_magnitudes.py),
 ``trunc_failures_before.jsonl`` / ``trunc_failures_after*.jsonl`` (examples/compare_plaintext.py
 --repeat N: one setup, N private runs with fresh randomness, each against the plaintext-approx
 logits) and ``trunc_bench.jsonl`` (``mpcache bench mpc`` records, each with a "code" field: before
@@ -49,7 +49,14 @@ def failure_lines() -> list[str]:
         lines.append(_failure_row("**all exact-truncation runs**", after))
     return lines + ["", "before = the old code (local truncation) at commit 32f5ab3; after_<commit> = the "
                     "exact truncation at that commit (later commits only removed rounds); localmode = "
-                    "`MPCACHE_LOCAL_TRUNC=1` on the current structure (the old truncation alone).", ""]
+                    "`MPCACHE_LOCAL_TRUNC=1` on the current structure (the old truncation alone); "
+                    "diagA / diagB = diagnostic variants of 93358c0 (not committed): diagA keeps "
+                    "CrypTen's div_ local and our sites exact, diagB keeps our sites (protocols/, "
+                    "incl. the comparison and table inputs) local and CrypTen's div_ exact, diagC keeps "
+                    "only the truncations of the digit comparisons' and exp tables' inputs local: the old "
+                    "deviation comes from those (their floor-of-shares error is -1 unit at 3, 8 or 10 "
+                    "fractional bits, so a level or sign right at a threshold differs from the plaintext "
+                    "twin), not from wraps.", ""]
 
 
 def _failure_row(label: str, runs: list[dict]) -> str:
@@ -85,8 +92,7 @@ def bench_lines() -> list[str]:
 
 def main() -> int:
     lines = ["# Exact truncation (issue #24): measurements", ""]
-    mags = RECORDS / "truncation_magnitudes.json"
-    if mags.exists():
+    for mags in sorted(RECORDS.glob("truncation_magnitudes*.json")):  # fast, then v1
         lines += magnitude_lines(str(mags), level="##")
     lines += failure_lines() + bench_lines()
     out = Path("docs/results/truncation.md")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mpcache.backend import MPC_DEFAULT  # noqa: E402
+from mpcache.backend import mpc_default  # noqa: E402
 from protocols import links, runtime  # noqa: E402
 
 PROMPTS = [
@@ -42,7 +42,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--no-chat", action="store_true")
     p.add_argument("--timeout", type=float, default=600)
     links.add_flags(p)
-    p.add_argument("--approx", default=MPC_DEFAULT, help="approximation preset (mpcache.backend.PRESETS)")
+    p.add_argument("--approx", default=None,
+                   help="approximation preset (mpcache.backend.PRESETS; default by dealer: mpc_default)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run every prompt N times (one setup, fresh randomness each: a failure rate)")
     p.add_argument("--tolerance", type=float, default=0.5,
@@ -67,6 +68,7 @@ def plain_logits(model, ids: list[int], tokens: list[int]):
 
 def main() -> int:
     args = parse()
+    args.approx = args.approx or mpc_default(args.dealer)
     links.apply_flags_or_exit(args)
     if not runtime.under_torchrun():
         from protocols.launch import launch_self

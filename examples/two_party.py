@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mpcache.backend import MPC_DEFAULT  # noqa: E402
+from mpcache.backend import MPC_DEFAULT_TTP, mpc_default  # noqa: E402
 from protocols import links, runtime  # noqa: E402
 
 
@@ -47,8 +47,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--policy", default="full",
                    help="KV-cache policy NAME[:KEY=VALUE...] (full, streaming, h2o, snapkv, quest, mpcache)")
     p.add_argument("--budget", type=float, default=0.1, help="fraction of the prompt attended per step")
-    p.add_argument("--approx", default=MPC_DEFAULT, choices=["v1", "fast", "fast-lite"],
-                   help="MPC approximation preset (default fast: ~1/3 of v1's rounds, same accuracy)")
+    p.add_argument("--approx", default=None, choices=["v1", "fast", "fast-lite"],
+                   help=f"MPC approximation preset (default fast: ~1/3 of v1's rounds, same accuracy; "
+                   f"{MPC_DEFAULT_TTP} with --dealer ttp)")
     p.add_argument("--no-mask-reuse", action="store_true")
     p.add_argument("--reveal-logits", action="store_true",
                    help="reveal the logits to the client (leaks them; lets the client sample)")
@@ -61,6 +62,7 @@ def parse() -> argparse.Namespace:
 
 def main() -> int:
     args = parse()
+    args.approx = args.approx or mpc_default(args.dealer)
     links.apply_flags_or_exit(args)
     if not runtime.under_torchrun():
         from protocols.launch import launch_self

@@ -92,6 +92,16 @@ PRESETS: dict[str, dict] = {
 # The preset every MPC path uses unless told otherwise (`--approx`): same accuracy as v1 in the
 # plaintext evaluation, ~1/3 of its rounds per decode token.
 MPC_DEFAULT = "fast"
+# With a TTP dealer the comparison tables travel from the dealer: fast's 10-bit digits made the
+# dealer of a SmolLM2 run (L=128) grow past 12 GB and be killed; 5-bit digits cut the tables 16-fold
+# for one more round per comparison.
+MPC_DEFAULT_TTP = "fast-lite"
+
+
+def mpc_default(dealer: str) -> str:
+    """The approximation preset an MPC run uses when none is named, by dealer."""
+    return MPC_DEFAULT_TTP if dealer == "ttp" else MPC_DEFAULT
+
 # fast with 5-bit comparison digits: one more round per comparison, far less TTP dealer traffic.
 PRESETS["fast-lite"] = {**PRESETS["fast"], "cmp_digit_bits": 5}
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from mpcache.backend import MPC_DEFAULT, Approximations, Backend
+from mpcache.backend import Approximations, Backend, mpc_default
 from mpcache.selected import SelectedRows
 from protocols import fastcrypten, selectcmp, topk, trunc
 from protocols import nonlinear as nl
@@ -67,7 +67,7 @@ class MPCBackend(Backend):
 
         self.party = party
         self.rank = party.rank
-        self.approx = approx or Approximations.preset(MPC_DEFAULT)
+        self.approx = approx or Approximations.preset(mpc_default(party.dealer))
         self.mask_reuse = mask_reuse
         self.reveal_logits = reveal_logits
         self.debug_logits = debug_logits  # tests: also reveal logits to the client, token stays secure

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mpcache.backend import MPC_DEFAULT, Approximations, PlainBackend
+from mpcache.backend import Approximations, PlainBackend, mpc_default
 from mpcache.generate import generate
 from mpcache.models import Transformer, load_model
 from mpcache.policies import parse_spec
@@ -52,7 +52,7 @@ def log(party: Party, message: str) -> None:
 def run(party: Party, args) -> int:
     from protocols.nonlinear import Numerics
 
-    presets = getattr(args, "approx_presets", None) or [MPC_DEFAULT]
+    presets = getattr(args, "approx_presets", None) or [mpc_default(args.dealer)]
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.mask_reuse]
     log(party, DEALER_NOTE[party.dealer])
     plain_times: dict[int, tuple[float, float]] = {}

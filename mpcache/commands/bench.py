@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mpcache.backend import MPC_DEFAULT, PRESETS
+from mpcache.backend import MPC_DEFAULT, MPC_DEFAULT_TTP, PRESETS, mpc_default
 from mpcache.errors import UserError
 from mpcache.models import DEFAULT_MODEL
 from protocols import links
@@ -45,9 +45,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="both: one record with and one without mask reuse")
     m.add_argument("--no-mask-reuse", dest="mask_reuse", action="store_const", const="off")
     m.add_argument("--timeout", type=float, default=600, help="seconds a party waits for the other")
-    m.add_argument("--approx", default=MPC_DEFAULT,
-                   help=f"approximation preset(s), comma list (v1, fast): one record each, same run "
-                   f"(default {MPC_DEFAULT})")
+    m.add_argument("--approx", default=None,
+                   help=f"approximation preset(s), comma list (v1, fast, fast-lite): one record each, same "
+                   f"run (default {MPC_DEFAULT}; {MPC_DEFAULT_TTP} with --dealer ttp)")
     m.add_argument("--json", required=True, help="file to append the records to")
     links.add_flags(m, bench=True)
     m.set_defaults(run=run)
@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     _apply_link_flags(args)
     from mpcache.backend import Approximations
 
+    args.approx = args.approx or mpc_default(args.dealer)
     args.approx_presets = [a.strip() for a in args.approx.split(",") if a.strip()]
     for name in args.approx_presets:
         if name == "exact" or Approximations.preset(name).exact:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from mpcache.backend import MPC_DEFAULT, PRESETS
+from mpcache.backend import MPC_DEFAULT, MPC_DEFAULT_TTP, PRESETS, mpc_default
 from mpcache.models import DEFAULT_MODEL
 
 CHAT_EPILOG = """\
@@ -54,8 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how the secret cache is bounded between turns")
     p.add_argument("--budget", type=int, default=512,
                    help="tokens the secret cache keeps between turns (streaming: 4 sink + most recent)")
-    p.add_argument("--approx", choices=[n for n in PRESETS if n != "exact"], default=MPC_DEFAULT,
-                   help=f"MPC approximation preset (default {MPC_DEFAULT}; both sides must agree)")
+    p.add_argument("--approx", choices=[n for n in PRESETS if n != "exact"], default=None,
+                   help=f"MPC approximation preset (default {MPC_DEFAULT_TTP} with the TTP dealer, "
+                   f"{MPC_DEFAULT} with tfp; both sides must agree)")
     p.add_argument("--max-new-tokens", type=int, default=48,
                    help="answer length; the server's value caps the client's")
     p.add_argument("--max-prompt-tokens", type=int, default=256,
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from mpcache.errors import UserError
     from protocols import chat_party
 
+    args.approx = args.approx or mpc_default(args.dealer)
     for name in ("max_new_tokens", "max_prompt_tokens", "budget"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")

@@ -373,7 +373,9 @@ def run_ttp_server(on_connected=None, timeout_s: float = 60.0) -> None:
             a = self._get_additive_PRSS(a_shape)
             b, b_t = viewed(self.masks[key], view), None
             if wants_transposed(kind, a_shape, b, view):
-                b_t = self.masks_t.setdefault(key, b.t().contiguous())
+                if key not in self.masks_t:  # built once: setdefault would transpose on every call
+                    self.masks_t[key] = b.t().contiguous()
+                b_t = self.masks_t[key]
             c = apply(kind, a, b, b_t)
             return c - self._get_additive_PRSS(c.size(), remove_rank=True)
 

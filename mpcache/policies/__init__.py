@@ -64,6 +64,22 @@ def parse_options(name: str, items: list[str] | None) -> dict:
     return options
 
 
+def supported(backend: str) -> list[str]:
+    """The policies that run on ``backend`` ("plain" or "mpc")."""
+    return [name for name, cls in POLICIES.items() if backend in cls.backends]
+
+
+def check_supported(spec: str, backend: str) -> None:
+    """Refuse, with one line and before any setup, a policy spec its backend cannot run."""
+    name = spec.strip().split(":")[0]
+    if name not in POLICIES:
+        raise UserError(f"unknown policy {name!r} (known: {', '.join(sorted(POLICIES))})")
+    cls = POLICIES[name]
+    if backend not in cls.backends:
+        raise UserError(f"policy {name!r} runs in plaintext only ({cls.plaintext_only_because}); "
+                        f"under MPC use one of: {', '.join(supported(backend))}")
+
+
 def parse_spec(spec: str, budget: float = 1.0) -> Policy:
     """``NAME[:KEY=VALUE...]`` (e.g. ``mpcache:static=false:r2=0.2``) -> a fresh policy."""
     name, *items = spec.strip().split(":")
@@ -89,4 +105,5 @@ def _convert(key: str, raw: str, default, kind: str = ""):
         raise UserError(f"bad value {raw!r} for policy option {key!r}") from None
 
 
-__all__ = ["POLICIES", "Policy", "PromptInfo", "make_policy", "parse_options", "parse_spec"]
+__all__ = ["POLICIES", "Policy", "PromptInfo", "check_supported", "make_policy", "parse_options",
+           "parse_spec", "supported"]

@@ -76,8 +76,8 @@ class Policy:
     def check_backend(cls, backend: str) -> None:
         """Refuse, with one line, a run of this policy on a backend it does not support."""
         if backend not in cls.backends:
-            raise UserError(f"policy {cls.name!r} does not run on the {backend!r} backend "
-                            f"({cls.plaintext_only_because or 'not supported'})")
+            raise UserError(f"policy {cls.name!r} runs on the {'/'.join(cls.backends)} backend only "
+                            f"({cls.plaintext_only_because}), not on {backend!r}")
 
     def budget_tokens(self, prompt_len: int) -> int:
         """Tokens attended per decode step for a prompt of ``prompt_len`` tokens (public).

@@ -7,6 +7,8 @@ neither for matmul).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from mpcache.core.backend import Backend, Tensor
@@ -37,6 +39,8 @@ class Transformer:
         self.config = config
         self.backend = backend
         self.policy = policy or Policy()
+        # Progress of a long forward pass: called with (layers done, tokens fed) after each layer.
+        self.on_layer: Callable[[int, int], None] | None = None
         w = {name: backend.weight(t, name) for name, t in weights.items()}
         self.embed_table = w["model.embed_tokens.weight"]
         self.lm_head = w["model.embed_tokens.weight"] if config.tie_embeddings else w["lm_head.weight"]
@@ -59,11 +63,16 @@ class Transformer:
             policy.check_backend(self.backend.name)
         return KVCache.empty(self.config.num_layers, policy)
 
-    def forward(self, token_ids, cache: KVCache, all_logits: bool = False) -> Tensor:
+    def forward(self, token_ids, cache: KVCache, all_logits: bool = False,
+                stage: bool | None = None) -> Tensor:
         """Feed ``token_ids`` (a list of ints; under MPC, what the embedding backend takes).
 
         Returns logits for the last token ([1, vocab]) or for every token (``all_logits``).
         The first call on an empty cache is the prefill; later calls decode.
+        ``stage`` (a chat turn): the tokens go in as one chunk on top of the cache, attending to
+        everything it holds; True then runs the policy's ``after_prefill`` over the whole cache with
+        this chunk's queries as the prompt info, False leaves the policy alone (its state catches up
+        lazily at the next decode step). None: a chunk after the prompt goes in token by token.
         """
         b, cfg = self.backend, self.config
         n = len(token_ids)
@@ -72,9 +81,9 @@ class Transformer:
             raise ValueError(
                 f"sequence of {start + n} tokens exceeds the model's {cfg.max_positions} positions"
             )
-        prefill = start == 0
+        prefill = start == 0 if stage is None else stage
         policy = cache.policy or self.policy
-        if not prefill and n > 1 and type(policy) is not Policy:
+        if stage is None and not prefill and n > 1 and type(policy) is not Policy:
             # A chunk after the prompt (a chat turn): one token at a time, so the policy sees each.
             rows = [self.forward([t], cache) for t in token_ids]
             return self.backend.cat(rows, dim=0) if all_logits else rows[-1]
@@ -87,6 +96,8 @@ class Transformer:
             h = b.rms_norm(x, layer["post_attention_layernorm"], cfg.rms_norm_eps)
             gate = b.silu(b.linear(h, layer["mlp.gate_proj"]))
             x = x + b.linear(b.mul(gate, b.linear(h, layer["mlp.up_proj"])), layer["mlp.down_proj"])
+            if self.on_layer is not None:
+                self.on_layer(i + 1, n)
         if not all_logits:
             x = x[-1:]
         x = b.rms_norm(x, self.final_norm, cfg.rms_norm_eps)
@@ -127,8 +138,11 @@ class Transformer:
             probs = b.softmax(b.matmul_t(grouped, keys), mask)
             out = b.matmul(probs, values)  # [Hkv, g*n, d]
         if prefill:
-            rows = min(n, policy.prompt_rows(n))  # the window rows the policy reads: kept, not recomputed
-            window = probs.reshape(cfg.num_kv_heads, g, n, n)[:, :, n - rows :].clone() if rows else None
+            # The window rows the policy reads: kept, not recomputed (a chat turn's chunk holds only
+            # its own query rows, over every key the cache held before it too).
+            total = keys.shape[1]
+            rows = min(n, policy.prompt_rows(total))
+            window = probs.reshape(cfg.num_kv_heads, g, n, total)[:, :, n - rows :].clone() if rows else None
             with b.phase("static-eviction"):
                 info = PromptInfo(q, b.sum(probs, 1), cfg.num_layers, window, cfg)
                 policy.after_prefill(i, info, lc, b)

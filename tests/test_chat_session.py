@@ -245,7 +245,7 @@ def test_mpcache_document_chat_decodes_like_the_plaintext_conversation(port, tmp
     assert re.search(r"\[file long.txt: 400 characters, \d+ tokens with this turn's template; the policy's "
                      r"stage runs after it\]\n\[not sent\]", err), err
     assert "[turn 1: " in err and ", stage ran, position" in err and "first token " in err
-    assert "[cache: policy mpcache:static=true (budget 0.3): " in err and "stage after turn(s) 1]" in err
+    assert "[cache: policy mpcache:static=true (budget 0.3): " in err and "stage after turn(s) 1;" in err
     t1, t2 = [json.loads(line) for line in record.read_text().splitlines()]
     assert t1["staged"] and not t2["staged"] and t1["first_token_s"] > 0
     assert t1["cache_tokens"] < t1["prompt_tokens"]  # the stage evicted part of the document

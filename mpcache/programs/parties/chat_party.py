@@ -328,6 +328,8 @@ def _record(args, k: int, turn, seconds: float, conv, ids: list[int]) -> None:
            "first_token_s": r.first_token_s, "per_token_s": (seconds - r.first_token_s) / rest,
            "staged": r.staged, "cache_tokens": r.cache_tokens, "position": conv.position, "kept": conv.kept(),
            "turn_cost": turn.cost.to_dict(NETWORKS), "prefill_cost": turn.prefill.to_dict(NETWORKS),
+           # The client's own counts per phase (online traffic is the same link's, seen from here).
+           "prefill_phases": {k: asdict(v) for k, v in turn.prefill_phases.items()},
            "ids": ids, "answer_ids": turn.result.new_ids}  # the client's own file: its tokens are its own
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,22 @@ def _per_token(r: dict) -> float:
     return r["turn_cost"]["online_bytes"] / (r["prompt_tokens"] + r["answer_tokens"])
 
 
+def profile(records: list[dict], top: int = 6) -> str:
+    """Where each turn's prefill traffic went (the client's per-phase counts), largest first."""
+    lines = []
+    for r in records:
+        phases = r.get("prefill_phases") or {}
+        total = sum(v["online_bytes"] for v in phases.values())
+        if not total:
+            continue
+        ranked = sorted(phases.items(), key=lambda kv: -kv[1]["online_bytes"])[:top]
+        parts = ", ".join(f"{k} {v['online_bytes'] / 1e6:,.0f} MB ({100 * v['online_bytes'] / total:.0f}%)"
+                          for k, v in ranked)
+        per = total / 1e6 / r["prompt_tokens"]
+        lines.append(f"- turn {r['turn']} prefill, {per:.1f} MB per prompt token: {parts}")
+    return "\n".join(lines)
+
+
 def answers(records: list[dict]) -> str:
     tok = load_model(records[0]["model"]).tokenizer
     lines = []
@@ -55,6 +71,8 @@ def report(path: Path, with_answers: bool) -> str:
     head = (f"{r['model']}, dealer {r['dealer']}, approx {r['approx']}, policy {r['policy']} (budget "
             f"{r['budget']}, stage from {r.get('stage_tokens', '-')} tokens)")
     parts = [head, table(records)]
+    if profile(records):
+        parts.append(profile(records))
     if with_answers:
         parts.append(answers(records))
     return "\n\n".join(parts)

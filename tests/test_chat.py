@@ -3,16 +3,22 @@ fresh run over the whole conversation decodes; every policy that runs under MPC 
 turns; refusals keep the session usable."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
 
 from mpcache.core.approximations import Approximations
 from mpcache.core.backend import PlainBackend
-from mpcache.generation.chat import ChatFormat, Conversation, TurnRefused, canonical_spec
+from mpcache.generation.chat import ChatFormat, Conversation, TurnRefused
 from mpcache.generation.generate import generate
 from mpcache.models import Transformer
-from mpcache.policies import supported
+from mpcache.policies import parse_spec, supported
+from mpcache.programs.commands.chat import canonical_spec
+
+
+def _conv(model, spec: str = "full", budget: float = 1.0, stage_tokens: int = 256) -> Conversation:
+    return Conversation(model, partial(parse_spec, spec, budget), stage_tokens, spec)
 
 
 def _model(loaded, exact=False):
@@ -20,7 +26,7 @@ def _model(loaded, exact=False):
 
 
 def test_turns_continue_the_cache_like_one_run_over_the_conversation(tiny):
-    conv = Conversation(_model(tiny), "full")
+    conv = _conv(_model(tiny))
     fmt = ChatFormat(tiny.tokenizer)
     fed: list[int] = []
     for i, message in enumerate(["Hello there", "And again?", "Third"]):
@@ -40,7 +46,7 @@ DOC = "The quick brown fox jumps over the lazy dog near the river bank. " * 6  #
 def test_every_mpc_policy_serves_a_document_chat(tiny, spec):
     """A short turn, a document (stage), two questions: one chunk per turn, the budget follows the
     conversation, the per-step bound holds for the answer tokens."""
-    conv = Conversation(_model(tiny), spec, 0.2, stage_tokens=100)
+    conv = _conv(_model(tiny), spec, 0.2, stage_tokens=100)
     fmt = ChatFormat(tiny.tokenizer)
     for message in ["hi", DOC, "Who jumps?", "Where?"]:
         ids = fmt.turn_ids(message, conv.turns == 0, conv.last_token)
@@ -57,7 +63,7 @@ def test_every_mpc_policy_serves_a_document_chat(tiny, spec):
 
 
 def test_static_stage_on_a_document_turn_bounds_the_cache_and_short_turns_only_append(tiny):
-    conv = Conversation(_model(tiny), "mpcache:static=true", 0.2, stage_tokens=100)
+    conv = _conv(_model(tiny), "mpcache:static=true", 0.2, stage_tokens=100)
     fmt = ChatFormat(tiny.tokenizer)
     conv.turn(fmt.turn_ids("hi", True, None), 2)
     doc = fmt.turn_ids(DOC, False, conv.last_token)
@@ -89,7 +95,7 @@ def test_policy_specs_have_one_spelling():
 
 
 def test_bad_turns_are_refused_and_the_conversation_goes_on(tiny):
-    conv = Conversation(_model(tiny), "full")
+    conv = _conv(_model(tiny))
     with pytest.raises(TurnRefused, match="empty"):
         conv.turn([], 3)
     window = tiny.config.max_positions

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from mpcache.core.backend import PlainBackend
 from mpcache.generation.chat import Conversation
 from mpcache.generation.generate import generate
 from mpcache.models import Transformer, load_model
+from mpcache.policies import parse_spec
 from protocols.net import tls
 from protocols.net.launch import free_port
 
@@ -250,8 +252,8 @@ def test_mpcache_document_chat_decodes_like_the_plaintext_conversation(port, tmp
     assert t1["staged"] and not t2["staged"] and t1["first_token_s"] > 0
     assert t1["cache_tokens"] < t1["prompt_tokens"]  # the stage evicted part of the document
     m = load_model("random:tiny")
-    conv = Conversation(Transformer(m.config, m.weights, PlainBackend(Approximations.preset(t1["approx"]))),
-                        t1["policy"], 0.3, 60)
+    model = Transformer(m.config, m.weights, PlainBackend(Approximations.preset(t1["approx"])))
+    conv = Conversation(model, partial(parse_spec, t1["policy"], 0.3), 60)
     assert conv.turn(t1["ids"], 3).new_ids == t1["answer_ids"]
     assert conv.turn(t2["ids"], 3).new_ids == t2["answer_ids"]
     assert conv.cache_tokens == t2["cache_tokens"]

@@ -4,7 +4,7 @@ Each turn feeds only its own tokens (the chat template's text for the new user m
 end of the previous answer) on top of the cache left by the earlier turns, as ONE chunk that
 attends to everything the cache holds, then decodes greedily. The cache is managed by a policy of
 the registry (``mpcache.policies``: ``NAME[:KEY=VALUE...]``, budget a fraction in (0, 1]), with
-the conversation so far as the policy's prompt:
+the conversation so far as the policy's prompt (a fresh one per conversation, from ``new_policy``):
 
 - its stage (``after_prefill``: static eviction, cluster summaries) runs over the whole cache after
   the first turn and after every turn of at least ``stage_tokens`` new tokens (a pasted document),
@@ -30,22 +30,12 @@ from mpcache.core.errors import UserError
 from mpcache.core.policy import Policy
 from mpcache.generation.generate import decode
 from mpcache.models.transformer import Transformer
-from mpcache.policies import parse_options, parse_spec
 
 STAGE_TOKENS = 256  # a turn this long (a pasted document) runs the policy's stage again
 
 
 class TurnRefused(UserError):
     """A turn that cannot run (empty, too long, past the model's window): the chat goes on."""
-
-
-def canonical_spec(spec: str) -> str:
-    """One spelling of a policy spec (options sorted, values typed), which the parties compare:
-    ``mpcache:static=1`` and ``mpcache:static=true`` are the same policy."""
-    name, *items = spec.strip().split(":")
-    options = parse_options(name, items)
-    return ":".join([name] + [f"{k}={str(v).lower() if isinstance(v, bool) else v}"
-                              for k, v in sorted(options.items())])
 
 
 @dataclass
@@ -104,9 +94,9 @@ class Conversation:
     """One conversation's cache and the turn loop; both parties run it in step under MPC."""
 
     model: Transformer
-    policy_spec: str = "full"  # NAME[:KEY=VALUE...] of mpcache.policies
-    budget: float = 1.0  # the policy's budget: a fraction of the conversation
+    new_policy: Callable[[], Policy] = Policy  # e.g. partial(mpcache.policies.parse_spec, spec, budget)
     stage_tokens: int = STAGE_TOKENS
+    label: str = ""  # how /stats names the policy (its spec); default: its name
     policy: Policy = field(init=False)
     cache: KVCache = field(init=False)
     turns: int = field(default=0, init=False)
@@ -119,7 +109,7 @@ class Conversation:
         self.reset()
 
     def reset(self) -> None:
-        self.policy = parse_spec(self.policy_spec, self.budget)  # a fresh instance per conversation
+        self.policy = self.new_policy()  # a fresh instance per conversation (it keeps per-sequence state)
         self.cache = self.model.new_cache(self.policy)
         self.turns, self.staged, self.last_token = 0, [], None
 
@@ -139,7 +129,8 @@ class Conversation:
         attended = self.cache.mean_attended()
         per_step = f", {attended:.0f} attended per layer per answer token on average" if attended else ""
         stages = ", ".join(str(t) for t in self.staged) or "none yet"
-        return (f"policy {self.policy_spec} (budget {self.budget:g}): {held} tokens held{share}{per_step}; "
+        name = self.label or self.policy.name
+        return (f"policy {name} (budget {self.policy.budget:g}): {held} tokens held{share}{per_step}; "
                 f"stage after turn(s) {stages}")
 
     def check(self, n_tokens: int, max_new_tokens: int) -> None:

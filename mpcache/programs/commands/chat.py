@@ -12,9 +12,9 @@ import argparse
 
 from mpcache.core.approximations import MPC_DEFAULT, MPC_DEFAULT_TTP, PRESETS, mpc_default
 from mpcache.core.errors import UserError
-from mpcache.generation.chat import STAGE_TOKENS, canonical_spec
+from mpcache.generation.chat import STAGE_TOKENS
 from mpcache.models import DEFAULT_MODEL
-from mpcache.policies import check_supported, parse_spec, supported
+from mpcache.policies import check_supported, parse_options, parse_spec, supported
 from mpcache.programs.parties import chat_party
 
 CHAT_EPILOG = """\
@@ -87,6 +87,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds a party waits for the other inside a turn (SmolLM2 steps are slow)")
     p.add_argument("--json", default=None, help="client: append one JSON record per turn to this file")
+
+
+def canonical_spec(spec: str) -> str:
+    """One spelling of a policy spec (options sorted, values typed), which the parties compare:
+    ``mpcache:static=1`` and ``mpcache:static=true`` are the same policy."""
+    name, *items = spec.strip().split(":")
+    options = parse_options(name, items)
+    return ":".join([name] + [f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                              for k, v in sorted(options.items())])
 
 
 def run(args: argparse.Namespace) -> int:

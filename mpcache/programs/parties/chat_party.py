@@ -22,6 +22,7 @@ from mpcache.core.errors import UserError
 from mpcache.generation.chat import ChatFormat, Conversation, TurnRefused
 from mpcache.generation.stream import StreamPrinter
 from mpcache.models import load_model
+from mpcache.policies import parse_spec
 from mpcache.programs.parties.chat_ui import (
     CONFIRM_TOKENS,
     Progress,
@@ -124,7 +125,8 @@ def serve(args) -> int:
     pm = build(party, args.model, Approximations.preset(args.approx), loaded=model)
     say(f"[server: ready (setup {pm.setup.online_bytes / 1e6:.0f} MB, {pm.setup.compute_s:.0f} s); "
         "the client's text stays with the client]")
-    conv = Conversation(pm.transformer, args.policy, args.budget, args.stage_tokens)
+    conv = Conversation(pm.transformer, partial(parse_spec, args.policy, args.budget), args.stage_tokens,
+                        args.policy)
     turns = 0
     while True:
         msg = peer.get()
@@ -190,7 +192,8 @@ def chat(args) -> int:
     peer, party = _start_mpc(args, channel, runtime.CLIENT, args.addr)
     say("[setting up: the server shares and masks its weights once ...]")
     pm = build(party, args.model, Approximations.preset(args.approx), loaded=model)
-    conv = Conversation(pm.transformer, args.policy, args.budget, args.stage_tokens)
+    conv = Conversation(pm.transformer, partial(parse_spec, args.policy, args.budget), args.stage_tokens,
+                        args.policy)
     client = Client(args, pm, peer, conv, max_new)
     say(f"[ready: policy {args.policy}, budget {args.budget:g}, answers up to {max_new} tokens. "
         "Type a message; /file PATH, /stats, /reset, /quit]")

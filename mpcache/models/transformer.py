@@ -16,6 +16,7 @@ from mpcache.core.cache import KVCache, LayerCache
 from mpcache.core.policy import Policy, PromptInfo
 from mpcache.core.selected import SelectedRows
 from mpcache.core.selected import attend as attend_selected
+from mpcache.models.causal import causal_attention
 from mpcache.models.config import ModelConfig
 
 
@@ -114,39 +115,33 @@ class Transformer:
         past = lc.length
         lc.append(k, v, b)
         if prefill or n > 1:
-            keys, values = lc.k, lc.v
-            # Causal mask over [group*T queries, past+T keys]; public.
-            qpos = torch.arange(n).repeat(g) + past
-            mask = qpos[:, None] >= torch.arange(past + n)[None, :]
-        else:
-            with b.phase("selection"):
-                fused = policy.decode_attention(i, q, lc, b)
-            if fused is not None:  # the policy attends itself (e.g. a mixed-precision cache)
-                out, attended = fused
-                lc.attended += attended
-                lc.decode_steps += 1
-                return out.reshape(cfg.num_heads, n, d).transpose(0, 1).reshape(n, cfg.num_heads * d)
-            with b.phase("selection"):
-                keys, values = policy.decode_kv(i, q, lc, b)
-            lc.attended += keys.shape[1]
+            # The chunk's causal attention over everything held (in row blocks when it is long), with
+            # the window rows the policy's stage reads: kept, not recomputed.
+            grouped = (q * (d**-0.5)).reshape(cfg.num_kv_heads, g * n, d)
+            rows = min(n, policy.prompt_rows(lc.length)) if prefill else 0
+            out, colsum, window = causal_attention(b, grouped, lc.k, lc.v, past, n, rows, prefill)
+            if prefill:
+                with b.phase("static-eviction"):
+                    info = PromptInfo(q, colsum, cfg.num_layers, window, cfg)
+                    policy.after_prefill(i, info, lc, b)
+            return out.reshape(cfg.num_heads, n, d).transpose(0, 1).reshape(n, cfg.num_heads * d)
+        with b.phase("selection"):
+            fused = policy.decode_attention(i, q, lc, b)
+        if fused is not None:  # the policy attends itself (e.g. a mixed-precision cache)
+            out, attended = fused
+            lc.attended += attended
             lc.decode_steps += 1
-            mask = None
+            return out.reshape(cfg.num_heads, n, d).transpose(0, 1).reshape(n, cfg.num_heads * d)
+        with b.phase("selection"):
+            keys, values = policy.decode_kv(i, q, lc, b)
+        lc.attended += keys.shape[1]
+        lc.decode_steps += 1
         grouped = (q * (d**-0.5)).reshape(cfg.num_kv_heads, g * n, d)
         if isinstance(keys, SelectedRows):  # attended through the cache's mask (mpcache.core.selected)
             probs, out = attend_selected(b, grouped, keys, values)
         else:
-            probs = b.softmax(b.matmul_t(grouped, keys), mask)
+            probs = b.softmax(b.matmul_t(grouped, keys))
             out = b.matmul(probs, values)  # [Hkv, g*n, d]
-        if prefill:
-            # The window rows the policy reads: kept, not recomputed (a chat turn's chunk holds only
-            # its own query rows, over every key the cache held before it too).
-            total = keys.shape[1]
-            rows = min(n, policy.prompt_rows(total))
-            window = probs.reshape(cfg.num_kv_heads, g, n, total)[:, :, n - rows :].clone() if rows else None
-            with b.phase("static-eviction"):
-                info = PromptInfo(q, b.sum(probs, 1), cfg.num_layers, window, cfg)
-                policy.after_prefill(i, info, lc, b)
-        elif n == 1:
-            with b.phase("selection"):
-                policy.observe(i, probs, lc, b)
+        with b.phase("selection"):
+            policy.observe(i, probs, lc, b)
         return out.reshape(cfg.num_heads, n, d).transpose(0, 1).reshape(n, cfg.num_heads * d)

@@ -309,7 +309,9 @@ class MPCachePolicy(Policy):
             k2 = math.floor(self.r2 * full1 * m + 1e-9)
         else:
             k2 = (n_budget - tail) // self.s2
-        k2 = min(k1 * m, max(k2, ends, 1))
+        # At least the forced ends of the level-2 candidates (first and last of k1*m children, not of
+        # the full1 parents: one full level-1 cluster still has two level-2 ends).
+        k2 = min(k1 * m, max(k2, min(k1 * m, self.force_ends + (self.force_ends and self.force_last)), 1))
         if k2 >= k1 * m:  # every child of the level-1 picks: gather whole level-1 clusters
             return None if sel1 is None else Selection(cache.appended, sel1, full1, self.s1, k1)
         if sel1 is None and self.parents:

@@ -35,6 +35,12 @@ in the chat: /file PATH (send a text file as the message), /stats (traffic, roun
 the secret cache and what the policy kept), /reset (new conversation), /quit."""
 
 
+# MPCache with its look-once static stage: a document turn leaves rho = clamp(2 * budget, 0.3, 1) of
+# the cache, so later turns' prefill attends (and pays for) that much less (the registry's default
+# preset keeps every token and bounds only what each answer token attends).
+CHAT_POLICY = "mpcache:static=true"
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="private multi-turn chat (server | client | dealer)",
                        description=__doc__, epilog=CHAT_EPILOG,
@@ -57,9 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dealer", choices=["ttp", "tfp"], default="ttp",
                    help="ttp: a third process deals (private; start `mpcache chat dealer`); tfp: the "
                    "server deals (NOT private against the server)")
-    p.add_argument("--policy", default="mpcache", metavar="NAME[:KEY=VALUE...]",
+    p.add_argument("--policy", default=CHAT_POLICY, metavar="NAME[:KEY=VALUE...]",
                    help=f"KV-cache policy of the secret cache (under MPC: {', '.join(supported('mpc'))}); "
-                   "both sides must agree")
+                   "the default evicts at its stage, so the budget bounds the cache, not only what each "
+                   "answer token attends; both sides must agree")
     p.add_argument("--budget", type=float, default=0.2,
                    help="the policy's budget, a fraction in (0, 1] of the conversation so far")
     p.add_argument("--stage-tokens", type=int, default=STAGE_TOKENS,

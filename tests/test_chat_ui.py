@@ -5,6 +5,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from test_cli_errors import assert_clean_error, run_cli
 
 from mpcache.programs.parties import chat_report
 from mpcache.programs.parties.chat_ui import FILE_MAX_BYTES, Progress, latency, read_file
@@ -60,3 +61,15 @@ def test_report_shows_stage_cache_latency_and_the_prefill_profile(tmp_path, caps
     assert "| 1 | 20 + 3 | yes | 22 of 22 | 2.0 | 10 | 0.0 | 4.0 | 3.0 | 0.50 | 2.0 | 1.00x |" in out
     assert "- turn 1 prefill, 0.1 MB per prompt token: softmax 2 MB (75%), silu 0 MB (25%)" in out
     assert "- turn 1: 'Hi'" in out
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--policy", "mikv"], "policy 'mikv' runs in plaintext only"),
+    (["--budget", "0"], "--budget must be in (0, 1], got 0.0"),
+    (["--policy", "mpcache:rho=2"], "rho must be in (0, 1]"),
+    (["--stage-tokens", "0"], "--stage-tokens must be at least 1"),
+])
+def test_chat_policy_options_are_refused_before_any_launch(args, line):
+    proc = run_cli("chat", "server", "--model", "random:tiny", *args)
+    assert proc.returncode == 2
+    assert_clean_error(proc, line)

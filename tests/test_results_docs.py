@@ -9,7 +9,6 @@ commit hashes, machine paths, load figures and issue references.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 

@@ -24,16 +24,16 @@ def mpc_cost(records: Path) -> str:
                    ["Per generated token after a 128-token prefill. Mask reuse cuts per-token traffic 29x: "
                     "the weights are opened once, in a 2.15 GB setup. Where `v1`'s 92.9 MB go: SiLU 39.1 MB, "
                     "the secure argmax over the 49,152-entry vocabulary 23.6 MB, softmax 22.2 MB, RMSNorm "
-                    "2.3 all linear layers 3.7 MB. With TTP the traffic between the parties is the same; the "
-                    "sends party 0 its shares of the products (its requests are synchronous, so each is also "
-                    "a round trip, not in the estimates)."], table("smollm2_128_v1"))
+                    "2.3 MB, all linear layers 3.7 MB. With TTP the traffic between the parties is the same; "
+                    "the dealer sends party 0 its shares of the products (its requests are synchronous, so "
+                    "each is also a round trip, not in the estimates)."], table("smollm2_128_v1"))
     out += section("The two presets: `v1` and `fast` (same run, TFP, mask reuse)",
                    ["`fast` (the default with TFP) cuts the rounds 3x: softmax 3,030 -> 600 rounds, RMSNorm "
                     "1,342 -> 610, SiLU 750 -> 270, argmax 146 -> 26; the 128-token prefill 5,359 -> 1,867 "
                     "rounds and 8.9 -> 7.0 GB. At a 2048-token prompt only the softmax's max grows by one "
                     "level: ~1,990 rounds per token.",
                     "Accuracy of `fast` in plaintext: perplexity 22.28 at L = 2000 (exact: 22.28) and needle "
-                    "of 30 (exact: 29 of 30); see [accuracy.md](accuracy.md). `make demo` (12 tokens, "
+                    "29 of 30 (exact: 29 of 30); see [accuracy.md](accuracy.md). `make demo` (12 tokens, "
                     "`fast`, TFP) measured 60.8 MB / 1,824 rounds / 4.1 s per generated token; with "
                     "`--approx v1` 79.2 MB / 5,090 rounds / 9.2 s.",
                     "With the exact truncation now in place (see [truncation.md](truncation.md)) `fast` "
@@ -41,8 +41,8 @@ def mpc_cost(records: Path) -> str:
     out += section("The network model against a shaped link",
                    ["One operator (CrypTen's comparison of 1e5 elements: 43.2 MB in 8 rounds, "
                     "bandwidth-bound) on plain loopback, then inside a user namespace with loopback shaped "
-                    "by tbf`. Estimate = loopback seconds + bytes x 8 / rate. The bandwidth term holds "
-                    "within 6-10 % where it dominates."], table("shaped_link"))
+                    "by `tc qdisc tbf`. Estimate = loopback seconds + bytes x 8 / rate. The bandwidth term "
+                    "holds within 6-10 % where it dominates."], table("shaped_link"))
     out += ["## Correctness against plaintext", "",
             "`python examples/compare_plaintext.py --new-tokens 16 --json mpc_vs_plain.jsonl` (TFP, chat "
             "template): private greedy against `PlainBackend` with the same approximations, 16 tokens each. "
@@ -60,16 +60,16 @@ def mpc_ops(records: Path) -> str:
     out = header("Private operators: stock CrypTen against ours", ["mpc_ops.jsonl"])
     out += section("SmolLM2's operators (TFP)",
                    ["Inputs recorded from the plaintext model on essay text: the last query's scores over "
-                    "and 2048 keys in the layer with the widest spread, the SiLU input with the largest |x|, "
-                    "RMSNorm input with the largest variance (a massive-activation row), the logits, 1e5 "
-                    "inputs for one comparison layer. Error against float64; for argmax the logit gap "
-                    "the true max and the chosen token; for the comparison the largest |x| whose sign came "
-                    "out wrong. Cell: MB / rounds / seconds / max error.",
+                    "128 and 2048 keys in the layer with the widest spread, the SiLU input with the largest "
+                    "|x|, the RMSNorm input with the largest variance (a massive-activation row), the "
+                    "logits, 1e5 gate inputs for one comparison layer. Error against float64; for argmax the "
+                    "logit gap between the true max and the chosen token; for the comparison the largest |x| "
+                    "whose sign came out wrong. Cell: MB / rounds / seconds / max error.",
                     "Stock CrypTen's `inv_sqrt` diverges on massive-activation rows (error 4e9: its fixed "
                     "initial guess assumes a small range), which is why `v1` reduces the range. `fast` cuts "
-                    "rounds 2.3-6x against `v1` and 2-6x against stock CrypTen, with softmax, SiLU and "
-                    "errors at or below `v1`'s; its comparison resolves signs at 2^-8, in 2 rounds and 80 B "
-                    "per element instead of 8 rounds and 432 B."], recs)
+                    "the rounds 2.3-6x against `v1` and 2-6x against stock CrypTen, with softmax, SiLU and "
+                    "RMSNorm errors at or below `v1`'s; its comparison resolves signs at 2^-8, in 2 rounds "
+                    "and 80 B per element instead of 8 rounds and 432 B."], recs)
     out += image("ops_smollm2.png", "operators: stock CrypTen vs ours")
     return "\n".join(out)
 
@@ -151,9 +151,9 @@ def chat(records: Path) -> str:
     out = header("Private chat: a scripted 3-turn session", ["chat.jsonl"])
     out += section("SmolLM2-135M-Instruct, TTP dealer, 4 answer tokens per turn",
                    ["`make chat-demo`: dealer, server and client of `mpcache chat` on one machine, the "
-                    "fed three messages. Party 0's counts; seconds are the client's wall time for the turn "
-                    "on a shared 2-core machine (upper bounds; bytes and rounds are exact). Weight setup "
-                    "once: 2152 MB, 95 s.",
+                    "client fed three messages. Party 0's counts; seconds are the client's wall time for the "
+                    "turn on a shared 2-core machine (upper bounds; bytes and rounds are exact). Weight "
+                    "setup once: 2152 MB, 95 s.",
                     "Turns 2 and 3 feed only their own 35 tokens on top of the persistent secret cache: per "
                     "new token they cost 1.11x and 1.23x turn 1's traffic (attention over the cached "
                     "history), rounds are flat. Re-prefilling the whole history instead cost 4.1 GB for a "

@@ -82,10 +82,10 @@ def accuracy(records: Path) -> str:
     out += section("Needle in a haystack, L = 2000",
                    ["Cell: accuracy (solved / samples) / mean keys attended per layer per decode step.",
                     "The default MPCache matches the full cache at every budget (29 of 30). Every other "
-                    "stays far below full at 5-20 %: StreamingLLM, H2O and the original MPCache design solve "
-                    "needles inside the recent window (depth >= 0.86); Quest, query-aware per step, is the "
-                    "best baseline. In the original design the look-once static stage loses the needle: "
-                    "SmolLM2-135M's prompt-side attention does not single it out (see "
+                    "policy stays far below full at 5-20 %: StreamingLLM, H2O and the original MPCache "
+                    "design solve only needles inside the recent window (depth >= 0.86); Quest, query-aware "
+                    "per step, is the best baseline. In the original design the look-once static stage loses "
+                    "the needle: SmolLM2-135M's prompt-side attention does not single it out (see "
                     "[mpcache_options.md](mpcache_options.md))."],
                    select(needle, length=2000), lambda rs: pivot(rs, needle_cell))
     out += image("needle_L2000.png", "needle accuracy vs budget, L = 2000")
@@ -141,11 +141,13 @@ def mpcache_options(records: Path) -> str:
                    select(recs, table="ablation"), lambda rs: pivot(rs, needle_cell))
     diag = _rows(records, "diag")
     out += section("Single-sample diagnostics (needle, L = 2000, 10 %)",
-                   ["✓ found, ✗ not, one column per sample. An oracle attending the exact top-n tokens per "
-                    "step and KV head solves the sample with 10 % of the keys, so the budget is enough when "
-                    "the selection is right. What loses the needle: the level-1 hierarchy (clusters scored "
-                    "by summaries), summing a GQA group's scores (one head's scale drowns the retrieval "
-                    "head: `group=maxnorm` fixes it), cross-layer sharing, and the static stage.",
+                   ["✓ found, ✗ not, one column per sample; options on top of `preset=paper`, the default "
+                    "when this was measured (the oracles are diagnostics, not policies). An oracle attending "
+                    "the exact top-n tokens per step and KV head solves the sample with 10 % of the keys, so "
+                    "the budget is enough when the selection is right. What loses the needle: the level-1 "
+                    "hierarchy (clusters scored by summaries), summing a GQA group's scores (one head's "
+                    "scale drowns the retrieval head: `group=maxnorm` fixes it), cross-layer sharing, and "
+                    "the static stage.",
                     "The last row became `preset=retrieval`, the default."], diag)
     out += section("Leave-one-out from the retrieval preset (needle, L = 2000, samples 0-9)",
                    "Clusters of 16 (as measured). Each row switches one stage of the original design back "
@@ -185,8 +187,8 @@ def seed_policies(records: Path) -> str:
                    ["Cell: accuracy (solved / samples) / keys per layer per step / `kv_bytes` at the end. "
                     "Full cache on the same samples: 0.967, 2010 keys, 93.0 MB.",
                     "lazyeviction answers with a short wrong number; locret mostly gives no number (it "
-                    "the attention sink); attention-gate finds 5 of 30 at 20 % and holds its gates' own "
-                    "K'/V' for every token (~31 MB at L = 2000)."],
+                    "evicts the attention sink); attention-gate finds 5 of 30 at 20 % and holds its gates' "
+                    "own K'/V' for every token (~31 MB at L = 2000)."],
                    select(mine, task="needle", length=2000),
                    lambda rs: pivot(rs, lambda r: needle_cell(r, kv=True)))
     out += image("needle_L2000_seeds.png", "needle, L = 2000, seed policies")
@@ -221,7 +223,7 @@ def compression(records: Path) -> str:
                    ["Seed 0, 24 new tokens; kv MB = measured cache bytes at the end of a sample, mean over "
                     "the samples (the full and eviction caches are fp32, MiKV's high tier fp16).",
                     "MiKV's claim holds on needle: keeping H2O's evicted 80 % at int4 recovers the full "
-                    "0.97 in 20.9 MB, where H2O eviction at 20 % collapses to 0.10; at int2 it falls to "
-                    "KVCrush's representatives stay at H2O's level and below SnapKV at 25 and 50 %. Lines is "
-                    "at the floor for every policy, full included."], recs)
+                    "cache's 0.97 in 20.9 MB, where H2O eviction at 20 % collapses to 0.10; at int2 it falls "
+                    "to 0.23. KVCrush's representatives stay at H2O's level and below SnapKV at 25 and 50 %. "
+                    "Lines is at the floor for every policy, full included."], recs)
     return "\n".join(out)

@@ -135,10 +135,10 @@ def truncation(records: Path) -> str:
              "Every fixed-point truncation (ours and CrypTen's `div_` behind every multiplication) is dealer-"
              "assisted and exact (`protocols/trunc.py`): floor(x/d) or one unit above, never the "
              "2^32-in-value error of the old local truncation, which happened with probability |x|/2^64 per "
-             "The largest |x| measured on SmolLM2 is ~2^53, below the 2^62 precondition, so no token is "
-             "wrong because of a truncation. The old code deviated from the plaintext twin by 0.50-7.78 "
-             "logits in all 41 runs; the exact truncation by 0.014-0.038 in all 104 runs. Cost per decode "
-             "token (128-token context, `fast`, TFP): 74.3 -> 93.5 MB, 1,868 -> 3,265 rounds.", ""]
+             "element. The largest |x| measured on SmolLM2 is ~2^53, below the 2^62 precondition, so no "
+             "token is wrong because of a truncation. The old code deviated from the plaintext twin by "
+             "0.50-7.78 logits in all 41 runs; the exact truncation by 0.014-0.038 in all 104 runs. Cost per "
+             "decode token (128-token context, `fast`, TFP): 74.3 -> 93.5 MB, 1,868 -> 3,265 rounds.", ""]
     for mags in sorted(records.glob("truncation_magnitudes*.json")):  # fast, then v1
         lines += magnitude_lines(mags)
     return "\n".join(lines + failure_lines(records) + bench_lines(records))

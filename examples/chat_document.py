@@ -10,11 +10,14 @@ Writes a document of about ``--doc-tokens`` tokens (essay text read at run time 
     python examples/chat_document.py --model random:tiny --doc-tokens 1000 --policy full --out results/doc
 
 Settings after ``--`` go to both parties (e.g. ``-- --budget 0.1 --stage-tokens 128``).
+``--collect TABLE RUN.jsonl ... --to docs/records/chat_document.jsonl`` turns finished runs into the
+row records of ``docs/results/chat_document.md`` (answers decoded, prefill profile per turn).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -46,8 +49,46 @@ def make_document(model: str, tokens: int) -> str:
     return " ".join(words[:half] + [FACT] + words[half:lo])
 
 
+def collect(table: str, runs: list[str], to: str) -> int:
+    """Row records of the document-chat tables from the clients' per-turn records."""
+    out = []
+    for run in runs:
+        recs = [json.loads(line) for line in Path(run).read_text().splitlines() if line.strip()]
+        tok = load_model(recs[0]["model"]).tokenizer
+        doc = recs[0]["prompt_tokens"]
+        command = (f"python examples/chat_document.py --model {recs[0]['model']} --doc-tokens "
+                   f"{_doc_tokens(run)} --policy {recs[0]['policy']} --max-new-tokens "
+                   f"{max(r['answer_tokens'] for r in recs)}")
+        for r in recs:
+            c = r["turn_cost"]
+            ids = [t for t in r["answer_ids"] if t not in tok.eos_token_ids]
+            phases = r.get("prefill_phases") or {}
+            total = sum(v["online_bytes"] for v in phases.values()) or 1.0
+            top = sorted(phases.items(), key=lambda kv: -kv[1]["online_bytes"])[:3]
+            out.append({"table": table, "policy": r["policy"], "turn": r["turn"],
+                        "new tokens": f"{r['prompt_tokens']} + {r['answer_tokens']}",
+                        "stage": r["staged"], "secret cache after": f"{r['cache_tokens']} of {r['position']}",
+                        "online MB": round(c["online_bytes"] / 1e6, 1), "rounds": c["rounds"],
+                        "seconds": round(r["seconds"], 1), "first token s": round(r["first_token_s"], 1),
+                        "s / answer token": round(r["per_token_s"], 2), "est. WAN s": round(c["wan_s"], 1),
+                        "prefill: top phases": ", ".join(f"{k} {100 * v['online_bytes'] / total:.0f}%"
+                                                          for k, v in top) or None,
+                        "answer": repr(tok.decode(ids)), "command": command, "note": f"document turn {doc}"})
+    with Path(to).open("a") as f:
+        f.writelines(json.dumps(rec) + "\n" for rec in out)
+    print(f"{len(out)} rows appended to {to}")
+    return 0
+
+
+def _doc_tokens(run: str) -> str:
+    """The --doc-tokens of a run, from its file name (MODEL_POLICY_TOKENS.jsonl)."""
+    return Path(run).stem.rsplit("_", 1)[-1]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--collect"]:
+        return collect(argv[1], argv[2 : argv.index("--to")], argv[argv.index("--to") + 1])
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -27,6 +27,20 @@ def chat_document(records: Path) -> str:
                     "scores; MPCache's static stage (`static-eviction`) costs a few percent of it and leaves "
                     "40 % of the cache, so each question turn's chunk attends (and pays for) that much less, "
                     "and every answer token attends at most the budget."], tiny)
+    profile = ("Per phase, from the phase records of one MPC prefill (exact bytes and rounds; the record is "
+               "the `fast` full-cache run in `docs/records/trunc_bench.jsonl`): 55 MB per prompt token, of "
+               "which the softmax is 41 % (about 650 bytes per score entry, masked ones included), SiLU 32 % "
+               "(about 380 bytes per MLP activation) and RMSNorm 16 %; every linear layer together is under "
+               "10 % (their weights are masked once).")
+    out += section("Where a prompt token's prefill traffic goes (SmolLM2, 128 tokens, `fast`, TFP)", profile,
+                   load(records, "chat_document.jsonl", "prefill_profile"))
+    blocks = ("A chunk's masked scores cost what allowed ones cost. In row blocks (block j attends the "
+              "keys up to its last row; a block holds at most 2^20 scores) the document turn's traffic "
+              "falls by 36 % for 7 % more rounds, and the score matrix in memory stays bounded (the "
+              "one-softmax run peaked near 5 GB per party). A SmolLM2 chunk is split from about 340 "
+              "tokens on.")
+    out += section("Causal attention in row blocks (random:tiny, the 1,000-token document turn)", blocks,
+                   load(records, "chat_document.jsonl", "causal_blocks"))
     smol = load(records, "chat_document.jsonl", "doc_smollm2")
     if smol:
         out += section("SmolLM2-135M-Instruct, a 100-token document, 6 answer tokens per turn",
@@ -34,4 +48,10 @@ def chat_document(records: Path) -> str:
                         "costs tens of MB and seconds under 2PC here, so a 1,000-token document was out of "
                         "this machine's reach in the time available.", "Answers as decoded for the client."],
                        smol)
+    else:
+        out += ["## SmolLM2-135M-Instruct", "",
+                "Not measured yet: every attempt of the same script with SmolLM2 (a 64- or 100-token "
+                "document) was ended by the machine's out-of-memory killer while other jobs shared its "
+                "23 GB (the two SmolLM2 parties hold about 8 GB). The per-token costs above and the "
+                "three-turn SmolLM2 chat in [chat.md](chat.md) bound what such a run costs.", ""]
     return "\n".join(out)

@@ -11,7 +11,9 @@ Writes a document of about ``--doc-tokens`` tokens (essay text read at run time 
 
 Settings after ``--`` go to both parties (e.g. ``-- --budget 0.1 --stage-tokens 128``).
 ``--collect TABLE RUN.jsonl ... --to docs/records/chat_document.jsonl`` turns finished runs into the
-row records of ``docs/results/chat_document.md`` (answers decoded, prefill profile per turn).
+row records of ``docs/results/chat_document.md`` (answers decoded, prefill profile per turn);
+``--replay RUN.jsonl ...`` feeds each run's turns to the plaintext ``Conversation`` with the same
+policy and approximations and says where its answers and cache sizes equal the secret ones.
 """
 
 from __future__ import annotations
@@ -21,13 +23,18 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mpcache.eval.corpus import essays_text  # noqa: E402  (after the path line above)
-from mpcache.models import load_model  # noqa: E402
+from mpcache.core.approximations import Approximations  # noqa: E402  (after the path line above)
+from mpcache.core.backend import PlainBackend  # noqa: E402
+from mpcache.eval.corpus import essays_text  # noqa: E402
+from mpcache.generation.chat import Conversation  # noqa: E402
+from mpcache.models import Transformer, load_model  # noqa: E402
+from mpcache.policies import parse_spec  # noqa: E402
 from mpcache.programs.parties import chat_report  # noqa: E402
 
 FACT = "The secret code of the blue door is 4172."
@@ -80,6 +87,25 @@ def collect(table: str, runs: list[str], to: str) -> int:
     return 0
 
 
+def replay(runs: list[str]) -> int:
+    """Each run's turns through the plaintext Conversation: equal answers and cache sizes?"""
+    for run in runs:
+        recs = [json.loads(line) for line in Path(run).read_text().splitlines() if line.strip()]
+        first = recs[0]
+        m = load_model(first["model"])
+        model = Transformer(m.config, m.weights, PlainBackend(Approximations.preset(first["approx"])))
+        policy = partial(parse_spec, first["policy"], first["budget"])
+        conv = Conversation(model, policy, first["stage_tokens"])
+        for r in recs:
+            got = conv.turn(r["ids"], r["answer_tokens"]).new_ids
+            pairs = enumerate(zip(got, r["answer_ids"], strict=True))
+            same = next((i for i, (a, b) in pairs if a != b), None)
+            answer = "equal" if same is None else f"departs at answer token {same + 1} of {len(got)}"
+            print(f"{first['policy']} turn {r['turn']}: answer {answer}; cache {conv.cache_tokens} "
+                  f"plaintext, {r['cache_tokens']} secret")
+    return 0
+
+
 def _doc_tokens(run: str) -> str:
     """The --doc-tokens of a run, from its file name (MODEL_POLICY_TOKENS.jsonl)."""
     return Path(run).stem.rsplit("_", 1)[-1]
@@ -87,6 +113,8 @@ def _doc_tokens(run: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--replay"]:
+        return replay(argv[1:])
     if argv[:1] == ["--collect"]:
         return collect(argv[1], argv[2 : argv.index("--to")], argv[argv.index("--to") + 1])
     extra = argv[argv.index("--") + 1:] if "--" in argv else []

@@ -17,6 +17,13 @@ SETUP = ("`examples/chat_document.py`: `mpcache chat server` and `client` (TFP d
          "conversation's tokens so far. \"prefill: top phases\": where the turn's prefill traffic went.")
 
 
+REPLAY = ("Replayed through the plaintext `Conversation` with the same policy and approximations "
+          "(`python examples/chat_document.py --replay RUN.jsonl ...`), every answer token and every "
+          "cache size of `full` and `mpcache:static=true` is equal (3 turns, 12 answer tokens each, the "
+          "document turn's causal attention in row blocks); `mpcache`'s document turn departs at its "
+          "10th answer token (a near tie under fixed-point noise), its question turns are equal.")
+
+
 def chat_document(records: Path) -> str:
     out = header("Private chat with a document: MPCache against the full cache", ["chat_document.jsonl"],
                  transcribed=False)
@@ -26,7 +33,8 @@ def chat_document(records: Path) -> str:
                     "The document turn's prefill is dominated by the causal softmax over 1,057 x 1,057 "
                     "scores; MPCache's static stage (`static-eviction`) costs a few percent of it and leaves "
                     "40 % of the cache, so each question turn's chunk attends (and pays for) that much less, "
-                    "and every answer token attends at most the budget."], tiny)
+                    "and every answer token attends at most the budget.",
+                    REPLAY], tiny)
     profile = ("Per phase, from the phase records of one MPC prefill (exact bytes and rounds; the record is "
                "the `fast` full-cache run in `docs/records/trunc_bench.jsonl`): 55 MB per prompt token, of "
                "which the softmax is 41 % (about 650 bytes per score entry, masked ones included), SiLU 32 % "

@@ -151,8 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     script = "\n".join([f"/file {doc}", "y", *QUESTIONS, "/stats", "/quit", ""])
     client = subprocess.run(cli + ["client", *common, "--json", str(record)], env=env, input=script.encode(),
                             capture_output=True)
-    for proc in procs:
-        proc.wait(timeout=120)
+    for proc in procs:  # they end with the client; one still waiting (the client failed early) is stopped
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     session = client.stdout.decode(errors="replace") + "\n" + client.stderr.decode(errors="replace")
     (out / f"{name}.client.log").write_text(session)
     print(session)

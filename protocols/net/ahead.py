@@ -151,6 +151,9 @@ class Schedule:
         if not guesses:
             return
         del self.pred[start:], self.pid[start:]
+        gap = start - len(self.pred)  # slots passed without guesses
+        self.pred += [None] * gap
+        self.pid += [-1] * gap
         self.pred += guesses
         self.pid += range(self.next_pid, self.next_pid + len(guesses))
         if not self.live:  # a restart: what was read ahead belongs to abandoned guesses

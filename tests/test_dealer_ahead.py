@@ -2,18 +2,24 @@
 protocols/ring/itemstream.py): guesses of the next requests, item streams, and exact results."""
 
 import json
+import threading
+import time
 
 import pytest
 import torch
 
-from protocols.net import ahead
+from protocols.net import ahead, ahead_server, dealerlink, links
 from protocols.net.ahead import Schedule
 from protocols.net.predict import Periodic, header, predict
 from protocols.net.runtime import world_size
+from protocols.ring import csprng
 from protocols.ring.itemstream import ItemKeys, spec_nonce, sync_nonce
+from tests import test_dealer_link
+from tests.test_dealer_link import EchoServer, _wait_published
 from tests.test_mpc_two_party import LOGIT_TOL, check_against_plain, run_parties
 
 KEY = bytes(range(32))
+store = test_dealer_link.store  # the fixture: a real TCPStore for the dealer's seat
 
 
 def test_item_streams_are_keyed_by_item():
@@ -85,7 +91,7 @@ def _run(schedule, steps):
         if n:
             schedule.boundary()
         for h in step:
-            schedule.begin(h["function"], ahead.links.decode(h["args"]))
+            schedule.begin(h["function"], links.decode(h["args"]))
             out.append((schedule.item[0], schedule.stream().ring((2,)).tolist()))
     return out
 
@@ -138,3 +144,59 @@ def test_ahead_and_synchronous_dealers_give_the_same_tokens_and_logits(tmp_path)
     stats = json.loads((tmp_path / "1" / "client.json.dealer.json").read_text())
     assert stats["spec"] > stats["sync"] / 4
     assert json.loads((tmp_path / "0" / "client.json.dealer.json").read_text()) == {}  # synchronous
+
+
+class NoiseServer(EchoServer):
+    """A dealer whose answer is party 1's item stream (what a correction term is made of)."""
+
+    def noise(self, shape):
+        return csprng.generate_random_ring_element(tuple(shape), generator=self.generators[1])
+
+
+def test_the_dealer_loop_answers_ahead_by_item(store, monkeypatch):
+    """The real dealer loop over the TLS link: guesses answered ahead from the right item streams,
+    a missed guess and a guess too large to make ahead both answered on request, then "terminate"."""
+    monkeypatch.setenv("MPCACHE_DEALER_AHEAD", "1")
+    monkeypatch.setattr(ahead_server, "SPEC_LIMIT", 50)
+    box: dict = {}
+
+    def dealer():
+        try:
+            server = NoiseServer()
+            socks = dealerlink.seat(server, 20.0)
+            dealerlink.serve(server, socks["server"])
+        except Exception as exc:  # noqa: BLE001
+            box["error"] = exc
+
+    t = threading.Thread(target=dealer, daemon=True)
+    t.start()
+    _wait_published(store)
+    links_of: dict = {}
+
+    def party(role):
+        link = links.dial("dealer", role, "dealer", 10)
+        links_of[role] = (link, link.recv_exact(csprng.KEY_BYTES + 1, time.monotonic() + 10))
+
+    threads = [threading.Thread(target=party, args=(r,)) for r in ("server", "client")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    (link, k0), (_, k1) = links_of["server"], links_of["client"]
+    assert k0[-1:] == k1[-1:] == ahead.ON
+    s, theirs = Schedule(ItemKeys(k0[:-1]), 0, link, timeout_s=10), ItemKeys(k1[:-1])
+    steps = [[(2, 3), (5,), (7, 11)], [(2, 3), (5,), (7, 11)], [(2, 3), (6,), (7, 11)]]
+    for n, step in enumerate(steps):
+        if n:
+            s.boundary()
+        for shape in step:
+            s.begin("noise", [shape])
+            kind, tag = s.item[0], s.item[1:-1]
+            nonce = spec_nonce(*tag) if kind == "spec" else sync_nonce(*tag)
+            expected = theirs.stream(nonce).ring(shape)
+            assert torch.equal(s.fetch("noise"), expected)
+    # step 0 synchronous; then all guessed but (6,) (a miss); (7, 11) is over the limit: made late
+    assert (s.stats.spec, s.stats.sync, s.stats.late) == (5, 4, 2)
+    link.send_msg({"function": "terminate"})
+    t.join(10)
+    assert "error" not in box

@@ -119,6 +119,8 @@ class Schedule:
                 self._abandon()
             self.item = ("sync", self.sync_count, h)
             self.current = self.keys.stream(sync_nonce(self.sync_count))
+            if name in MUTATIONS:  # before any new guess: the dealer must apply it first
+                self._send({"ctl": "sync", "tag": self.sync_count, **h})
             self.sync_count += 1
             self.stats.sync += 1
         self._look_ahead()
@@ -189,9 +191,7 @@ class Schedule:
         if self.item is None or self.item[-1]["function"] != name:
             raise RuntimeFault(f"dealer request {name!r} outside its item (refused)")
         item, self.item = self.item, None
-        if name in MUTATIONS:  # no answer: "mut" went at begin(), a synchronous one goes now
-            if item[0] == "sync":
-                self._send({"ctl": "sync", "tag": item[1], **item[2]})
+        if name in MUTATIONS:  # no answer; party 0 announced it at begin() ("mut" or "sync")
             return torch.zeros(1, dtype=torch.long)
         start = time.perf_counter()
         try:

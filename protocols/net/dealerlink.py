@@ -16,6 +16,11 @@ dealer's answer (``dist.broadcast``) over gloo, in the clear, and its seeds like
 
 Dealer traffic is still counted through CrypTen's communicator on party 0 (``Meter.dealer`` moves it
 out of the online figures), one round per request and one per answer.
+
+After each party's stream key the dealer sends one byte: whether it works ahead
+(``protocols.net.ahead``: predicted requests answered before they are made, item streams; the
+default) or answers each request when it comes (``MPCACHE_DEALER_AHEAD=0``, and always with the
+insecure bench baseline). Answers made ahead count their bytes as dealer traffic and no round.
 """
 
 from __future__ import annotations

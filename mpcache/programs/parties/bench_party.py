@@ -179,8 +179,11 @@ def ahead_record(snapshots: list[dict]) -> dict:
         return {k: (a[k] - b[k]) / n for k in a}
 
     decode = len(snapshots) - 2
+    steps = [diff(b, a) for a, b in zip(snapshots[1:-1], snapshots[2:], strict=True)]
     return {"works_ahead": True, "prefill": diff(snapshots[1], snapshots[0]),
-            "decode_per_token": diff(snapshots[-1], snapshots[1], decode) if decode else {}}
+            "decode_per_token": diff(snapshots[-1], snapshots[1], decode) if decode else {},
+            "decode_tokens": [{k: s[k] for k in ("spec", "sync", "abandons", "wait_s", "dealer_s")}
+                              for s in steps]}
 
 
 def ensure_parent(path: str) -> None:

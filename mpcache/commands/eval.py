@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mpcache.backend import Approximations, PlainBackend
     from mpcache.eval.sweep import SweepConfig, run_sweep, write_records
+    from mpcache.learned import provenance
     from mpcache.models import Transformer, load_model
     from mpcache.policies import parse_spec
 
@@ -83,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
     from mpcache.commands.train import ensure_trained
 
     ensure_trained(policies, model, not args.no_progress)
+    for spec in policies:  # what each trained scorer was trained on, as stored with its weights
+        extras = parse_spec(spec, budgets[0]).record_extras(model.config)
+        if "provenance" in extras:
+            print(provenance.line(spec, extras["provenance"]))
     transformer = Transformer(model.config, model.weights, PlainBackend(approx))
 
     def write(batch):

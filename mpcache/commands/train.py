@@ -20,17 +20,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("kind", choices=KINDS)
     p.add_argument("--model", default=DEFAULT_MODEL, help="smollm2 | PATH to HF folder | random:PRESET")
     p.add_argument("--seed", type=int, default=0, help="initialisation and data order")
-    p.add_argument("--steps", type=int, default=None, help="training steps (one sequence each)")
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per training sequence")
+    p.add_argument("--steps", type=int, default=None, help="step cap (one sequence each; stops earlier "
+                   "once the held-out loss is flat)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per training sequence (default 2048)")
+    p.add_argument("--sequences", type=int, default=None, help="training sequences whose features are "
+                   "cached (default 48; 4 held out)")
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap on the training steps")
+    p.add_argument("--records", default=None, help="JSON-lines file for the per-step training record")
+    p.add_argument("--recipe", choices=("converged", "legacy"), default="converged",
+                   help="converged: cached features, early stop (default); legacy: the first short "
+                   "recipe (python help topics, attention-gate end to end)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
 
 
 def train(kind: str, loaded, seed: int = 0, steps: int | None = None, seq_len: int | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, recipe: str = "converged", **options) -> dict:
     """Train ``kind`` for ``loaded`` (a LoadedModel) and save it where the policy looks by default."""
     from mpcache.learned import store
 
+    if recipe == "converged":
+        from mpcache.learned.train_recipe import train_converged
+
+        return train_converged(kind, loaded, seed, steps, seq_len, progress, **options)
     tag = store.model_tag(loaded.config)
     if kind == "locret":
         from mpcache.backend import PlainBackend
@@ -75,10 +87,13 @@ def run(args: argparse.Namespace) -> int:
     if args.seq_len is not None and args.seq_len < 16:
         raise UserError(f"--seq-len must be at least 16, got {args.seq_len}")
     loaded = load_model(args.model)
-    meta = train(args.kind, loaded, args.seed, args.steps, args.seq_len, not args.no_progress)
+    meta = train(args.kind, loaded, args.seed, args.steps, args.seq_len, not args.no_progress, args.recipe,
+                 sequences=args.sequences, max_minutes=args.max_minutes, records=args.records)
     from mpcache.learned import store
 
     path = store.weights_path(args.kind, store.model_tag(loaded.config), args.seed)
-    summary = {k: meta[k] for k in ("params", "train_seconds", "val_before", "val_after") if k in meta}
+    keys = ("params", "steps", "stop", "train_seconds", "final_train_loss", "best_val_loss", "val_before",
+            "val_after", "corpus")
+    summary = {k: meta[k] for k in keys if k in meta}
     print(f"{args.kind}: saved {path}\n{json.dumps(summary)}")
     return 0

@@ -29,7 +29,7 @@ from mpcache.backend import Backend, Tensor
 from mpcache.cache import LayerCache
 from mpcache.errors import UserError
 from mpcache.learned import locret as heads_lib
-from mpcache.learned import store
+from mpcache.learned import provenance, store
 from mpcache.learned.features import token_features
 from mpcache.policies.base import Policy, PromptInfo
 from mpcache.policies.plaintext import require_plain
@@ -94,7 +94,8 @@ class LocretPolicy(Policy):
             return {}
         heads, meta = self.heads(config)
         return {"extra_params": sum(p.numel() for p in heads.parameters()),
-                "train_seconds": meta.get("train_seconds"), "weights": self.weights or "default"}
+                "train_seconds": meta.get("train_seconds"), "weights": self.weights or "default",
+                "provenance": provenance.summary(meta)}
 
     def _cis(self, layer: int, config, q, k, v, positions) -> torch.Tensor:
         heads, _ = self.heads(config)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mpcache.backend import PlainBackend
+from mpcache.eval import runner
 from mpcache.learned import fit, train_recipe
-from mpcache.models import load_model
-from mpcache.policies import make_policy
+from mpcache.models import Transformer, load_model
+from mpcache.policies import make_policy, parse_spec
 from tests.policy_helpers import attended_per_step
 
 
@@ -44,3 +46,25 @@ def test_early_stop_when_the_held_out_loss_is_flat():
     assert fit.converged([5.0, 2.0, 2.0, 1.995, 2.01], cfg, 100)
     assert not fit.converged([5.0, 2.0, 2.0, 1.995, 2.01], fit.FitConfig(patience=3, min_steps=200), 100)
     assert fit.lr_factor(cfg, cfg.max_steps) == pytest.approx(cfg.floor)
+
+
+def test_locret_faithful_chunked_prefill_matches_the_replay_where_it_must(tiny):
+    """Layer 0's keys depend on the token alone, so the faithful schedule keeps exactly the replay's
+    tokens there; deeper layers see only the retained cache, so their keys differ. Same budget."""
+    model = Transformer(tiny.config, tiny.weights, PlainBackend())
+    ids = torch.randint(0, 256, (300,), generator=torch.Generator().manual_seed(4)).tolist()
+    pre = runner.prefill(model, ids)
+    spec = "locret:weights=untrained:chunk=16"
+    out = {}
+    for mode in ("false", "true"):
+        policy = parse_spec(f"{spec}:faithful={mode}", 0.2)
+        cache, logits = runner._start(model, pre, policy)
+        run = runner.greedy(model, pre, parse_spec(f"{spec}:faithful={mode}", 0.2), 4, ())
+        out[mode] = (cache, logits, run)
+    (replay, _, r_run), (faithful, f_logits, f_run) = out["false"], out["true"]
+    torch.testing.assert_close(faithful.layers[0].k, replay.layers[0].k)
+    assert faithful.layers[1].k.shape == replay.layers[1].k.shape
+    assert not torch.allclose(faithful.layers[-1].k, replay.layers[-1].k)
+    assert not torch.allclose(f_logits, pre.logits)
+    assert f_run.mean_attended == r_run.mean_attended == parse_spec(spec, 0.2).budget_tokens(300)
+    assert parse_spec(f"{spec}:faithful=true", 1.0).own_prefill(model, ids) is None

@@ -26,4 +26,4 @@ printf '%s\n' \
   $BIN/mpcache chat client --model "$MODEL" --port "$PORT" --max-new-tokens "$NEW" --timeout "$TIMEOUT" \
     --json "$OUT"
 wait "$server" "$dealer"
-$BIN/python -m protocols.chat_report "$OUT"
+$BIN/python -m mpcache.programs.parties.chat_report "$OUT"

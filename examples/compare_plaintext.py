@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mpcache.backend import mpc_default  # noqa: E402
-from protocols import links, runtime  # noqa: E402
+from mpcache.core.backend import mpc_default  # noqa: E402
+from protocols.net import links, runtime  # noqa: E402
 
 PROMPTS = [
     "What is the capital of France?",
@@ -43,7 +43,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600)
     links.add_flags(p)
     p.add_argument("--approx", default=None,
-                   help="approximation preset (mpcache.backend.PRESETS; default by dealer: mpc_default)")
+                   help="approximation preset (mpcache.core.backend.PRESETS; default by dealer: mpc_default)")
     p.add_argument("--repeat", type=int, default=1,
                    help="run every prompt N times (one setup, fresh randomness each: a failure rate)")
     p.add_argument("--tolerance", type=float, default=0.5,
@@ -71,16 +71,16 @@ def main() -> int:
     args.approx = args.approx or mpc_default(args.dealer)
     links.apply_flags_or_exit(args)
     if not runtime.under_torchrun():
-        from protocols.launch import launch_self
+        from protocols.net.launch import launch_self
 
         return launch_self(args.dealer)
 
     def body() -> int:
         import torch
 
-        from mpcache.backend import Approximations, PlainBackend
+        from mpcache.core.backend import Approximations, PlainBackend
         from mpcache.models import Transformer, load_model
-        from protocols.session import build, private_generate
+        from protocols.mpc.session import build, private_generate
 
         party = runtime.init(args.dealer, args.timeout)
         pm = build(party, args.model, Approximations.preset(args.approx), debug_logits=True)

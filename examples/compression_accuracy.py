@@ -26,7 +26,7 @@ RUNS = [  # (policy spec, budget)
 
 
 def run(args: argparse.Namespace) -> None:
-    from mpcache.backend import PlainBackend
+    from mpcache.core.backend import PlainBackend
     from mpcache.eval.sweep import SweepConfig, run_sweep, write_records
     from mpcache.models import Transformer, load_model
 

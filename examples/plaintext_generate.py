@@ -5,8 +5,8 @@
 
 import sys
 
-from mpcache.backend import PlainBackend
-from mpcache.generate import generate
+from mpcache.core.backend import PlainBackend
+from mpcache.generation.generate import generate
 from mpcache.models import Transformer, load_model
 
 

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mpcache.commands.chat import CHAT_EPILOG, _Formatter, add_arguments, run
-    from mpcache.errors import UserError
+    from mpcache.core.errors import UserError
+    from mpcache.programs.commands.chat import CHAT_EPILOG, _Formatter, add_arguments, run
 
     p = argparse.ArgumentParser(description=__doc__, epilog=CHAT_EPILOG, formatter_class=_Formatter)
     add_arguments(p)

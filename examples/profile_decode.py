@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protocols import runtime  # noqa: E402
+from protocols.net import runtime  # noqa: E402
 
 
 def parse() -> argparse.Namespace:
@@ -38,14 +38,14 @@ def parse() -> argparse.Namespace:
 def main() -> int:
     args = parse()
     if not runtime.under_torchrun():
-        from protocols.launch import launch_self
+        from protocols.net.launch import launch_self
 
         return launch_self("tfp")
 
     def body() -> int:
-        from mpcache.backend import Approximations
-        from protocols.bench_party import synthetic_prompt
-        from protocols.session import build, private_generate
+        from mpcache.core.backend import Approximations
+        from mpcache.programs.parties.bench_party import synthetic_prompt
+        from protocols.mpc.session import build, private_generate
 
         party = runtime.init("tfp", 600)
         pm = build(party, args.model, Approximations.preset(args.approx))

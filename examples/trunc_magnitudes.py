@@ -1,6 +1,6 @@
 """Magnitude of every value at every truncation site of a private SmolLM2 run (issue #24).
 
-An ANALYSIS mode: both parties open the input of every truncation (``protocols.trunc.record``; it
+An ANALYSIS mode: both parties open the input of every truncation (``protocols.ring.trunc.record``; it
 reveals intermediate values, never use it on private data) along a real two-party run (prefill +
 decode). Per site (``module.function:line``, the backend phase, prefill or decode): the number of
 elements, max |x| (ring units) and the expected number of catastrophic LOCAL truncations,
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protocols import runtime  # noqa: E402
+from protocols.net import runtime  # noqa: E402
 
 PROMPT = "What is private inference?"
 
@@ -59,9 +59,9 @@ class Tally:
 
 def run(args) -> int:
     def body() -> int:
-        from mpcache.backend import Approximations
-        from protocols import trunc
-        from protocols.session import build, private_generate
+        from mpcache.core.backend import Approximations
+        from protocols.mpc.session import build, private_generate
+        from protocols.ring import trunc
 
         party = runtime.init("tfp", args.timeout)
         pm = build(party, args.model, Approximations.preset(args.approx))
@@ -111,7 +111,7 @@ def magnitude_lines(record_path: str, level: str = "#") -> list[str]:
         "steps, every truncation's input opened (analysis mode). x is the value before truncation in ring "
         "units; a LOCAL truncation (the old code) fails catastrophically with probability |x| / 2^64 per "
         "element (2^64/2^f units off, 2^32 in value at f = 16), so the expected number of such failures "
-        "is the sum of |x| / 2^64. The exact truncation (protocols/trunc.py) cannot fail that way.",
+        "is the sum of |x| / 2^64. The exact truncation (protocols/ring/trunc.py) cannot fail that way.",
         "",
         "The sites are those of the current code (the old code truncated the same products, except: "
         "`goldschmidt._scaled_pair` now scales v by its power of two and mantissa in ONE division, so "
@@ -149,7 +149,7 @@ def main() -> int:
     if not args.json:
         raise SystemExit("--json is required for a run")
     if not runtime.under_torchrun():
-        from protocols.launch import launch_self
+        from protocols.net.launch import launch_self
 
         return launch_self("tfp")
     return run(args)

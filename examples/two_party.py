@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mpcache.backend import MPC_DEFAULT_TTP, mpc_default  # noqa: E402
-from protocols import links, runtime  # noqa: E402
+from mpcache.core.backend import MPC_DEFAULT_TTP, mpc_default  # noqa: E402
+from protocols.net import links, runtime  # noqa: E402
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -65,16 +65,16 @@ def main() -> int:
     args.approx = args.approx or mpc_default(args.dealer)
     links.apply_flags_or_exit(args)
     if not runtime.under_torchrun():
-        from protocols.launch import launch_self
+        from protocols.net.launch import launch_self
 
         return launch_self(args.dealer)
 
     def body() -> int:
-        from mpcache.backend import Approximations
-        from mpcache.commands.generate import StreamPrinter
+        from mpcache.core.backend import Approximations
+        from mpcache.generation.stream import StreamPrinter
         from mpcache.policies import parse_spec
-        from protocols.report import CostTable
-        from protocols.session import build, check_same, private_generate
+        from mpcache.programs.parties.report import CostTable
+        from protocols.mpc.session import build, check_same, private_generate
 
         policy = parse_spec(args.policy, args.budget)  # a bad spec fails before connecting
         party = runtime.init(args.dealer, args.timeout)
@@ -112,7 +112,7 @@ def main() -> int:
 
 
 def _plain_seconds(args, prompt_len: int) -> float:
-    from protocols.bench_party import plaintext_seconds
+    from mpcache.programs.parties.bench_party import plaintext_seconds
 
     return plaintext_seconds(args.model, prompt_len, min(args.max_new_tokens, 8))[1]
 

@@ -18,8 +18,11 @@ from dataclasses import dataclass
 import torch
 
 from kernels.attention_ref import mixed_decode_attention_ref
+from kernels.attention_triton import mixed_decode_attention_triton
 from kernels.quant_ref import quantize_ref
+from kernels.quant_triton import quantize_triton
 from kernels.signature_ref import hamming_ref, median_thresholds, pack_signatures_ref
+from kernels.signature_triton import hamming_triton, pack_signatures_triton
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,6 @@ def copy_bandwidth(device: torch.device, size: int = 256 * 2**20) -> float:
 
 
 def attention_case(shape: Shape, batch: int, ctx: int, bits: int, device: torch.device) -> dict:
-    from kernels.attention_triton import mixed_decode_attention_triton
-    from kernels.quant_triton import quantize_triton
-
     d, hkv = shape.head_dim, shape.kv_heads
     n_hi = int(HIGH_RATIO * ctx)
     n_lo = ctx - n_hi
@@ -90,8 +90,6 @@ def attention_case(shape: Shape, batch: int, ctx: int, bits: int, device: torch.
 
 
 def quantize_case(shape: Shape, batch: int, ctx: int, bits: int, device: torch.device) -> dict:
-    from kernels.quant_triton import quantize_triton
-
     x = torch.randn(batch, shape.kv_heads, ctx, shape.head_dim, device=device, dtype=torch.float16)
     group = shape.head_dim // 2
     out = quantize_triton(x, bits, group)
@@ -102,8 +100,6 @@ def quantize_case(shape: Shape, batch: int, ctx: int, bits: int, device: torch.d
 
 
 def signature_case(shape: Shape, batch: int, ctx: int, device: torch.device) -> dict:
-    from kernels.signature_triton import hamming_triton, pack_signatures_triton
-
     scores = torch.rand(shape.q_heads, batch * ctx, device=device)
     thr = median_thresholds(scores)
     anchor = torch.zeros((shape.q_heads + 31) // 32, dtype=torch.int32, device=device)

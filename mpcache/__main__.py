@@ -1,5 +1,5 @@
 import sys
 
-from mpcache.cli import main
+from mpcache.programs.cli import main
 
 sys.exit(main())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protocols import links, runtime  # noqa: E402
+from protocols.net import links, runtime  # noqa: E402
 
 
 def main() -> int:
@@ -19,7 +19,7 @@ def main() -> int:
     p.add_argument("--dealer", default="tfp")
     p.add_argument("--prompt", default="Hello MPC world")
     p.add_argument("--new-tokens", type=int, default=4)
-    p.add_argument("--approx", default="v1", help="approximation preset (mpcache.backend.PRESETS)")
+    p.add_argument("--approx", default="v1", help="approximation preset (mpcache.core.backend.PRESETS)")
     p.add_argument("--policy", default="full", help="NAME[:KEY=VALUE...][@BUDGET], comma-separated")
     p.add_argument("--budget", type=float, default=1.0)
     p.add_argument("--prompt-len", type=int, default=0, help="a seeded prompt of N ids (instead of --prompt)")
@@ -47,7 +47,7 @@ def main() -> int:
         record_plaintext(samples)
 
     def body() -> int:
-        from protocols.session import build, private_generate
+        from protocols.mpc.session import build, private_generate
 
         party = runtime.init(args.dealer, args.timeout)
         if args.check_selection:
@@ -58,7 +58,7 @@ def main() -> int:
             return check_openings(party, args.out)
         if args.check_topk:
             return check_topk(party, args.out, args.check_topk.split(","), args.approx)
-        from mpcache.backend import Approximations
+        from mpcache.core.backend import Approximations
 
         view = record_view(party) if args.record_view else None
         pm = build(party, args.model, Approximations.preset(args.approx), debug_logits=True)
@@ -100,7 +100,7 @@ def main() -> int:
         if party.is_client:
             Path(args.out).write_text(json.dumps({"prompt_ids": ids, **runs[0], "runs": runs}))
         if args.capture_dump:
-            from protocols import csprng
+            from protocols.ring import csprng
 
             keys = [k.hex() for k in (csprng._keys.pair, csprng._keys.dealer) if k is not None]
             Path(f"{args.out}.rank{party.rank}.json").write_text(json.dumps({**samples, "keys": keys}))
@@ -118,7 +118,7 @@ def record_plaintext(samples: dict, limit: int = 4000) -> None:
     and dealer) and of each opened sum: what a capture of the wire must not contain."""
     import torch
 
-    from protocols import fastcomm, tlsio
+    from protocols.net import fastcomm, tlsio
 
     exchange = tlsio.SecureSocket.exchange
 
@@ -150,7 +150,8 @@ def record_view(party) -> list:
     import torch
     from crypten.communicator.distributed_communicator import DistributedCommunicator
 
-    from protocols import dealer, fastcrypten
+    from protocols.net import fastcrypten
+    from protocols.ring import dealer
 
     events: list = []
     fastcrypten.install(party.timeout_s)
@@ -190,7 +191,8 @@ def check_selection(party, out: str) -> int:
     """topk (secret one-hot) and gather (one-hot matmul) on seeded inputs; the client writes them."""
     import torch
 
-    from protocols.backend import MPCBackend, reveal
+    from protocols.mpc.backend import MPCBackend
+    from protocols.ring.shares import reveal
 
     backend = MPCBackend(party)
     gen = torch.Generator().manual_seed(0)
@@ -241,8 +243,9 @@ def topk_cases() -> list[dict]:
 def check_topk(party, out: str, methods: list[str], approx: str = "v1") -> int:
     """Every construction on every case of ``topk_cases``; the client writes the revealed one-hots.
     With a fast preset the comparisons are the dealer's exact ring comparisons."""
-    from mpcache.backend import Approximations
-    from protocols.backend import MPCBackend, reveal
+    from mpcache.core.backend import Approximations
+    from protocols.mpc.backend import MPCBackend
+    from protocols.ring.shares import reveal
 
     backend = MPCBackend(party, Approximations.preset(approx))
     crypten = backend.crypten
@@ -256,7 +259,7 @@ def check_topk(party, out: str, methods: list[str], approx: str = "v1") -> int:
             scores = crypten.cryptensor(case["scores"], src=0)
             got.append(reveal(backend.topk(scores, case["k"], case["forced"], method=method)).tolist())
         record["onehots"][method] = got
-    from protocols.topk import TopkConfig
+    from protocols.numerics.topk import TopkConfig
 
     backend.topk_config = TopkConfig(compare="ring")  # the keys over the whole ring (bounded: default)
     ring = [backend.topk(crypten.cryptensor(c["scores"], src=0), c["k"], c["forced"], method="allpairs")
@@ -296,8 +299,9 @@ def check_mul_hi(party, out: str, elements: int) -> int:
     A wrapped local truncation is off by >= 2^24; the client writes the largest error."""
     import torch
 
-    from protocols import nonlinear as nl
-    from protocols.backend import MPCBackend, reveal
+    from protocols.mpc.backend import MPCBackend
+    from protocols.numerics import nonlinear as nl
+    from protocols.ring.shares import reveal
 
     crypten = MPCBackend(party).crypten
     gen = torch.Generator().manual_seed(1)
@@ -318,12 +322,12 @@ def check_mul_hi(party, out: str, elements: int) -> int:
 
 def check_openings(party, out: str) -> int:
     """Openings (single, batched, empty, non-contiguous, wrapping int64 sums) through the patched
-    ``all_reduce`` (protocols.fastcomm) and through CrypTen's original; the counted rounds and bytes
+    ``all_reduce`` (protocols.net.fastcomm) and through CrypTen's original; the counted rounds and bytes
     of each. The client writes the results."""
     import torch
     from crypten.communicator.distributed_communicator import DistributedCommunicator
 
-    from protocols.backend import MPCBackend
+    from protocols.mpc.backend import MPCBackend
 
     backend = MPCBackend(party)  # the exchange over the TLS link (runtime.init installed it)
     comm, gen = backend.comm, torch.Generator().manual_seed(party.rank)
@@ -331,7 +335,7 @@ def check_openings(party, out: str) -> int:
     cases = [(big, False), (big.t(), False), (torch.zeros(0, dtype=torch.long), False),
              ([big[:5], torch.full((2, 3), 2**62, dtype=torch.long), big[0, 0]], True),
              (torch.randint(-2**63, 2**63 - 1, (40000,), generator=gen), False)]  # > 4 TLS records
-    from protocols import fastcomm
+    from protocols.net import fastcomm
 
     record = {"linked": fastcomm.linked()}
     for name, fn in (("exchange", DistributedCommunicator.all_reduce),

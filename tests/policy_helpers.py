@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mpcache.backend import PlainBackend
-from mpcache.generate import GenerationResult, generate
+from mpcache.core.backend import PlainBackend
+from mpcache.generation.generate import GenerationResult, generate
 from mpcache.models import Transformer
 
 

@@ -3,8 +3,8 @@ SmolLM2 produces (RMSNorm variances 0.007 .. 1e6, gate inputs |x| <= 50, score s
 
 import torch
 
-from mpcache import approx
-from mpcache.backend import Approximations, PlainBackend
+from mpcache.core import approx
+from mpcache.core.backend import Approximations, PlainBackend
 
 
 def test_silu_inv_sqrt_reciprocal_accuracy():
@@ -62,7 +62,7 @@ def test_fast_preset_stays_close_on_smollm2_ranges():
 def test_presets_are_named_and_unknown_ones_are_a_user_error():
     import pytest
 
-    from mpcache.errors import UserError
+    from mpcache.core.errors import UserError
 
     assert Approximations.preset("v1") == Approximations(exact=False)
     assert Approximations.preset("fast").name == "fast"

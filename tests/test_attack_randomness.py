@@ -27,8 +27,8 @@ import torch
 
 from mpcache.models import load_model
 from mpcache.models.config import expected_shapes
-from protocols.launch import torchrun_command
-from protocols.runtime import world_size
+from protocols.net.launch import torchrun_command
+from protocols.net.runtime import world_size
 
 sys.path.insert(0, str(Path(__file__).parent))
 import mt19937  # noqa: E402

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from protocols.launch import free_port, torchrun_command
-from protocols.tls import ephemeral, load
+from protocols.net.launch import free_port, torchrun_command
+from protocols.net.tls import ephemeral, load
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_mpc_two_party import check_against_plain  # noqa: E402

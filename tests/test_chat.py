@@ -3,9 +3,9 @@ fresh run over the whole conversation decodes; eviction and refusals keep the se
 
 import pytest
 
-from mpcache.backend import Approximations, PlainBackend
-from mpcache.chat import ChatFormat, Conversation, TurnRefused
-from mpcache.generate import generate
+from mpcache.core.backend import Approximations, PlainBackend
+from mpcache.generation.chat import ChatFormat, Conversation, TurnRefused
+from mpcache.generation.generate import generate
 from mpcache.models import Transformer
 
 

@@ -1,4 +1,4 @@
-"""The chat server's door (protocols/lobby.py over protocols/tls.py): every bad connection is refused
+"""The chat server's door (protocols/net/lobby.py over protocols/net/tls.py): every bad connection is refused
 with one line on both sides (once the peer can read one: after TLS) and the server goes on waiting
 for the right peer (random:tiny; no MPC turn needed)."""
 
@@ -10,10 +10,10 @@ import time
 import pytest
 from test_chat_session import finish, last_line, party, still_running, wait_for
 
-from protocols import tls
-from protocols.control import HANDSHAKE_S, MAX_LINE
-from protocols.launch import free_port
-from protocols.lobby import SECRET_ENV, secret_path
+from protocols.net import tls
+from protocols.net.control import HANDSHAKE_S, MAX_LINE
+from protocols.net.launch import free_port
+from protocols.net.lobby import SECRET_ENV, secret_path
 
 
 def secure(port: int, role: str = "client", secret: bytes | None = None, pins=None) -> tls.SecureSocket:

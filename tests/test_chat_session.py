@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from mpcache.backend import Approximations, PlainBackend
-from mpcache.generate import generate
+from mpcache.core.backend import Approximations, PlainBackend
+from mpcache.generation.generate import generate
 from mpcache.models import Transformer, load_model
-from protocols import tls
-from protocols.launch import free_port
+from protocols.net import tls
+from protocols.net.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT_S = 60
@@ -226,7 +226,7 @@ def test_turn_two_continues_the_secret_cache_like_a_plaintext_run(port, tmp_path
 def test_streaming_budget_bounds_the_secret_cache_like_plaintext(port, tmp_path):
     """With --budget 16 the secret cache is cut to 4 sink + 12 recent tokens before turn 2 (a public
     slice); turn 2 then decodes what the plaintext Conversation with the same bound decodes."""
-    from mpcache.chat import Conversation
+    from mpcache.generation.chat import Conversation
 
     record = tmp_path / "turns.jsonl"
     server = party("server", port, "--dealer", "tfp", "--budget", "16")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpcache.backend import PlainBackend
+from mpcache.core.backend import PlainBackend
 from mpcache.eval import runner
+from mpcache.generation.prefill import prefill
 from mpcache.learned import fit, train_recipe
 from mpcache.models import Transformer, load_model
 from mpcache.policies import make_policy, parse_spec
@@ -53,7 +54,7 @@ def test_locret_faithful_chunked_prefill_matches_the_replay_where_it_must(tiny):
     tokens there; deeper layers see only the retained cache, so their keys differ. Same budget."""
     model = Transformer(tiny.config, tiny.weights, PlainBackend())
     ids = torch.randint(0, 256, (300,), generator=torch.Generator().manual_seed(4)).tolist()
-    pre = runner.prefill(model, ids)
+    pre = prefill(model, ids)
     spec = "locret:weights=untrained:chunk=16"
     out = {}
     for mode in ("false", "true"):

@@ -1,10 +1,10 @@
-"""protocols.compat makes crypten 0.4.1 import and compute on torch 2.x, in one process."""
+"""protocols.ring.compat makes crypten 0.4.1 import and compute on torch 2.x, in one process."""
 
 import os
 
 import torch
 
-from protocols.compat import import_crypten
+from protocols.ring.compat import import_crypten
 
 
 def test_crypten_multiply_and_softmax_round_trip():

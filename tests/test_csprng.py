@@ -1,9 +1,9 @@
-"""protocols.csprng: keyed AES-CTR streams, domain separation, fail-closed generator routing."""
+"""protocols.ring.csprng: keyed AES-CTR streams, domain separation, fail-closed generator routing."""
 
 import pytest
 import torch
 
-from protocols import csprng
+from protocols.ring import csprng
 
 
 def test_a_stream_is_its_key_and_purpose():

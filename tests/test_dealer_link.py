@@ -1,4 +1,4 @@
-"""The TTP dealer's links (protocols.dealerlink) on a real TCPStore: a second dealer cannot take
+"""The TTP dealer's links (protocols.net.dealerlink) on a real TCPStore: a second dealer cannot take
 the seat, a party refuses a dealer it did not pin, and the seated dealer goes on serving."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from protocols import csprng, dealerlink, links, tls
-from protocols.launch import free_port
+from protocols.net import dealerlink, links, tls
+from protocols.net.launch import free_port
+from protocols.ring import csprng
 
 
 class EchoServer:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mpcache.backend import PlainBackend
+from mpcache.core.backend import PlainBackend
 from mpcache.eval.sweep import SweepConfig, run_sweep
 from mpcache.eval.tasks import build_sample, is_correct
 from mpcache.models import Transformer, load_model

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from kernels.signature_ref import hamming_ref, median_thresholds, pack_signatures_ref
-from mpcache.backend import PlainBackend
-from mpcache.cache import LayerCache
-from mpcache.errors import UserError
+from mpcache.core.backend import PlainBackend
+from mpcache.core.cache import LayerCache
+from mpcache.core.errors import UserError
+from mpcache.core.policy import PromptInfo
 from mpcache.policies import make_policy
-from mpcache.policies.base import PromptInfo
 from mpcache.policies.importance import complement, head_window_scores, importance_keep
 from mpcache.policies.kvcrush import KVCrushConfig, evenly_spaced, kvcrush_keep, make_anchor
 
@@ -70,7 +70,7 @@ def test_page_mode_keeps_whole_pages_of_candidates():
 
 
 def test_policy_evicts_to_budget(tiny):
-    from mpcache.generate import generate
+    from mpcache.generation.generate import generate
     from mpcache.models import Transformer
 
     policy = make_policy("kvcrush", 0.25)
@@ -79,7 +79,7 @@ def test_policy_evicts_to_budget(tiny):
 
 
 def test_kvcrush_mikv_keeps_everything(tiny):
-    from mpcache.generate import generate
+    from mpcache.generation.generate import generate
     from mpcache.models import Transformer
 
     policy = make_policy("kvcrush+mikv", 0.25, bits=2, mode="page")

@@ -1,4 +1,4 @@
-"""``mpcache-torchrun`` (``python -m protocols.launch``): a failed party ends the launch with its
+"""``mpcache-torchrun`` (``python -m protocols.net.launch``): a failed party ends the launch with its
 own one-line message and exit status, not torchrun's ChildFailedError traceback."""
 
 import os
@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from protocols.launch import torchrun_command
+from protocols.net.launch import torchrun_command
 
 PARTY = str(Path(__file__).with_name("mpc_party.py"))
 
@@ -19,4 +19,4 @@ def test_failed_party_is_one_line_and_its_exit_status(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("mpcache: error: unknown random preset"), proc.stderr
-    assert cmd[1:3] == ["-m", "protocols.launch"] and sys.executable == cmd[0]
+    assert cmd[1:3] == ["-m", "protocols.net.launch"] and sys.executable == cmd[0]

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from mpcache.backend import PlainBackend
-from mpcache.cache import LayerCache
-from mpcache.errors import UserError
-from mpcache.generate import generate
+from mpcache.core.backend import PlainBackend
+from mpcache.core.cache import LayerCache
+from mpcache.core.errors import UserError
+from mpcache.generation.generate import generate
 from mpcache.models import Transformer, load_model
 from mpcache.policies import make_policy
 from mpcache.policies.lazyeviction import LazyEvictionPolicy, recurrence_score, track

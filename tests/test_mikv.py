@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from kernels.quant_ref import bits_per_element, dequantize_ref
-from mpcache.backend import PlainBackend
-from mpcache.cache import LayerCache
-from mpcache.errors import UserError
-from mpcache.generate import generate
+from mpcache.core.backend import PlainBackend
+from mpcache.core.cache import LayerCache
+from mpcache.core.errors import UserError
+from mpcache.core.policy import PromptInfo
+from mpcache.generation.generate import generate
 from mpcache.models import Transformer
 from mpcache.policies import make_policy, parse_spec
-from mpcache.policies.base import PromptInfo
 
 
 def prompt_layer(t=96, hq=4, hkv=2, d=32, seed=0):

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpcache.backend import Approximations, PlainBackend
+from mpcache.core.backend import Approximations, PlainBackend
 from mpcache.models import Transformer, load_model
-from protocols.launch import free_port, torchrun_command
-from protocols.runtime import world_size
+from protocols.net.launch import free_port, torchrun_command
+from protocols.net.runtime import world_size
 
 PARTY = str(Path(__file__).with_name("mpc_party.py"))
 LOGIT_TOL = 0.1  # fixed-point error of the MPC run vs the plaintext simulation (random:tiny)
@@ -145,7 +145,7 @@ def test_mul_hi_never_wraps_on_many_elements(tmp_path):
 
 
 def test_openings_by_message_exchange_equal_gloo_all_reduce(tmp_path):
-    """protocols.fastcomm opens two-party shares by one message each way over a direct connection
+    """protocols.net.fastcomm opens two-party shares by one message each way over a direct connection
     instead of gloo's all-reduce: the same sums (wrapping int64, batched, empty, transposed inputs,
     one beyond the inline-send size), shapes, and the same counted rounds and bytes."""
     r = run_parties(tmp_path, "--check-openings", timeout=120)

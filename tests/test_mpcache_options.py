@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from mpcache.backend import PlainBackend
-from mpcache.cache import LayerCache
+from mpcache.core.backend import PlainBackend
+from mpcache.core.cache import LayerCache
+from mpcache.core.policy import PromptInfo
 from mpcache.policies import make_policy
-from mpcache.policies.base import PromptInfo
 from mpcache.policies.mpcache_scoring import cluster_scores, relu, summaries, token_max_scores
 
 BACKEND = PlainBackend()
@@ -123,7 +123,7 @@ def test_level2_token_max_picks_the_clusters_with_the_best_single_key():
 
 
 def test_unknown_option_values_are_user_errors():
-    from mpcache.errors import UserError
+    from mpcache.core.errors import UserError
 
     for key, value in (("static_heads", "all"), ("score", "cosine"), ("group", "mean"), ("score2", "x"),
                        ("preset", "fast"), ("recent", 1.0), ("recent", -0.1)):
@@ -299,7 +299,7 @@ def test_top_by_parents_is_the_one_shot_top_k(ends):
 
 
 def test_parents_must_split_s1_into_whole_children():
-    from mpcache.errors import UserError
+    from mpcache.core.errors import UserError
 
     for bad in (dict(s2=4, parents=6), dict(s2=4, parents=4), dict(s1=32, s2=4, parents=64)):
         with pytest.raises(UserError, match="parents"):

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from mpcache.backend import PlainBackend
+from mpcache.core.backend import PlainBackend
 from mpcache.eval import runner
-from mpcache.generate import generate
+from mpcache.generation.generate import generate
+from mpcache.generation.prefill import prefill
 from mpcache.models import Transformer, load_model
 from mpcache.policies import POLICIES, make_policy, parse_spec
 from mpcache.policies.mpcache import MPCachePolicy
@@ -193,13 +194,13 @@ def test_mpcache_static_eviction_keeps_the_window(small, prompt):
 def test_prefill_once_runner_matches_plain_generate(small, prompt, spec):
     expected = generate(_model(small, parse_spec(spec, 0.1)), prompt, 10).new_ids
     model = _model(small, make_policy("full"))
-    pre = runner.prefill(model, prompt)
+    pre = prefill(model, prompt)
     for _ in range(2):  # a second run from the same prefill is unaffected by the first
         assert runner.greedy(model, pre, parse_spec(spec, 0.1), 10, ()).new_ids == expected
 
 
 def test_policy_options_are_checked():
-    from mpcache.errors import UserError
+    from mpcache.core.errors import UserError
 
     with pytest.raises(UserError, match="bad policy option"):
         parse_spec("h2o:rho=0.3")
@@ -236,8 +237,8 @@ def _reference_selection(k: torch.Tensor, q: torch.Tensor, k1: int, k2: int) -> 
 
 @pytest.mark.parametrize("length", [400, 413])
 def test_mpcache_dynamic_selection_matches_a_direct_reference(length):
-    from mpcache.cache import LayerCache
-    from mpcache.policies.base import PromptInfo
+    from mpcache.core.cache import LayerCache
+    from mpcache.core.policy import PromptInfo
 
     gen = torch.Generator().manual_seed(length)
     k, v = torch.randn(2, 3, length, 8, generator=gen)

@@ -1,4 +1,4 @@
-"""Attention through the cache's own rows (mpcache/selected.py): the same probabilities and outputs
+"""Attention through the cache's own rows (mpcache/core/selected.py): the same probabilities and outputs
 as attention over the gathered clusters, in plaintext (the MPC run is checked against plaintext by
 tests/test_mpc_policies.py)."""
 
@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from mpcache.backend import PlainBackend
+from mpcache.core.backend import PlainBackend
+from mpcache.core.selected import SelectedRows, attend, materialize
 from mpcache.models import Transformer, load_model
 from mpcache.policies import parse_spec
-from mpcache.selected import SelectedRows, attend, materialize
 
 
 class InPlaceBackend(PlainBackend):

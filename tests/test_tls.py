@@ -1,4 +1,4 @@
-"""protocols/tls.py: TLS 1.3 links authenticated inside the channel (session secret or pinned key);
+"""protocols/net/tls.py: TLS 1.3 links authenticated inside the channel (session secret or pinned key);
 refusals are one line and never stop a listener."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from protocols import tls
+from protocols.net import tls
 
 SECRET = os.urandom(32)
 

@@ -1,4 +1,4 @@
-"""Oblivious top-k (protocols/topk.py): every construction, two real parties, selects exactly the
+"""Oblivious top-k (protocols/numerics/topk.py): every construction, two real parties, selects exactly the
 plaintext set (one tie rule: equal scores, the lower index wins; forced items always in), k distinct
 rows in ascending position order."""
 
@@ -9,11 +9,11 @@ import torch
 from test_mpc_cli import mpcache
 from test_mpc_two_party import run_parties
 
-from mpcache.backend import PlainBackend
-from mpcache.errors import UserError
-from protocols.topk import METHODS, TopkConfig, choose
+from mpcache.core.backend import PlainBackend
+from mpcache.core.errors import UserError
+from protocols.numerics.topk import METHODS, TopkConfig, choose
 
-BOUND = 2.0**15 - 2.0**-16  # the bounded comparison's clamp (protocols.topk.BOUND_RING_BITS at 16 bits)
+BOUND = 2.0**15 - 2.0**-16  # the bounded comparison's clamp (topk.BOUND_RING_BITS at 16 bits)
 
 
 def test_plain_topk_ties_go_to_the_lower_index():

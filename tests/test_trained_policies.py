@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from mpcache.backend import PlainBackend
-from mpcache.errors import UserError
-from mpcache.eval import runner
-from mpcache.generate import generate
+from mpcache.core.backend import PlainBackend
+from mpcache.core.errors import UserError
+from mpcache.generation.generate import generate
+from mpcache.generation.prefill import prefill
 from mpcache.learned import loop
 from mpcache.learned.gate import Gates, gated_forward
 from mpcache.learned.gate_train import GateTrainConfig, train_gates
@@ -83,7 +83,7 @@ def test_locret_keeps_the_top_scored_tokens(tiny, prompt):
     full = _full_keys(tiny, prompt)
     b = math.ceil(0.1 * T)
     local = min(32, b // 4)
-    pre = runner.prefill(Transformer(tiny.config, tiny.weights, PlainBackend()), prompt)  # the prompt q
+    pre = prefill(Transformer(tiny.config, tiny.weights, PlainBackend()), prompt)  # the prompt q
     for layer, (lc, ref) in enumerate(zip(cache.layers, full.layers, strict=True)):
         q = pre.prompts[layer].q
         cis = policy._cis(layer, tiny.config, q, ref.k[:, :T], ref.v[:, :T], torch.arange(T))
@@ -170,7 +170,7 @@ def test_gate_training_moves_towards_the_target_rate(tiny, tmp_path, monkeypatch
 
 
 def test_eval_trains_missing_weights_first_and_says_so(tiny, tmp_path, monkeypatch, capsys):
-    from mpcache.commands import train as train_command
+    from mpcache.programs.commands import train as train_command
 
     monkeypatch.setenv("MPCACHE_CACHE", str(tmp_path))
     calls = []

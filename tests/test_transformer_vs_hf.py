@@ -4,8 +4,8 @@ import pytest
 import torch
 from hf_reference import hf_greedy, hf_model
 
-from mpcache.backend import PlainBackend
-from mpcache.generate import generate
+from mpcache.core.backend import PlainBackend
+from mpcache.generation.generate import generate
 from mpcache.models import Transformer
 
 
@@ -46,7 +46,7 @@ def test_tiny_greedy_matches_hf_generate(tiny):
 
 
 def test_max_positions_enforced(tiny):
-    from mpcache.errors import UserError
+    from mpcache.core.errors import UserError
 
     with pytest.raises(UserError, match="exceeds the model's"):
         generate(ours(tiny), [1] * 10, tiny.config.max_positions)
@@ -93,7 +93,7 @@ def test_smollm2_tokenizer_matches_transformers(smollm2):
 
 
 def test_plain_topk_gather_picks_largest_rows_in_order():
-    from mpcache.backend import PlainBackend
+    from mpcache.core.backend import PlainBackend
 
     b = PlainBackend()
     scores = torch.tensor([[0.1, 5.0, 0.3, 4.0], [9.0, 0.0, 8.0, 7.0]])

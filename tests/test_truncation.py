@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from protocols.launch import torchrun_command
-from protocols.ringdiv import combine, consts, material
-from protocols.runtime import world_size
+from protocols.net.launch import torchrun_command
+from protocols.net.runtime import world_size
+from protocols.ring.ringdiv import combine, consts, material
 
 PARTY = str(Path(__file__).with_name("trunc_party.py"))
 RING = 1 << 64

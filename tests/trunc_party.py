@@ -1,7 +1,7 @@
 """One party of the two-party truncation test (tests/test_truncation.py, under torchrun).
 
 Shares of known ring values x are split so that they straddle the ring's wrap (s0 + s1 = x +- 2^64
-as integers); each is truncated by 2^16 locally (the old way), by ``protocols.trunc`` and by
+as integers); each is truncated by 2^16 locally (the old way), by ``protocols.ring.trunc`` and by
 CrypTen's (patched) ``div_``. Also random splits of x = 2^60, where the old way fails with
 probability 2^60 / 2^64 = 1/16 per element. The client writes the errors (ring units) to --out.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protocols import runtime  # noqa: E402
+from protocols.net import runtime  # noqa: E402
 
 VALUES = [2**61, -(2**61), 3 * 2**40, -(2**45), 12345, -1, 0, 2**61 - 1]
 BITS = 16
@@ -29,10 +29,10 @@ def main() -> int:
     def body() -> int:
         import torch
 
-        from protocols import trunc
-        from protocols.backend import MPCBackend
-        from protocols.fastcrypten import from_share
-        from protocols.fixed import open_ring
+        from protocols.mpc.backend import MPCBackend
+        from protocols.net.fastcrypten import from_share
+        from protocols.ring import trunc
+        from protocols.ring.shares import open_ring
 
         party = runtime.init(args.dealer, 60)
         backend = MPCBackend(party)  # installs the exact truncation with this run's dealer
@@ -69,7 +69,7 @@ def check_guard(backend, rank: int) -> list[str]:
     value (stops with one line). Returns what each raised ("" for nothing)."""
     import torch
 
-    from protocols.guard import OutOfRange
+    from protocols.numerics.guard import OutOfRange
 
     said = []
     hidden = backend.crypten.cryptensor(torch.tensor([[1.5, -2.2e4, 3.0], [0.5, 7.0, -1.0]]), src=0)

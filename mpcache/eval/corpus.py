@@ -7,7 +7,7 @@ import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
-from mpcache.errors import UserError
+from mpcache.core.errors import UserError
 
 
 def essays_folder() -> Path:

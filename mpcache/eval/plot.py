@@ -12,7 +12,8 @@ import json
 import math
 from pathlib import Path
 
-from mpcache.errors import UserError
+from mpcache.core import optional
+from mpcache.core.errors import UserError
 
 
 def load_records(path: str) -> list[dict]:
@@ -89,10 +90,7 @@ def table(records: list[dict]) -> str:
 
 
 def plot_records(records: list[dict], out: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = optional.pyplot()
 
     metric = "perplexity" if "perplexity" in records[0] else "accuracy"
     latest = {(r["policy"], r["budget"], r["length"]): r for r in records}

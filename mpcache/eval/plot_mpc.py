@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mpcache.core import optional
+
 NOTE = ("MB = all traffic between the two parties (party 0's count, both directions); dealer traffic "
         "(TTP) dashed. LAN: 1 Gbit/s, 0.5 ms RTT; WAN: 100 Mbit/s, 40 ms RTT. Counts are exact; seconds "
         "were measured on a shared 2-core machine (upper bounds).")
@@ -41,10 +43,7 @@ PANELS = [  # (column title, y label, value of a cost dict, plaintext reference 
 
 def plot_mpc(records: list[dict], out: str):
     """Write the figure to ``out`` and return it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = optional.pyplot()
 
     series: dict[str, list[dict]] = {}
     for r in records:

@@ -3,16 +3,15 @@ max error (grouped bars)."""
 
 from __future__ import annotations
 
+from mpcache.core import optional
+
 
 def is_ops_record(record: dict) -> bool:
     return record.get("kind") == "ops"
 
 
 def plot_ops(records: list[dict], out: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = optional.pyplot()
 
     ops = list(dict.fromkeys(r["op"] for r in records))
     impls = list(dict.fromkeys(r["impl"] for r in records))

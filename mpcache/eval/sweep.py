@@ -11,8 +11,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+import mpcache
 from mpcache.eval import runner
 from mpcache.eval.tasks import build_sample, is_correct
+from mpcache.generation.prefill import prefill
 from mpcache.models.transformer import Transformer
 from mpcache.policies import parse_spec
 
@@ -54,10 +58,6 @@ class _Tally:
 
 
 def versions() -> dict[str, str]:
-    import torch
-
-    import mpcache
-
     return {"mpcache": getattr(mpcache, "__version__", "0.1.0"), "torch": torch.__version__,
             "python": platform.python_version()}
 
@@ -73,7 +73,7 @@ def run_sweep(cfg: SweepConfig, model: Transformer, tokenizer, progress=None, on
         prefill_seconds = 0.0
         for index in range(cfg.first_sample, cfg.first_sample + cfg.samples):
             sample = build_sample(cfg.task, tokenizer, length, cfg.seed, index, cfg.ppl_tokens)
-            pre = runner.prefill(model, sample.prompt_ids, [parse_spec(spec, b) for spec, b in pairs])
+            pre = prefill(model, sample.prompt_ids, [parse_spec(spec, b) for spec, b in pairs])
             prefill_seconds += pre.seconds
             for spec, budget in pairs:
                 policy = parse_spec(spec, budget)

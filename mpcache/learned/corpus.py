@@ -9,13 +9,12 @@ document: every 8th topic (sorted by name) is validation.
 from __future__ import annotations
 
 import random
+from pydoc_data.topics import topics as table
 
 _IDS: dict[tuple[int, str], list[int]] = {}  # tokenized once per tokenizer and split
 
 
 def topics() -> list[tuple[str, str]]:
-    from pydoc_data.topics import topics as table
-
     return sorted(table.items())
 
 

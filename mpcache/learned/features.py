@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mpcache.generation.prefill import prefill
+from mpcache.models.transformer import rope_tables
+
 if TYPE_CHECKING:
     from mpcache.models.config import ModelConfig
 
 def unrope(x: torch.Tensor, positions: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     """Inverse of ``Backend.rope`` for x [H, T, d] at ``positions`` [T]."""
-    from mpcache.models.transformer import rope_tables  # lazy: the transformer imports the policies
-
     cos, sin = rope_tables(config, positions)
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
@@ -37,9 +38,7 @@ def input_size(config: ModelConfig) -> int:
 @torch.no_grad()
 def prefill_features(model, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Full-cache prefill of ``ids``; per layer (features [T, in], q post-RoPE [H, T, d], k post-RoPE)."""
-    from mpcache.eval import runner
-
-    pre = runner.prefill(model, ids)
+    pre = prefill(model, ids)
     pos = torch.arange(len(ids))
     out = []
     for prompt, lc in zip(pre.prompts, pre.cache.layers, strict=True):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mpcache.learned import features
+from mpcache.models.transformer import rope_tables
 
 if TYPE_CHECKING:
     from mpcache.models.config import ModelConfig
@@ -68,8 +69,6 @@ def gated_forward(weights: dict[str, torch.Tensor], config: ModelConfig, ids: li
 
     Returns (logits [T, vocab], keep probabilities sigmoid(g) [L, T, Hkv] or None without gates).
     ``gates=None`` is the plain full-cache model (the teacher)."""
-    from mpcache.models.transformer import rope_tables
-
     cfg, t, d = config, len(ids), config.head_dim
     hkv, g = cfg.num_kv_heads, cfg.group_size
     cos, sin = rope_tables(cfg, torch.arange(t))

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from mpcache.core.errors import UserError
 from mpcache.learned import corpus, loop, store
 from mpcache.learned.gate import Gates, gated_forward
 
@@ -54,8 +55,6 @@ def train_gates(loaded, tag: str, cfg: GateTrainConfig, progress: bool = True) -
     train_seqs = corpus.sequences(loaded.tokenizer, cfg.seq_len, "train", cfg.seed)
     val = corpus.sequences(loaded.tokenizer, cfg.seq_len, "val", cfg.seed, cfg.val_sequences)
     if not train_seqs or not val:
-        from mpcache.errors import UserError
-
         raise UserError(f"attention-gate: the corpus has no {cfg.seq_len}-token sequences for this tokenizer")
     gates = Gates(config, cfg.heads, cfg.dim, cfg.seed)
     meta = {"kind": KIND, "model": tag, "config": asdict(cfg), "corpus": "pydoc_data.topics (Python stdlib)"}

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from mpcache.core.errors import UserError
 from mpcache.learned import corpus, features, loop, store
 
 if TYPE_CHECKING:
@@ -105,8 +106,6 @@ def train_heads(model, tokenizer, tag: str, cfg: LocretTrainConfig, progress: bo
     train_seqs = corpus.sequences(tokenizer, cfg.seq_len, "train", cfg.seed)
     val = corpus.sequences(tokenizer, cfg.seq_len, "val", cfg.seed, cfg.val_sequences)
     if not train_seqs or not val:
-        from mpcache.errors import UserError
-
         raise UserError(f"locret: the corpus has no {cfg.seq_len}-token sequences")
     heads = RetainingHeads.for_model(model.config, cfg.hidden, cfg.seed)
     meta = {"kind": KIND, "model": tag, "config": asdict(cfg), "corpus": "pydoc_data.topics (Python stdlib)"}

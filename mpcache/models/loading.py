@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
-from mpcache.errors import UserError
+from mpcache.core.errors import UserError
 from mpcache.models.config import ModelConfig, expected_shapes
 from mpcache.models.random_presets import PRESETS, random_weights
+from mpcache.models.smollm2 import smollm2_folder
 from mpcache.models.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 
 DEFAULT_MODEL = "smollm2"
@@ -42,8 +44,6 @@ def load_model(spec: str = DEFAULT_MODEL, with_tokenizer: bool = True) -> Loaded
         tokenizer: Tokenizer = ByteTokenizer(config.vocab_size)
         return LoadedModel(spec, config, weights, tokenizer, time.perf_counter() - start)
     if spec == "smollm2":
-        from mpcache.models.smollm2 import smollm2_folder
-
         folder = smollm2_folder()
     else:
         folder = Path(spec).expanduser()
@@ -75,8 +75,6 @@ def load_folder(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch
     for path in files:
         try:
             if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
                 weights.update(load_file(str(path)))
             else:
                 weights.update(torch.load(path, map_location="cpu", weights_only=True))

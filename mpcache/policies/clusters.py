@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mpcache.backend import Backend, Tensor
+from mpcache.core.backend import Backend, Tensor
 
 
 @dataclass
@@ -85,5 +85,5 @@ def gather_clusters(backend: Backend, selection: Tensor, x: Tensor, count: int, 
     clusters of x [H, n, d], then every token after them (the tail not yet in a full cluster).
 
     ``Backend.select_clusters``: the gathered rows, or under MPC rows the transformer attends
-    through the cache's own mask (``mpcache.selected``), so the gathered keys are never opened."""
+    through the cache's own mask (``mpcache.core.selected``), so the gathered keys are never opened."""
     return backend.select_clusters(selection, x, count, size, picked)

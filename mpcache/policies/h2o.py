@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mpcache.backend import Backend, Tensor
-from mpcache.cache import LayerCache
-from mpcache.policies.base import Policy, PromptInfo
+from mpcache.core.backend import Backend, Tensor
+from mpcache.core.cache import LayerCache
+from mpcache.core.policy import Policy, PromptInfo
 from mpcache.policies.static import choose, compact, evict
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from mpcache.backend import Backend
-from mpcache.errors import UserError
-from mpcache.policies.base import PromptInfo
+from mpcache.core.backend import Backend
+from mpcache.core.errors import UserError
+from mpcache.core.policy import PromptInfo
 
 IMPORTANCE = ("h2o", "snapkv")
 

@@ -27,10 +27,10 @@ import torch
 
 from kernels.dispatch import hamming, pack_signatures
 from kernels.signature_ref import num_words
-from mpcache.backend import Backend
-from mpcache.cache import LayerCache
-from mpcache.errors import UserError
-from mpcache.policies.base import Policy, PromptInfo
+from mpcache.core.backend import Backend
+from mpcache.core.cache import LayerCache
+from mpcache.core.errors import UserError
+from mpcache.core.policy import Policy, PromptInfo
 from mpcache.policies.importance import check_importance, complement, head_window_scores, importance_keep
 
 ANCHORS = ("alternate", "mean", "random")

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from mpcache.backend import Backend
-from mpcache.cache import LayerCache
-from mpcache.policies.base import PromptInfo
+from mpcache.core.backend import Backend
+from mpcache.core.cache import LayerCache
+from mpcache.core.policy import PromptInfo
 from mpcache.policies.kvcrush import KVCrushConfig, kvcrush_keep
 from mpcache.policies.mikv import MiKVPolicy
 

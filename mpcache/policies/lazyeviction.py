@@ -26,12 +26,12 @@ from dataclasses import dataclass
 
 import torch
 
-from mpcache.backend import Backend, Tensor
-from mpcache.cache import LayerCache
-from mpcache.errors import UserError
-from mpcache.policies.base import Policy, PromptInfo
+from mpcache.core.backend import Backend, Tensor
+from mpcache.core.cache import LayerCache
+from mpcache.core.errors import UserError
+from mpcache.core.policy import Policy, PromptInfo
+from mpcache.core.window import window_attention
 from mpcache.policies.plaintext import require_plain
-from mpcache.policies.window import window_attention
 
 
 def sigma2(x: torch.Tensor) -> torch.Tensor:

@@ -24,17 +24,18 @@ head (``extra_nbytes``); extra parameters: the heads (recorded with their traini
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from mpcache.backend import Backend, Tensor
-from mpcache.cache import LayerCache
-from mpcache.errors import UserError
+from mpcache.core.backend import Backend, Tensor
+from mpcache.core.cache import LayerCache
+from mpcache.core.errors import UserError
+from mpcache.core.policy import Policy, PromptInfo
 from mpcache.learned import locret as heads_lib
 from mpcache.learned import provenance, store
 from mpcache.learned.features import token_features
 from mpcache.learned.locret_chunked import chunked_prefill
-from mpcache.policies.base import Policy, PromptInfo
 from mpcache.policies.plaintext import require_plain
 
 _HEADS: dict[str, tuple[heads_lib.RetainingHeads, dict]] = {}
@@ -87,8 +88,6 @@ class LocretPolicy(Policy):
         return _HEADS[str(path)]
 
     def weights_path(self, config):
-        from pathlib import Path
-
         if self.weights:
             return Path(self.weights)
         return store.weights_path(heads_lib.KIND, store.model_tag(config), self.seed)

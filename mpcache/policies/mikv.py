@@ -26,10 +26,10 @@ import torch
 
 from kernels.dispatch import dequantize, mixed_decode_attention, quantize
 from kernels.quant_ref import SUPPORTED_BITS, QuantizedTensor
-from mpcache.backend import Backend, Tensor
-from mpcache.cache import LayerCache
-from mpcache.errors import UserError
-from mpcache.policies.base import Policy, PromptInfo
+from mpcache.core.backend import Backend, Tensor
+from mpcache.core.cache import LayerCache
+from mpcache.core.errors import UserError
+from mpcache.core.policy import Policy, PromptInfo
 from mpcache.policies.importance import check_importance, complement, importance_keep
 
 HIGH_DTYPE = torch.float16

@@ -31,10 +31,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from mpcache.backend import Backend, Tensor
-from mpcache.cache import LayerCache
-from mpcache.errors import UserError
-from mpcache.policies.base import Policy, PromptInfo
+from mpcache.core.backend import Backend, Tensor
+from mpcache.core.cache import LayerCache
+from mpcache.core.errors import UserError
+from mpcache.core.policy import Policy, PromptInfo
 from mpcache.policies.clusters import ClusterBounds, ends_mask, gather_clusters, max_and_min, top
 from mpcache.policies.mpcache_scoring import (
     GROUP,

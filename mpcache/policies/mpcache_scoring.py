@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from mpcache.backend import Backend, Tensor
+from mpcache.core.backend import Backend, Tensor
 
 STATIC_HEADS = ("mean", "kv")
 SCORES = ("linear", "signed")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mpcache.backend import Backend
-from mpcache.errors import UserError
+from mpcache.core.backend import Backend
+from mpcache.core.errors import UserError
 
 
 def require_plain(backend: Backend, policy: str, why: str) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mpcache.backend import Backend, Tensor
-from mpcache.cache import LayerCache
+from mpcache.core.backend import Backend, Tensor
+from mpcache.core.cache import LayerCache
 from mpcache.policies.clusters import top
 
 

@@ -1,1 +1,0 @@
-"""Subcommands of the ``mpcache`` CLI, one module each (``add_parser`` + ``run``)."""

@@ -1,0 +1,2 @@
+"""Running the model: prefill, the decode loop, a chat conversation, streamed output (plaintext or
+any Backend)."""

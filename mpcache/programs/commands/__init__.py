@@ -1,0 +1,1 @@
+"""The ``mpcache`` subcommands: argument parsing and launching; the work is done by the floors below."""

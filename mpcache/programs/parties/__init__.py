@@ -1,0 +1,1 @@
+"""The programs each party runs under torchrun (benches, the private chat) and their reports."""

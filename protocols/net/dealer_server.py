@@ -1,0 +1,73 @@
+"""The TTP dealer process: CrypTen's TTP server plus our requests (fixed masks, comparison
+tables, truncation material), served over the dealer's TLS links (``dealerlink``)."""
+
+from __future__ import annotations
+
+import torch
+from crypten.mpc.provider.ttp_provider import TTPServer
+
+from protocols.net import dealerlink
+from protocols.ring import csprng
+from protocols.ring.dealer import apply, viewed, wants_transposed
+from protocols.ring.ringdiv import material
+from protocols.ring.tables import DigitSpec, onehot_tables
+
+
+def run_ttp_server(on_connected=None, timeout_s: float = 60.0) -> None:
+    """Body of the dealer process (rank 2): CrypTen's TTP server plus the fixed-mask requests,
+    served over the dealer's TLS links (``protocols.net.dealerlink``; a request is answered by the
+    method named like it). ``on_connected`` runs once the parties have connected (before serving);
+    ``timeout_s`` bounds their arrival."""
+    csprng.install_dealer()  # CrypTen's draws (_get_additive_PRSS) from the per-party streams
+
+    class FixedMaskServer(TTPServer):
+        masks: dict[int, torch.Tensor] = {}
+        masks_t: dict[int, torch.Tensor] = {}
+
+        def fixed_new(self, key, shape):
+            self.masks[key] = self._get_additive_PRSS(shape)
+            return torch.zeros(1, dtype=torch.long)
+
+        def fixed_extend(self, key, shape, dim):
+            self.masks[key] = torch.cat([self.masks[key], self._get_additive_PRSS(shape)], dim=dim)
+            return torch.zeros(1, dtype=torch.long)
+
+        def fixed_derive(self, key, parts, dim):
+            pieces = [viewed(self.masks[p[1]], p[2]) if p[0] == "view" else self._get_additive_PRSS(p[1])
+                      for p in parts]
+            self.masks[key] = torch.cat(pieces, dim=dim)
+            return torch.zeros(1, dtype=torch.long)
+
+        def fixed_forget(self, key):
+            self.masks.pop(key, None)
+            self.masks_t.pop(key, None)
+            return torch.zeros(1, dtype=torch.long)
+
+        def fixed_triple(self, key, kind, a_shape, view=None):
+            a = self._get_additive_PRSS(a_shape)
+            b, b_t = viewed(self.masks[key], view), None
+            if wants_transposed(kind, a_shape, b, view):
+                if key not in self.masks_t:  # built once: setdefault would transpose on every call
+                    self.masks_t[key] = b.t().contiguous()
+                b_t = self.masks_t[key]
+            c = apply(kind, a, b, b_t)
+            return c - self._get_additive_PRSS(c.size(), remove_rank=True)
+
+        def cmp_tables(self, shape, digits, digit_bits, with_m):
+            r = self._get_additive_PRSS(shape)
+            parts = onehot_tables(r, DigitSpec(0, digits, digit_bits))
+            parts = parts if with_m else parts[:1]
+            return torch.cat([(p - self._get_additive_PRSS(p.size(), remove_rank=True)).flatten()
+                              for p in parts])
+
+        def trunc_material(self, shape, spec):
+            """Party 0's shares of floor(r / d) and msb(r) (``TTPDealer.div_material``)."""
+            shape = tuple(shape)
+            d = spec if isinstance(spec, int) else \
+                torch.repeat_interleave(torch.tensor(spec[0]), torch.tensor(spec[1])).reshape(shape)
+            r = self._get_additive_PRSS(shape)
+            parts = material(r, d)
+            return torch.cat([(p - self._get_additive_PRSS(p.size(), remove_rank=True)).reshape(-1)
+                              for p in parts])
+
+    dealerlink.run(FixedMaskServer, on_connected, timeout_s)  # serves until party 0 sends "terminate"

@@ -1,0 +1,163 @@
+"""Digit decompositions and one-hot lookup tables: the plain (local) arithmetic of the dealer's
+comparison and exp material, shared by the dealer and the parties. No secret ever passes here:
+only public openings c, the dealer's own r, and table shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+
+@dataclass(frozen=True)
+class DigitSpec:
+    frac_bits: int  # the comparison's precision (x is truncated to these fractional bits first)
+    digits: int
+    digit_bits: int
+
+    @property
+    def width(self) -> int:
+        return self.digits * self.digit_bits + 1
+
+    @property
+    def top(self) -> int:
+        """The bit of y = x + 2^top that is set iff x >= 0: W - 1, at most 63 (the whole ring; then
+        the digits cover the 63 low bits, the highest digit's top bit unused)."""
+        return min(self.width - 1, 63)
+
+    @property
+    def bound(self) -> float:
+        """|x| must stay below this (else the comparison is wrong)."""
+        return 2.0 ** (self.width - 1 - self.frac_bits)
+
+
+# Differences of scores, gate inputs and logits (|x| < 4096 at 2^-8 resolution); softmax
+# denominators against powers of 4 (|x| < 2^17 at 2^-3); RMSNorm variances against powers of 4
+# (|x| < 2^24 at full precision). (fractional bits, W - 1)
+KINDS = {"value": (8, 20), "count": (3, 20), "wide": (16, 40)}
+
+
+# Exact comparisons over the whole 64-bit ring (top-k keys, the maxima of a selection): 63 low
+# bits in digits. TFP never builds tables, so 2 digits of 32 bits (2 rounds, 80 B); a TTP dealer
+# sends 2^w entries per digit, so 7 digits of 9 bits there (4 rounds).
+RING_SPECS = {"tfp": DigitSpec(0, 2, 32), "ttp": DigitSpec(0, 7, 9)}
+
+
+# Selections' comparisons of BOUNDED values (the default, ``TopkConfig.compare``): differences of
+# scores, logits, probabilities or keys at CrypTen's 16 fractional bits with |x| < 2^16 (so every
+# value |v| < 2^15). Bit 32 of x + 2^32 is the sign: one 32-bit digit with TFP (no product tree:
+# 1 round, 16 B: the opening of c alone), 4 digits of 8 bits with a TTP dealer (3 rounds). Exact
+# within the bound; SmolLM2's largest |q.k| measured on the needle prompts is far below it (README).
+BOUNDED_SPECS = {"tfp": DigitSpec(16, 1, 32), "ttp": DigitSpec(16, 4, 8)}
+
+
+def spec_for(kind: str, digit_bits: int) -> DigitSpec:
+    """The comparison of ``kind`` with digits of ``digit_bits`` (5 or 10: W - 1 = 20 or 40)."""
+    frac_bits, low_bits = KINDS[kind]
+    if low_bits % digit_bits:
+        raise ValueError(f"digit bits {digit_bits} must divide {low_bits}")
+    return DigitSpec(frac_bits, low_bits // digit_bits, digit_bits)
+
+
+def digits_of(c: torch.Tensor, spec: DigitSpec) -> torch.Tensor:
+    """[..., D] the w-bit digits of the ring value c mod 2^top (least significant first)."""
+    if spec.digits * spec.digit_bits > spec.top:
+        c = c & ((1 << spec.top) - 1)
+    mask = (1 << spec.digit_bits) - 1
+    shifts = torch.arange(spec.digits, dtype=torch.int64) * spec.digit_bits
+    return (c.unsqueeze(-1) >> shifts) & mask
+
+
+def suffix_counts(c: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For public digits c: (number of u in (c, 2^w), sum of those u)."""
+    top = (1 << w) - 1
+    n = top - c
+    total = top * (top + 1) // 2
+    # c (c + 1) / 2 without overflowing int64 for w = 32: halve the even factor first
+    tri = torch.where(c % 2 == 0, (c // 2) * (c + 1), c * ((c + 1) // 2))
+    return n, total - tri
+
+
+def tables_at(tables: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shares of (onehot[c], sum of onehot[u] for u > c) from full table shares [..., D, 2^w]."""
+    at = tables.gather(-1, c.unsqueeze(-1)).squeeze(-1)
+    suffix = tables.flip(-1).cumsum(-1).flip(-1)  # suffix[u] = sum over v >= u
+    above = suffix.gather(-1, c.unsqueeze(-1)).squeeze(-1) - at
+    return at, above
+
+
+def onehot_tables(r: torch.Tensor, spec: DigitSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(onehot [..., D, 2^w], m * onehot, m) of the dealer's r (int64 0/1 entries)."""
+    d = digits_of(r, spec)
+    onehot = torch.nn.functional.one_hot(d, 1 << spec.digit_bits).to(torch.int64)
+    m = (r >> spec.top) & 1
+    return onehot, onehot * m[..., None, None], m
+
+
+SPEC = DigitSpec(0, 2, 9)
+
+
+SCALE = 16  # fractional bits of the tables and of the result
+
+
+@lru_cache(maxsize=4)
+def tables(frac_bits: int, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
+    n = 1 << SPEC.digit_bits
+    u = torch.arange(n, dtype=torch.float64)
+    t0 = torch.exp(-(u + 0.5) / 2**frac_bits + offset)
+    t1 = torch.exp(-u * n / 2**frac_bits)
+    return (t0 * 2**SCALE).round().long(), (t1 * 2**SCALE).round().long()
+
+
+def rotated(table: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """[..., N]: entry u is table[(c - u) mod N] (int64)."""
+    n = table.shape[0]
+    return table[(c.unsqueeze(-1) - torch.arange(n)) % n]
+
+
+@lru_cache(maxsize=8)
+def _line_sums(table_key: tuple) -> tuple[torch.Tensor, ...]:
+    """For party 1's TFP shares a + b*u of a one-hot table: per public c, the sums over u of
+    T[(c - u) mod N], u T[(c - u) mod N], and the same over u > c only."""
+    table = torch.tensor(table_key, dtype=torch.int64)
+    n = table.shape[0]
+    c = torch.arange(n)
+    rot = rotated(table, c)  # [N (c), N (u)]
+    u = torch.arange(n)
+    above = (u[None, :] > c[:, None]).to(torch.int64)
+    return rot.sum(-1), (rot * u).sum(-1), (rot * above).sum(-1), (rot * u * above).sum(-1)
+
+
+def line_select(a: torch.Tensor, b: torch.Tensor, c_digits: torch.Tensor, t0: torch.Tensor,
+                t1: torch.Tensor) -> list[torch.Tensor]:
+    """Party 1's shares (TFP) of E0, b E0, A, B when its table shares are the lines a + b*u."""
+    s0, p0, q0, r0 = _line_sums(tuple(t0.tolist()))
+    s1, p1, _, _ = _line_sums(tuple(t1.tolist()))
+    c0, c1 = c_digits[..., 0], c_digits[..., 1]
+    n = t1.shape[0]
+    a0, b0, a1, b1 = a[..., 0], b[..., 0], a[..., 1], b[..., 1]
+    c1m = (c1 - 1) % n
+    return [a0 * s0[c0] + b0 * p0[c0], a0 * q0[c0] + b0 * r0[c0],
+            a1 * s1[c1] + b1 * p1[c1], a1 * s1[c1m] + b1 * p1[c1m]]
+
+
+def true_select(r: torch.Tensor, c_digits: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor):
+    """The values E0, b E0, A, B (party 0 under TFP knows r)."""
+    n = 1 << SPEC.digit_bits
+    r_d = digits_of(r, SPEC)
+    c0, c1, r0, r1 = c_digits[..., 0], c_digits[..., 1], r_d[..., 0], r_d[..., 1]
+    e0 = t0[(c0 - r0) % n]
+    return [e0, e0 * (r0 > c0), t1[(c1 - r1) % n], t1[(c1 - 1 - r1) % n]]
+
+
+def table_select(onehot: torch.Tensor, c_digits: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor):
+    """E0, b E0, A, B from full table shares onehot [..., 2, N] (TTP)."""
+    n = t0.shape[0]
+    c0, c1 = c_digits[..., 0], c_digits[..., 1]
+    rot0 = rotated(t0, c0)
+    above = (torch.arange(n) > c0.unsqueeze(-1)).to(torch.int64)
+    s0 = onehot[..., 0, :]
+    return [(s0 * rot0).sum(-1), (s0 * rot0 * above).sum(-1),
+            (onehot[..., 1, :] * rotated(t1, c1)).sum(-1),
+            (onehot[..., 1, :] * rotated(t1, (c1 - 1) % n)).sum(-1)]

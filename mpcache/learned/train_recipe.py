@@ -1,5 +1,5 @@
 """The default ("converged") training of the trained scorers, as ``mpcache train`` and ``mpcache eval``
-run it: the frozen model's features of 48 + 4 windows of 2,048 tokens of the Wikipedia corpus are
+run it: the frozen model's features of 24 + 4 windows of 2,048 tokens of the Wikipedia corpus are
 cached once (~20 s each on one core, shared by locret and attention-gate), then the heads or gates
 train until the held-out loss is flat (or a step/time cap). Small models (tests) get short windows.
 """

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "once the held-out loss is flat)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per training sequence (default 2048)")
     p.add_argument("--sequences", type=int, default=None, help="training sequences whose features are "
-                   "cached (default 48; 4 held out)")
+                   "cached (default 24; 4 held out)")
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap on the training steps")
     p.add_argument("--records", default=None, help="JSON-lines file for the per-step training record")
     p.add_argument("--recipe", choices=("converged", "legacy"), default="converged",

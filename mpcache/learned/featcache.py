@@ -14,7 +14,9 @@ written atomically; a run that is killed resumes where it stopped.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +45,11 @@ def paths(tag: str, spec: FeatureSpec, split: str) -> list[Path]:
     return [folder(tag, spec) / f"{split}-{i:04d}-of-{n:04d}.pt" for i in range(n)]
 
 
-def ensure(model, tokenizer, spec: FeatureSpec, progress: bool = True) -> dict[str, list[Path]]:
-    """Compute the missing sequence files (both splits) and return their paths."""
+def ensure(model, tokenizer, spec: FeatureSpec, progress: bool = True,
+           reverse: bool = False) -> dict[str, list[Path]]:
+    """Compute the missing sequence files (both splits) and return their paths. Two trainers started
+    together share the work: one goes forward (``reverse=False``), the other backward, each skipping
+    the files the other has written, then waiting for the one the other is still writing."""
     tag = store.model_tag(model.config)
     out: dict[str, list[Path]] = {}
     for split in ("val", "train"):
@@ -58,10 +63,15 @@ def ensure(model, tokenizer, spec: FeatureSpec, progress: bool = True) -> dict[s
             raise ValueError(f"{split}: only {len(seqs)} windows of {spec.seq_len} tokens")
         bar = tqdm(total=len(todo), initial=len(todo) - len(missing), desc=f"features {split}", unit="seq",
                    disable=not progress, file=sys.stderr)
-        for i in missing:
-            _write(todo[i], compute(model, seqs[i], spec.prompt_len), seqs[i])
+        for i in reversed(missing) if reverse else missing:
+            if not todo[i].is_file():
+                _write(todo[i], compute(model, seqs[i], spec.prompt_len), seqs[i])
             bar.update(1)
         bar.close()
+        waited = 0.0
+        while not all(p.is_file() for p in todo) and waited < 600:  # the other trainer's last file
+            time.sleep(2.0)
+            waited += 2.0
     return out
 
 
@@ -75,7 +85,7 @@ def compute(model, ids: list[int], prompt_len: int) -> dict[str, torch.Tensor]:
 
 def _write(path: Path, item: dict[str, torch.Tensor], ids: list[int]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two trainers may meet on one file
     torch.save({**item, "ids": torch.tensor(ids, dtype=torch.int32)}, tmp)
     tmp.replace(path)
 

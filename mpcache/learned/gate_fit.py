@@ -91,7 +91,7 @@ def sequence_loss(gates: Gates, item: dict, config, cfg: GateFitConfig, layers=N
 def train(model, tokenizer, cfg: GateFitConfig, records=None, progress: bool = True) -> dict:
     """Cache the features (once), train, save the best held-out gates to the store; return the metadata."""
     config, tag = model.config, store.model_tag(model.config)
-    files = featcache.ensure(model, tokenizer, cfg.features, progress)
+    files = featcache.ensure(model, tokenizer, cfg.features, progress, reverse=True)
     val = [featcache.load(p) for p in files["val"]]
     gates = new_gates(config, cfg)
     per_step = min(cfg.layers_per_step, config.num_layers)

@@ -38,10 +38,14 @@ class FitConfig:
     max_seconds: float = 0.0  # wall-clock cap on training (0: none)
 
 
-def lr_factor(cfg: FitConfig, step: int) -> float:
+def lr_factor(cfg: FitConfig, step: int, elapsed: float = 0.0) -> float:
+    """Warmup, then cosine to ``floor`` over the budget: the step cap or, when nearer, the time cap
+    (so a run stopped by time has decayed its learning rate too)."""
     if step < cfg.warmup:
         return (step + 1) / cfg.warmup
     frac = min(1.0, (step - cfg.warmup) / max(1, cfg.max_steps - cfg.warmup))
+    if cfg.max_seconds:
+        frac = max(frac, min(1.0, elapsed / cfg.max_seconds))
     return cfg.floor + (1 - cfg.floor) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
@@ -65,14 +69,12 @@ def fit(kind: str, ckpt: Path, module: torch.nn.Module, cfg: FitConfig,
     """Train ``module`` with ``step_fn(step) -> loss`` until the held-out ``val_fn()["loss"]`` is flat or
     ``cfg.max_steps``; load the best held-out weights into ``module`` and return the training summary."""
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
     state = {"step": 0, "elapsed": 0.0, "history": [], "vals": [], "best": None, "best_step": 0}
     if ckpt.is_file():
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
         if saved["meta"] == meta:
             module.load_state_dict(saved["module"])
             opt.load_state_dict(saved["opt"])
-            sched.load_state_dict(saved["sched"])
             state = saved["state"]
             print(f"{kind}: resuming from step {state['step']} ({ckpt})", file=sys.stderr)
     if state["step"] == 0:
@@ -86,12 +88,13 @@ def fit(kind: str, ckpt: Path, module: torch.nn.Module, cfg: FitConfig,
     while state["step"] < cfg.max_steps:
         step = state["step"]
         t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg, step, state["elapsed"])
         opt.zero_grad(set_to_none=True)
         loss = step_fn(step)
         loss.backward()
         torch.nn.utils.clip_grad_value_(module.parameters(), cfg.clip)
         opt.step()
-        sched.step()
         rec = {"step": step + 1, "train_loss": round(float(loss.detach()), 6),
                "lr": round(opt.param_groups[0]["lr"], 8)}
         state["step"] = step + 1
@@ -114,8 +117,8 @@ def fit(kind: str, ckpt: Path, module: torch.nn.Module, cfg: FitConfig,
             break
         if state["step"] % cfg.checkpoint_every == 0:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"module": module.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "state": state, "meta": meta}, ckpt)
+            torch.save({"module": module.state_dict(), "opt": opt.state_dict(), "state": state, "meta": meta},
+                       ckpt)
             write_records(records, state["history"])
     bar.close()
     write_records(records, state["history"])

@@ -123,7 +123,11 @@ def fit(kind: str, ckpt: Path, module: torch.nn.Module, cfg: FitConfig,
     bar.close()
     write_records(records, state["history"])
     if not any("val" in r for r in state["history"][-1:]):  # last step not evaluated: evaluate it
-        state["vals"].append(val_fn()["loss"])
+        state["history"][-1]["val"] = last = val_fn()
+        state["vals"].append(last["loss"])
+        if last["loss"] <= min(state["vals"]):
+            state["best"], state["best_step"] = copy.deepcopy(module.state_dict()), state["step"]
+        write_records(records, state["history"])
     module.load_state_dict(state["best"])
     tail = [r["train_loss"] for r in state["history"] if "train_loss" in r][-cfg.eval_every :]
     return {"steps": state["step"], "stop": stop, "train_seconds": round(state["elapsed"], 1),

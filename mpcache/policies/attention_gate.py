@@ -27,7 +27,6 @@ from mpcache.core.policy import Policy, PromptInfo
 from mpcache.learned import gate_train, provenance, store
 from mpcache.learned.features import token_features
 from mpcache.learned.gate import Gates
-from mpcache.policies.plaintext import require_plain
 
 _GATES: dict[str, tuple[Gates, dict]] = {}
 
@@ -36,7 +35,7 @@ def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
-@dataclass
+@dataclass(frozen=True)
 class AttentionGatePolicy(Policy):
     sinks: int = 4
     local_len: int = 32
@@ -44,6 +43,8 @@ class AttentionGatePolicy(Policy):
     seed: int = 0
 
     name = "attention-gate"
+    backends = ("plain",)
+    plaintext_only_because = "its gates are plaintext modules"
 
     def __post_init__(self) -> None:
         if self.sinks < 0 or self.local_len < 0:
@@ -77,7 +78,6 @@ class AttentionGatePolicy(Policy):
     def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
         if self.budget >= 1.0:
             return
-        require_plain(backend, self.name, "its gates are plaintext modules")
         t, config = cache.length, prompt.config
         gates, _ = self.gates(config)
         b = self.budget_tokens(t)

@@ -37,7 +37,7 @@ ANCHORS = ("alternate", "mean", "random")
 MODES = ("token", "page")
 
 
-@dataclass
+@dataclass(frozen=True)
 class KVCrushConfig:
     rho: float = 0.25  # share of the budget chosen by signatures
     importance: str = "h2o"  # h2o | snapkv
@@ -135,16 +135,16 @@ def kvcrush_keep(prompt: PromptInfo, keys: torch.Tensor, n_keep: int, cfg: KVCru
     return torch.cat([imp[0], reps]).sort().values[None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class KVCrushPolicy(KVCrushConfig, Policy):
     name = "kvcrush"
+    backends = ("plain",)
+    plaintext_only_because = "its representatives come from plaintext bit signatures"
 
     def __post_init__(self) -> None:
         self.check()
 
     def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
-        if not isinstance(cache.k, torch.Tensor):
-            raise UserError(f"policy {self.name!r} runs in plaintext only")
         t = cache.length
         n_keep = self.budget_tokens(t)
         if n_keep >= t:

@@ -36,7 +36,6 @@ from mpcache.learned import locret as heads_lib
 from mpcache.learned import provenance, store
 from mpcache.learned.features import token_features
 from mpcache.learned.locret_chunked import chunked_prefill
-from mpcache.policies.plaintext import require_plain
 
 _HEADS: dict[str, tuple[heads_lib.RetainingHeads, dict]] = {}
 
@@ -58,7 +57,7 @@ def chunked_keep(cis: torch.Tensor, keep: int, chunk: int, stab: int) -> torch.T
     return kept
 
 
-@dataclass
+@dataclass(frozen=True)
 class LocretPolicy(Policy):
     stabilizers: float = 0.25  # fraction of the budget
     chunk: int = 128
@@ -71,6 +70,8 @@ class LocretPolicy(Policy):
     faithful: bool = False  # chunked prefill against the retained cache (locret_chunked), not a replay
 
     name = "locret"
+    backends = ("plain",)
+    plaintext_only_because = "its retaining heads are plaintext MLPs"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.stabilizers < 1.0 or self.chunk < 1 or self.local_len < 0:
@@ -104,7 +105,7 @@ class LocretPolicy(Policy):
         """(cache, logits) of the faithful chunked prefill, or None: the runner replays its full prefill."""
         if not self.faithful or self.budget >= 1.0:
             return None
-        require_plain(model.backend, self.name, "its retaining heads are plaintext MLPs")
+        self.check_backend(model.backend.name)
         return chunked_prefill(model, self, ids)
 
     def _cis(self, layer: int, config, q, k, v, positions) -> torch.Tensor:
@@ -115,7 +116,6 @@ class LocretPolicy(Policy):
     def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
         if self.budget >= 1.0:
             return
-        require_plain(backend, self.name, "its retaining heads are plaintext MLPs")
         t, config = cache.length, prompt.config
         b = self.budget_tokens(t)
         cis = self._cis(layer, config, prompt.q, cache.k, cache.v, torch.arange(t))

@@ -36,7 +36,7 @@ HIGH_DTYPE = torch.float16
 HIGH_BITS = (16, 8)  # fp16, or int8 codes
 
 
-@dataclass
+@dataclass(frozen=True)
 class MiKVPolicy(Policy):
     bits: int = 4  # low tier: 2, 3, 4 (8 also packs)
     high_bits: int = 16  # high tier: 16 = fp16, 8 = int8 codes
@@ -47,6 +47,8 @@ class MiKVPolicy(Policy):
     balance: bool = True  # key channel balancer
 
     name = "mikv"
+    backends = ("plain",)
+    plaintext_only_because = "its low-precision tier is quantized plaintext"
 
     def __post_init__(self) -> None:
         if self.bits not in SUPPORTED_BITS:
@@ -68,8 +70,6 @@ class MiKVPolicy(Policy):
     # --- hooks ------------------------------------------------------------------------------
     def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
         k, v = cache.k, cache.v
-        if not isinstance(k, torch.Tensor):
-            raise UserError(f"policy {self.name!r} runs in plaintext only")
         if self.budget >= 1.0:  # no compression at all: the full cache, untouched (exact)
             return
         hkv, t, d = k.shape

@@ -21,7 +21,8 @@ import crypten
 import torch
 from crypten import communicator
 
-from mpcache.core.backend import Approximations, Backend, mpc_default
+from mpcache.core.approximations import Approximations, mpc_default
+from mpcache.core.backend import Backend
 from mpcache.core.selected import SelectedRows
 from protocols.mpc.operands import MeteredDealer, OperandRegistry, meter_ttp_requests
 from protocols.net import fastcrypten

@@ -19,10 +19,11 @@ import crypten
 import torch
 
 from mpcache.core import approx
-from mpcache.core.backend import Approximations
+from mpcache.core.approximations import Approximations
 from protocols.numerics import digits, lut
 from protocols.ring import trunc
 from protocols.ring.shares import mpc_from_share, rank, ring_mul
+from protocols.ring.tables import spec_for
 
 # Extra fractional bits of a range-reduced reciprocal / inverse square root before it multiplies
 # a vector: 1/4096 at 16 bits would keep only 16 levels. 8 more bits keep products well below the
@@ -60,7 +61,7 @@ class Numerics:
             raise ValueError(f"unknown comparison {self.approx.comparison!r} (crypten or dealer)")
 
         in_bits = int(round(math.log2(x._tensor.encoder.scale)))
-        spec = digits.spec_for(kind, self.approx.cmp_digit_bits)
+        spec = spec_for(kind, self.approx.cmp_digit_bits)
         share = digits.ltz_share(x._tensor.share, spec, self.dealer, rank(), in_bits)
         return mpc_from_share(share, 0)
 

@@ -60,8 +60,8 @@ def main() -> None:
         ax.plot(steps, moving_average(train, 25), color="tab:blue", label="training (moving avg 25)")
         ax.plot(*zip(*held, strict=True), color="tab:red", marker=".", label="held-out")
         minutes = recs[-1].get("seconds", 0) / 60
-        ax.set(title=f"{kind}: {steps[-1] if steps else 0} steps, {minutes:.0f} min (1 thread, shared CPU)", xlabel="step",
-               ylabel="loss", yscale="log")
+        title = f"{kind}: {steps[-1] if steps else 0} steps, {minutes:.0f} min (1 thread, shared CPU)"
+        ax.set(title=title, xlabel="step", ylabel="loss", yscale="log")
         ax.legend(fontsize=8)
     fig.tight_layout()
     if args.out:

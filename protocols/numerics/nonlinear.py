@@ -22,6 +22,7 @@ from mpcache.core import approx
 from mpcache.core.backend import Approximations
 from protocols.numerics import digits, lut
 from protocols.ring import trunc
+from protocols.ring.tables import spec_for
 from protocols.ring.shares import mpc_from_share, rank, ring_mul
 
 # Extra fractional bits of a range-reduced reciprocal / inverse square root before it multiplies
@@ -60,7 +61,7 @@ class Numerics:
             raise ValueError(f"unknown comparison {self.approx.comparison!r} (crypten or dealer)")
 
         in_bits = int(round(math.log2(x._tensor.encoder.scale)))
-        spec = digits.spec_for(kind, self.approx.cmp_digit_bits)
+        spec = spec_for(kind, self.approx.cmp_digit_bits)
         share = digits.ltz_share(x._tensor.share, spec, self.dealer, rank(), in_bits)
         return mpc_from_share(share, 0)
 

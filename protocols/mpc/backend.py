@@ -27,7 +27,7 @@ from protocols.mpc.operands import MeteredDealer, OperandRegistry, meter_ttp_req
 from protocols.net import fastcrypten
 from protocols.net.accounting import Meter
 from protocols.net.runtime import CLIENT, Party
-from protocols.numerics import layers, selectcmp, topk
+from protocols.numerics import argmax, layers, selectcmp, topk
 from protocols.numerics import nonlinear as nl
 from protocols.numerics.guard import Guard
 from protocols.numerics.topk import TopkConfig
@@ -73,7 +73,6 @@ class MPCBackend(Backend):
                  reveal_logits: bool = False, meter: Meter | None = None, cache_slots: int = 256,
                  debug_logits: bool = False):
         self.crypten = crypten
-
         self.party = party
         self.rank = party.rank
         self.approx = approx or Approximations.preset(mpc_default(party.dealer))
@@ -218,8 +217,10 @@ class MPCBackend(Backend):
             return layers.silu(x, self.numerics)
 
     def softmax(self, scores, mask: torch.Tensor | None = None):
-        with self.meter.phase("softmax"):
-            return layers.softmax(scores, mask, self.numerics)
+        with self.meter.phase("softmax"):  # the shift: a bounded tournament, its range checked by the guard
+            shift = None if self.softmax_max == "row" else (
+                lambda x: argmax.guarded_max(x, self.numerics, self.rank, self.guard, "attention scores")[0])
+            return layers.softmax(scores, mask, self.numerics, shift)
 
     def rope(self, x, cos: torch.Tensor, sin: torch.Tensor):
         """x cos + rotate_half(x) sin with ONE truncation of the sum (two public products would
@@ -232,6 +233,7 @@ class MPCBackend(Backend):
             return shares.mpc_from_share(trunc.trunc(prod, 16))
 
     # --- selection -------------------------------------------------------------------------------------
+    argmax_method = softmax_max = "bounded"  # protocols.numerics.argmax: bounded | row (the old way)
     topk_config = TopkConfig()  # protocols.numerics.topk.choose by (n, k); assign another to force one method
 
     @property
@@ -365,6 +367,7 @@ class MPCBackend(Backend):
         return self.meter.phase(name, owns_inner=True)
 
     # --- outputs ---------------------------------------------------------------------------------------
+
     def next_token(self, logits) -> int:
         """Greedy token, revealed to the client only (-1 on the server)."""
         with self.meter.phase("argmax"):
@@ -380,7 +383,7 @@ class MPCBackend(Backend):
             if self.debug_logits:
                 plain = reveal(last, dst=CLIENT)
                 self.last_logits = plain[0] if self.rank == CLIENT else None
-            top, idx = nl.row_max(last, with_index=True, nm=self.numerics)
+            top, idx = argmax.vocab_argmax(last, self.numerics, self.rank, self.guard, self.argmax_method)
             with self.meter.phase("guard"):
                 self.guard.logit_max(top)
                 self.guard.verify()  # stops both parties, one line, before any nonsense is revealed

@@ -22,8 +22,8 @@ from mpcache.core import approx
 from mpcache.core.backend import Approximations
 from protocols.numerics import digits, lut
 from protocols.ring import trunc
-from protocols.ring.tables import spec_for
 from protocols.ring.shares import mpc_from_share, rank, ring_mul
+from protocols.ring.tables import spec_for
 
 # Extra fractional bits of a range-reduced reciprocal / inverse square root before it multiplies
 # a vector: 1/4096 at 16 bits would keep only 16 levels. 8 more bits keep products well below the

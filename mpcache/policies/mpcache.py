@@ -42,6 +42,7 @@ from mpcache.policies.mpcache_scoring import (
     SCORES2,
     STATIC_HEADS,
     cluster_scores,
+    parent_token_max_scores,
     static_importance,
     summaries,
     token_max_scores,
@@ -295,11 +296,11 @@ class MPCachePolicy(Policy):
         # Level 2: score the children of sel1 (kept in position order, so the first and last child stay
         # at the ends), take the top k2. summary: every full child in one matmul, then gather; max: the
         # max of q.k over each child's tokens, computed inside the kept level-1 clusters only.
-        if self.score2 == "max":
-            keys = cache.k[:, : full1 * self.s1].reshape(hkv, full1, self.s1 * d)
-            if sel1 is not None:
-                keys = backend.gather(sel1, keys)
-            s2 = token_max_scores(qg, keys.reshape(hkv, k1 * self.s1, d), self.s2, self.group, backend)
+        if self.score2 == "max" and sel1 is not None:
+            s2 = parent_token_max_scores(qg, cache.k[:, : full1 * self.s1], sel1, k1, self.s1, self.s2,
+                                         self.group, backend)
+        elif self.score2 == "max":
+            s2 = token_max_scores(qg, cache.k[:, : full1 * self.s1], self.s2, self.group, backend)
         else:
             r2 = None if summaries.r2 is None else summaries.r2[:, : full1 * m]
             s2 = self._scores(qg, summaries.c2[:, : full1 * m], r2, backend)

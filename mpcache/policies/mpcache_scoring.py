@@ -99,3 +99,24 @@ def token_max_scores(q: Tensor, keys: Tensor, size: int, group: str, backend: Ba
     logits = backend.matmul_t(q, keys)  # [Hkv, g, n]
     best = backend.amax(logits.reshape(hkv, g, keys.shape[1] // size, size), 3)
     return combine(best, group, backend)
+
+
+def parent_token_max_scores(q: Tensor, keys: Tensor, sel1: Tensor, picked: int, parent: int, size: int,
+                            group: str, backend: Backend) -> Tensor:
+    """:func:`token_max_scores` of the children (``size`` tokens) of the ``picked`` parents (``parent``
+    tokens) that ``sel1`` chose among the full parents of ``keys`` [Hkv, n, d] -> [Hkv, picked*parent/size].
+
+    Scores, not keys, are gathered: q.k over the whole cache is one product with the cached keys
+    (under MPC a fixed operand: it opens q only), then one gather of the picked parents' g*parent
+    scores (opens the one-hot and g*n scores); gathering the keys first would open picked*parent*d
+    fresh key entries per KV head in the product with q (d = 64 against g = 3 here). Only the
+    candidates' scores enter comparisons, so the exact token work stays a fraction of the cache."""
+    if group == "qsum":
+        q = backend.sum(q, 1, keepdim=True)
+    hkv, g, _ = q.shape
+    count = keys.shape[1] // parent
+    logits = backend.matmul_t(q, keys)  # [Hkv, g, n]
+    by_parent = logits.reshape(hkv, g, count, parent).permute(0, 2, 1, 3).reshape(hkv, count, g * parent)
+    chosen = backend.gather(sel1, by_parent).reshape(hkv, picked, g, parent).permute(0, 2, 1, 3)
+    best = backend.amax(chosen.reshape(hkv, g, picked * parent // size, size), 3)
+    return combine(best, group, backend)

@@ -72,9 +72,7 @@ class MPCBackend(Backend):
     def __init__(self, party: Party, approx: Approximations | None = None, mask_reuse: bool = True,
                  reveal_logits: bool = False, meter: Meter | None = None, cache_slots: int = 256,
                  debug_logits: bool = False):
-        self.crypten = crypten
-        self.party = party
-        self.rank = party.rank
+        self.crypten, self.party, self.rank = crypten, party, party.rank
         self.approx = approx or Approximations.preset(mpc_default(party.dealer))
         self.mask_reuse = mask_reuse
         self.reveal_logits = reveal_logits
@@ -234,6 +232,7 @@ class MPCBackend(Backend):
 
     # --- selection -------------------------------------------------------------------------------------
     argmax_method = softmax_max = "bounded"  # protocols.numerics.argmax: bounded | row (the old way)
+    selection_range = "check"  # amax's bounded comparisons: range counted for the guard | clamp (old)
     topk_config = TopkConfig()  # protocols.numerics.topk.choose by (n, k); assign another to force one method
 
     @property
@@ -356,7 +355,7 @@ class MPCBackend(Backend):
         same rounds (``selectcmp.exact_max``)."""
         with self.meter.phase("selection"):
             moved = x.transpose(dim, -1) if dim not in (-1, x.dim() - 1) else x
-            out = selectcmp.exact_max(moved, self._select_nm)  # [..., 1]
+            out = argmax.selection_max(moved, self._select_nm, self.rank, self.guard, self.selection_range)
             out = out.transpose(dim, -1) if moved is not x else out
             return out if keepdim else out.squeeze(dim)
 

@@ -26,6 +26,7 @@ from protocols.numerics import nonlinear as nl
 from protocols.ring.tables import BOUNDED_SPECS, DigitSpec
 
 ARGMAX = ("bounded", "row")
+SELECTION_RANGE = ("check", "clamp")
 # Below the bounded comparison's 2^15 by 2 units: the check's folded truncation may read a value
 # one unit off (``trunc.open_shifted``), never more.
 CHECK_BOUND = 2**15 - 2
@@ -75,3 +76,15 @@ def vocab_argmax(last, nm: nl.Numerics, rank: int, guard, method: str = "bounded
     if method == "row":
         return nl.row_max(last, with_index=True, nm=nm)
     return guarded_max(last, nm, rank, guard, "logits", with_index=True)
+
+
+def selection_max(x, nm: nl.Numerics, rank: int, guard, how: str = "check"):
+    """A selection's exact max over the last dim [..., 1] (``MPCBackend.amax``): with bounded
+    numerics and ``how=check`` the inputs' range is counted for the guard (2 one-digit comparisons
+    per element, no product) instead of clamped (``selectcmp.clamp_to_bound``: 2 ring comparisons
+    and 2 products per element, ~7x the bytes); else ``selectcmp.exact_max``."""
+    if how not in SELECTION_RANGE:
+        raise ValueError(f"unknown selection range handling {how!r} ({', '.join(SELECTION_RANGE)})")
+    if how == "clamp" or not isinstance(nm, selectcmp.BoundedNumerics) or x.shape[-1] == 1:
+        return selectcmp.exact_max(x, nm)
+    return guarded_max(x, nm, rank, guard, "selection scores")[0]

@@ -43,6 +43,7 @@ from mpcache.policies.mpcache_scoring import (
     STATIC_HEADS,
     cluster_scores,
     parent_token_max_scores,
+    shared_token_max,
     static_importance,
     summaries,
     token_max_scores,
@@ -116,6 +117,8 @@ class Selection:
     count: int  # full clusters it chooses among
     size: int  # their size in tokens (s1: level 1 alone, s2: level 2)
     picked: int  # clusters chosen
+    scores: Tensor | None = None  # share_scores: attention's q.K^T of this layer, reused by attention
+    shift: Tensor | None = None  # ... and each head's max of them over the candidates (softmax shift)
 
 
 # Option groups. paper: the original design (DESIGN §4: static eviction, two-level summaries, sharing).
@@ -160,6 +163,9 @@ class MPCachePolicy(Policy):
     # Without level 1: the top k2 level-2 clusters found in two smaller top-k's through parents of this
     # many tokens (the same selection up to ties, far fewer comparisons under 2PC); 0: one top-k (old).
     parents: int | None = None
+    # score2=max: score children from attention's own q.K^T (computed once, reused by attention) and
+    # with maxnorm hand attention its softmax shift (the head maxima); False: the old separate product.
+    share_scores: bool = True
 
     name = "mpcache"
 
@@ -265,7 +271,7 @@ class MPCachePolicy(Policy):
         else:
             choice = self._select(q, cache, backend)
             self._dynamic_sel[layer] = choice
-        return self._apply(choice, cache, backend)
+        return self._apply(choice, cache, backend, own=cache.state["role"] != "follower")
 
     def extra_nbytes(self, cache: LayerCache) -> int:
         summaries = cache.state.get("summaries")
@@ -296,7 +302,15 @@ class MPCachePolicy(Policy):
         # Level 2: score the children of sel1 (kept in position order, so the first and last child stay
         # at the ends), take the top k2. summary: every full child in one matmul, then gather; max: the
         # max of q.k over each child's tokens, computed inside the kept level-1 clusters only.
-        if self.score2 == "max" and sel1 is not None:
+        shift = logits = None
+        if self.score2 == "max" and self.share_scores and self.group != "qsum":
+            logits = backend.matmul_t(qg * (d**-0.5), cache.k)  # attention's scores [Hkv, g, n]
+            # a shift only when k2 has room for every head's best child besides the forced ends
+            room = self._k2(full1, n_budget, tail, k1 * m, ends) >= qg.shape[1] + ends
+            want = self.group == "maxnorm" and room
+            s2, shift = shared_token_max(logits, full1 * self.s1, sel1, k1, self.s1, self.s2, self.group,
+                                         backend, want)
+        elif self.score2 == "max" and sel1 is not None:
             s2 = parent_token_max_scores(qg, cache.k[:, : full1 * self.s1], sel1, k1, self.s1, self.s2,
                                          self.group, backend)
         elif self.score2 == "max":
@@ -306,19 +320,23 @@ class MPCachePolicy(Policy):
             s2 = self._scores(qg, summaries.c2[:, : full1 * m], r2, backend)
             if sel1 is not None:
                 s2 = backend.gather(sel1, s2.reshape(hkv, full1, m)).reshape(hkv, k1 * m)
-        if self.r2 is not None:
-            k2 = math.floor(self.r2 * full1 * m + 1e-9)
-        else:
-            k2 = (n_budget - tail) // self.s2
-        k2 = min(k1 * m, max(k2, ends, 1))
+        k2 = self._k2(full1, n_budget, tail, k1 * m, ends)
         if k2 >= k1 * m:  # every child of the level-1 picks: gather whole level-1 clusters
-            return None if sel1 is None else Selection(cache.appended, sel1, full1, self.s1, k1)
+            return None if sel1 is None else Selection(cache.appended, sel1, full1, self.s1, k1, logits,
+                                                       shift)
         if sel1 is None and self.parents:
-            return Selection(cache.appended, self._top_by_parents(s2, k2, backend), full1 * m, self.s2, k2)
-        sel2 = top(backend, s2, k2, self._forced(k1 * m, hkv))
-        if sel1 is not None:
-            sel2 = backend.compose(sel1, sel2, m)  # one selection over all level-2 clusters
-        return Selection(cache.appended, sel2, full1 * m, self.s2, k2)
+            sel2 = self._top_by_parents(s2, k2, backend)
+        else:
+            sel2 = top(backend, s2, k2, self._forced(k1 * m, hkv))
+            if sel1 is not None:
+                sel2 = backend.compose(sel1, sel2, m)  # one selection over all level-2 clusters
+        return Selection(cache.appended, sel2, full1 * m, self.s2, k2, logits, shift)
+
+    def _k2(self, full1: int, n_budget: int, tail: int, children: int, ends: int) -> int:
+        """Level-2 clusters picked (public): budget-exact, or r2 of all of them."""
+        m = self.s1 // self.s2
+        k2 = math.floor(self.r2 * full1 * m + 1e-9) if self.r2 is not None else (n_budget - tail) // self.s2
+        return min(children, max(k2, ends, 1))
 
     def _top_by_parents(self, s2: Tensor, k2: int, backend: Backend) -> Tensor:
         """The top k2 of the level-2 scores s2 [Hkv, C] (forced ends included) in two smaller top-k's.
@@ -347,10 +365,13 @@ class MPCachePolicy(Policy):
     def _scores(self, qg: Tensor, base: Tensor, rng: Tensor | None, backend: Backend) -> Tensor:
         return cluster_scores(qg, base, rng, self.alpha, self.group, backend)
 
-    def _apply(self, choice: Selection | None, cache: LayerCache, backend: Backend) -> tuple[Tensor, Tensor]:
-        """Gather the chosen clusters' tokens (one gather of the cluster-major cache) plus the tail."""
+    def _apply(self, choice: Selection | None, cache: LayerCache, backend: Backend, own: bool = True
+               ) -> tuple[Tensor, Tensor]:
+        """Gather the chosen clusters' tokens (one gather of the cluster-major cache) plus the tail;
+        the keys carry this layer's scores and shift (``own``: not a follower's borrowed choice)."""
         if choice is None:
             return cache.k, cache.v
         c = choice
-        return tuple(gather_clusters(backend, c.selection, x, c.count, c.size, c.picked)
-                     for x in (cache.k, cache.v))
+        scores, shift = (c.scores, c.shift) if own else (None, None)
+        return (gather_clusters(backend, c.selection, cache.k, c.count, c.size, c.picked, scores, shift),
+                gather_clusters(backend, c.selection, cache.v, c.count, c.size, c.picked))

@@ -214,11 +214,11 @@ class MPCBackend(Backend):
         with self.meter.phase("silu"):
             return layers.silu(x, self.numerics)
 
-    def softmax(self, scores, mask: torch.Tensor | None = None):
-        with self.meter.phase("softmax"):  # the shift: a bounded tournament, its range checked by the guard
-            shift = None if self.softmax_max == "row" else (
-                lambda x: argmax.guarded_max(x, self.numerics, self.rank, self.guard, "attention scores")[0])
-            return layers.softmax(scores, mask, self.numerics, shift)
+    def softmax(self, scores, mask: torch.Tensor | None = None, shift=None):
+        """The row max: a policy's ``shift`` or a tournament (``argmax.softmax_max``)."""
+        with self.meter.phase("softmax"):
+            find = argmax.softmax_max(self.softmax_max, shift, self.numerics, self.rank, self.guard)
+            return layers.softmax(scores, mask, self.numerics, find)
 
     def rope(self, x, cos: torch.Tensor, sin: torch.Tensor):
         """x cos + rotate_half(x) sin with ONE truncation of the sum (two public products would
@@ -272,11 +272,11 @@ class MPCBackend(Backend):
                 return self._from_ring(out).transpose(-1, -2)
             return selection.matmul(x)
 
-    def select_clusters(self, selection, x, count: int, size: int, picked: int):
+    def select_clusters(self, selection, x, count: int, size: int, picked: int, scores=None, shift=None):
         """With x fixed (the cache): rows attended in place through x's mask (``mpcache.core.selected``),
         so the picked keys/values are never opened; otherwise the gathered rows."""
         if self.mask_reuse and not torch.is_tensor(x) and self.operands.lookup_view(x) is not None:
-            return SelectedRows(selection, x, count, size, picked)
+            return SelectedRows(selection, x, count, size, picked, scores, shift)
         return super().select_clusters(selection, x, count, size, picked)
 
     def scatter(self, selection, x, n: int):

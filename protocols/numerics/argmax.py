@@ -30,6 +30,9 @@ SELECTION_RANGE = ("check", "clamp")
 # Below the bounded comparison's 2^15 by 2 units: the check's folded truncation may read a value
 # one unit off (``trunc.open_shifted``), never more.
 CHECK_BOUND = 2**15 - 2
+# Added to a softmax shift a policy found (``MPCBackend.softmax``): the gathered scores may read a
+# unit above the bound they were found from (a one-hot product's truncation); exp(-y) needs y >= 0.
+SHIFT_MARGIN = 2.0**-8
 
 
 def out_of_range_count(x, dealer, rank: int, bound: int = CHECK_BOUND) -> torch.Tensor:
@@ -88,3 +91,14 @@ def selection_max(x, nm: nl.Numerics, rank: int, guard, how: str = "check"):
     if how == "clamp" or not isinstance(nm, selectcmp.BoundedNumerics) or x.shape[-1] == 1:
         return selectcmp.exact_max(x, nm)
     return guarded_max(x, nm, rank, guard, "selection scores")[0]
+
+
+def softmax_max(method: str, shift, nm: nl.Numerics, rank: int, guard):
+    """``layers.softmax``'s max function: a policy's ``shift`` (a bound of each row's max it found
+    during its selection) plus ``SHIFT_MARGIN``; else the bounded tournament with the range count
+    for the guard (``method=bounded``), or None: the preset's ``row_max`` (``method=row``)."""
+    if shift is not None:
+        return lambda x: shift + SHIFT_MARGIN
+    if method == "row":
+        return None
+    return lambda x: guarded_max(x, nm, rank, guard, "attention scores")[0]

@@ -103,8 +103,10 @@ class Summaries:
 
 
 def _append(old: Tensor | None, fresh: Tensor | None, backend: Backend) -> Tensor | None:
+    """Summaries grow by the clusters that filled. They are fixed operands (``Backend.fix``: under
+    MPC masked once, when made), so a step's q.c~ opens q only; a grown one reuses the old mask."""
     if fresh is None or old is None:
-        return fresh
+        return fresh if fresh is None else backend.fix(fresh)
     return backend.cat([old, fresh], dim=1)
 
 

@@ -1,0 +1,58 @@
+"""The default MPCache configuration under two real parties equals its plaintext simulation (tokens and
+every selection), and the scores it shares with attention (q.K^T and the softmax shift) are what
+attention would compute itself."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mpcache.core.backend import PlainBackend
+from mpcache.policies import parse_spec
+from mpcache.policies.mpcache_scoring import combine, shared_token_max
+from tests.test_mpc_policies import check_runs
+from tests.test_mpc_two_party import run_parties
+
+# The default policy itself (no options), at a budget where the softmax shift is handed over
+# (k2 leaves room for each head's best child) and at the usual 10 %.
+DEFAULTS = ["mpcache@0.25", "mpcache@0.1", "mpcache:share_scores=false@0.25"]
+
+
+@pytest.mark.slow
+def test_default_mpcache_under_mpc_matches_plaintext(tmp_path):
+    record = run_parties(tmp_path, "--policy", ",".join(DEFAULTS), "--prompt-len", "256", "--approx", "fast",
+                         "--prefill", "plaintext", "--new-tokens", "4", "--timeout", "120", timeout=900)
+    assert [r["policy"] for r in record["runs"]] == DEFAULTS
+    check_runs(record, 256, 4, approx="fast")
+    # Sharing attention's scores saves their second product: fewer selection bytes, same tokens.
+    shared, separate = record["runs"][0], record["runs"][2]
+    assert shared["tokens"] == separate["tokens"]
+    assert shared["phase_bytes"]["selection"] < separate["phase_bytes"]["selection"]
+
+
+@pytest.mark.parametrize("tail", [0, 3, 9])
+@pytest.mark.parametrize("parents", [False, True])
+def test_shared_token_max_gives_maxnorm_scores_and_the_max_over_candidates_and_tail(tail, parents):
+    torch.manual_seed(tail)
+    b = PlainBackend()
+    hkv, g, parent, size, count = 2, 3, 8, 4, 6
+    full = parent * count
+    logits = torch.randn(hkv, g, full + tail)
+    sel1 = torch.tensor([[0, 2, 5], [1, 3, 4]]) if parents else None
+    picked = 3 if parents else count
+    scores, shift = shared_token_max(logits, full, sel1, picked, parent, size, "maxnorm", b, True)
+    cand = logits[..., :full].reshape(hkv, g, count, parent)
+    if parents:
+        cand = torch.stack([cand[h][:, sel1[h]] for h in range(hkv)])
+    best = cand.reshape(hkv, g, -1, size).amax(-1)
+    assert torch.equal(scores, combine(best, "maxnorm", b))
+    expect = torch.cat([cand.reshape(hkv, g, -1), logits[..., full:]], dim=2).amax(-1, keepdim=True)
+    assert torch.equal(shift, expect)
+
+
+def test_the_default_is_the_cheap_configuration():
+    """The default's options (see PRESETS["retrieval"]): level-1 parents scored from summaries,
+    exact token scores inside them, attention's scores and shift shared."""
+    p = parse_spec("mpcache", 0.1)
+    assert p.hierarchy and p.score2 == "max" and p.group == "maxnorm" and p.share_scores
+    assert not p.static and not p.share

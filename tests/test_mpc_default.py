@@ -54,7 +54,7 @@ def test_shared_token_max_gives_maxnorm_scores_and_the_max_over_candidates_and_t
 
 
 def test_the_default_is_the_cheap_configuration():
-    """The default's options (see PRESETS["retrieval"]): level-1 parents scored from summaries,
+    """The default's options (see PRESETS["lean"]): level-1 parents scored from summaries,
     exact token scores inside them, attention's scores and shift shared."""
     p = parse_spec("mpcache", 0.1)
     assert p.hierarchy and p.score2 == "max" and p.group == "maxnorm" and p.share_scores

@@ -3,7 +3,8 @@ similarity, and cross-layer sharing of selections. Every stage can be switched o
 
 Budget mapping. ``budget`` B (fraction of the prompt's T tokens attended per decode step) sets, unless
 given directly:  rho = clamp(2B, 0.3, 1) (kept fraction after static eviction),
-r1 = clamp(2B/rho, 0.5, 1) (level-1 clusters kept), and the level-2 count
+r1 = clamp(2B/rho, r1_min, 1) (level-1 clusters kept; r1_min: 0.25 in the lean preset, else 0.5), and the
+level-2 count
 k2 = floor((ceil(B*T) - tail) / s2), where tail (< s1) is the newest tokens not yet in a full
 level-1 cluster (always attended). So a step attends k2*s2 + tail <= ceil(B*T) tokens, i.e. about
 r2 = B/rho of the kept level-2 clusters. B = 0.05 -> rho 0.3, r1 0.5, r2 ~0.17; B = 0.1 -> 0.3,
@@ -21,7 +22,8 @@ mix, Quest's bound at alpha=1), ``group`` (sum | max | maxnorm over a GQA group'
 ``force_last`` (False: only the sink cluster is forced), ``recent`` (a fraction of the budget always
 spent on the newest tokens, which join the tail: a public slice, counted inside the budget).
 Presets (``preset``, see PRESETS) set static, hierarchy, share, score2, group, recent and s2 unless given:
-``retrieval`` (the default, issue 15) and ``paper`` (the original design above).
+``lean`` (the default: retrieval's scoring inside the parents their summaries pick), ``retrieval``
+(token-max clusters over the whole cache) and ``paper`` (the original design above).
 Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secret; this file uses
 Backend ops only (matmul, sum, amax/amin, topk, gather, cat, + and * with public constants).
 """
@@ -124,14 +126,18 @@ class Selection:
 
 
 # Option groups. paper: the original design (DESIGN §4: static eviction, two-level summaries, sharing).
-# retrieval (the default, issue 15): no static stage, no level 1, no sharing; every level-2 cluster
+# retrieval (the default before lean): no static stage, no level 1, no sharing; every level-2 cluster
 # scored by its best token's q.k, GQA heads combined by maxnorm (what finds the needle on SmolLM2),
 # clusters of 4 tokens (s2=16 misses the perplexity bar: +8.1 % at 10 %, s2=4 +2.6 %; README).
+# lean (the default): retrieval's scoring inside a quarter (at 10 %) of the 32-token parents, chosen
+# by their summaries: the exact token work under 2PC no longer covers the whole cache.
 PRESETS: dict[str, dict] = {
+    "lean": dict(static=False, hierarchy=True, share=False, score2="max", group="maxnorm", recent=0.0,
+                 s2=8, parents=0, r1_min=0.25),
     "retrieval": dict(static=False, hierarchy=False, share=False, score2="max", group="maxnorm", recent=0.0,
-                      s2=4, parents=16),
+                      s2=4, parents=16, r1_min=0.5),
     "paper": dict(static=True, hierarchy=True, share=True, score2="summary", group="sum", recent=0.0, s2=16,
-                  parents=0),
+                  parents=0, r1_min=0.5),
 }
 
 
@@ -139,6 +145,7 @@ PRESETS: dict[str, dict] = {
 class MPCachePolicy(Policy):
     rho: float | None = None  # kept fraction after static eviction (None: from budget)
     r1: float | None = None  # level-1 clusters kept (None: from budget)
+    r1_min: float | None = None  # ... at least this fraction (None: the preset's)
     r2: float | None = None  # level-2 clusters kept, of all of them (None: budget-exact count)
     window: float = 0.2  # static window, fraction of the prompt
     long_window: float = 0.1  # ... beyond long_prompt tokens
@@ -147,7 +154,7 @@ class MPCachePolicy(Policy):
     s1: int = 32
     s2: int | None = None  # level-2 cluster size in tokens (None: the preset's)
     alpha: float = 0.6
-    preset: str = "retrieval"  # sets the options below left at None (see PRESETS)
+    preset: str = "lean"  # sets the options below left at None (see PRESETS)
     static: bool | None = None  # look-once static eviction after prefill
     dynamic: bool = True
     hierarchy: bool | None = None  # level-1 stage (off: pick level-2 clusters directly)
@@ -212,7 +219,7 @@ class MPCachePolicy(Policy):
     def level1_fraction(self) -> float:
         if self.r1 is not None:
             return self.r1
-        return min(1.0, max(0.5, 2.0 * self.budget / self.kept_fraction()))
+        return min(1.0, max(self.r1_min, 2.0 * self.budget / self.kept_fraction()))
 
     def role(self, layer: int, num_layers: int) -> str:
         """alone | leader | follower, by DESIGN's pattern: ends alone, then pairs (2,3), (4,5)..."""

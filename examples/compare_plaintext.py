@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mpcache.core.backend import mpc_default  # noqa: E402
+from mpcache.core.approximations import mpc_default  # noqa: E402
 from protocols.net import links, runtime  # noqa: E402
 
 PROMPTS = [
@@ -78,7 +78,8 @@ def main() -> int:
     def body() -> int:
         import torch
 
-        from mpcache.core.backend import Approximations, PlainBackend
+        from mpcache.core.approximations import Approximations
+        from mpcache.core.backend import PlainBackend
         from mpcache.models import Transformer, load_model
         from protocols.mpc.session import build, private_generate
 

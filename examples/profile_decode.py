@@ -43,7 +43,7 @@ def main() -> int:
         return launch_self("tfp")
 
     def body() -> int:
-        from mpcache.core.backend import Approximations
+        from mpcache.core.approximations import Approximations
         from mpcache.programs.parties.bench_party import synthetic_prompt
         from protocols.mpc.session import build, private_generate
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mpcache.core.backend import MPC_DEFAULT  # noqa: E402
+from mpcache.core.approximations import MPC_DEFAULT  # noqa: E402
 
 RATE_BITS = {"gbit": 1e9, "mbit": 1e6}
 

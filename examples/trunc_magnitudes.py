@@ -59,7 +59,7 @@ class Tally:
 
 def run(args) -> int:
     def body() -> int:
-        from mpcache.core.backend import Approximations
+        from mpcache.core.approximations import Approximations
         from protocols.mpc.session import build, private_generate
         from protocols.ring import trunc
 

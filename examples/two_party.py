@@ -29,7 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mpcache.core.backend import MPC_DEFAULT_TTP, mpc_default  # noqa: E402
+from mpcache.core.approximations import MPC_DEFAULT_TTP, mpc_default  # noqa: E402
+from mpcache.core.errors import UserError  # noqa: E402
+from mpcache.policies import check_supported  # noqa: E402
 from protocols.net import links, runtime  # noqa: E402
 
 
@@ -64,13 +66,17 @@ def main() -> int:
     args = parse()
     args.approx = args.approx or mpc_default(args.dealer)
     links.apply_flags_or_exit(args)
+    try:
+        check_supported(args.policy, "mpc")  # a plaintext-only policy: one line, before any launch
+    except UserError as exc:
+        sys.exit(f"two_party: error: {exc}")
     if not runtime.under_torchrun():
         from protocols.net.launch import launch_self
 
         return launch_self(args.dealer)
 
     def body() -> int:
-        from mpcache.core.backend import Approximations
+        from mpcache.core.approximations import Approximations
         from mpcache.generation.stream import StreamPrinter
         from mpcache.policies import parse_spec
         from mpcache.programs.parties.report import CostTable

@@ -58,7 +58,7 @@ def main() -> int:
             return check_openings(party, args.out)
         if args.check_topk:
             return check_topk(party, args.out, args.check_topk.split(","), args.approx)
-        from mpcache.core.backend import Approximations
+        from mpcache.core.approximations import Approximations
 
         view = record_view(party) if args.record_view else None
         pm = build(party, args.model, Approximations.preset(args.approx), debug_logits=True)
@@ -243,7 +243,7 @@ def topk_cases() -> list[dict]:
 def check_topk(party, out: str, methods: list[str], approx: str = "v1") -> int:
     """Every construction on every case of ``topk_cases``; the client writes the revealed one-hots.
     With a fast preset the comparisons are the dealer's exact ring comparisons."""
-    from mpcache.core.backend import Approximations
+    from mpcache.core.approximations import Approximations
     from protocols.mpc.backend import MPCBackend
     from protocols.ring.shares import reveal
 

@@ -4,7 +4,8 @@ SmolLM2 produces (RMSNorm variances 0.007 .. 1e6, gate inputs |x| <= 50, score s
 import torch
 
 from mpcache.core import approx
-from mpcache.core.backend import Approximations, PlainBackend
+from mpcache.core.approximations import Approximations
+from mpcache.core.backend import PlainBackend
 
 
 def test_silu_inv_sqrt_reciprocal_accuracy():

@@ -3,7 +3,8 @@ fresh run over the whole conversation decodes; eviction and refusals keep the se
 
 import pytest
 
-from mpcache.core.backend import Approximations, PlainBackend
+from mpcache.core.approximations import Approximations
+from mpcache.core.backend import PlainBackend
 from mpcache.generation.chat import ChatFormat, Conversation, TurnRefused
 from mpcache.generation.generate import generate
 from mpcache.models import Transformer

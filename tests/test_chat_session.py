@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from mpcache.core.backend import Approximations, PlainBackend
+from mpcache.core.approximations import Approximations
+from mpcache.core.backend import PlainBackend
 from mpcache.generation.generate import generate
 from mpcache.models import Transformer, load_model
 from protocols.net import tls

@@ -111,6 +111,6 @@ def test_extra_state_counted_and_plaintext_only(tiny, prompt):
     class FakeMPC(PlainBackend):
         name = "mpc"
 
-    with pytest.raises(UserError, match="plaintext only"):
+    with pytest.raises(UserError, match="plain backend only"):
         policy = make_policy("lazyeviction", 0.1)
         generate(Transformer(tiny.config, tiny.weights, FakeMPC(), policy), prompt, 2)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpcache.core.backend import Approximations, PlainBackend
+from mpcache.core.approximations import Approximations
+from mpcache.core.backend import PlainBackend
 from mpcache.models import Transformer, load_model
 from mpcache.policies import parse_spec
 from tests.test_mpc_two_party import LOGIT_TOL, run_parties

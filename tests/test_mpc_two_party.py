@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpcache.core.backend import Approximations, PlainBackend
+from mpcache.core.approximations import Approximations
+from mpcache.core.backend import PlainBackend
 from mpcache.models import Transformer, load_model
 from protocols.net.launch import free_port, torchrun_command
 from protocols.net.runtime import world_size

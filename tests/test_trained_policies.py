@@ -97,7 +97,7 @@ def test_trained_policies_refuse_mpc_and_missing_weights(tiny, prompt, tmp_path,
         name = "mpc"
 
     for name in ("locret", "attention-gate"):
-        with pytest.raises(UserError, match="plaintext only"):
+        with pytest.raises(UserError, match="plain backend only"):
             _run(tiny, make_policy(name, 0.1, weights="untrained"), prompt, 1, FakeMPC())
         monkeypatch.setenv("MPCACHE_CACHE", str(tmp_path))
         with pytest.raises(UserError, match="mpcache train"):

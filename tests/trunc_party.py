@@ -30,9 +30,8 @@ def main() -> int:
         import torch
 
         from protocols.mpc.backend import MPCBackend
-        from protocols.net.fastcrypten import from_share
         from protocols.ring import trunc
-        from protocols.ring.shares import open_ring
+        from protocols.ring.shares import from_share, open_ring
 
         party = runtime.init(args.dealer, 60)
         backend = MPCBackend(party)  # installs the exact truncation with this run's dealer

@@ -59,6 +59,7 @@ class KVCache:
     def start(self, policy: Any, prompts: list, backend: Backend) -> KVCache:
         """A fork of this full-cache prefill handed to ``policy``: its ``after_prefill`` runs now on
         each layer with that layer's recorded prompt info (run several policies from one prefill)."""
+        policy.check_backend(backend.name)
         cache = self.fork()
         cache.policy = policy
         with backend.phase("static-eviction"):

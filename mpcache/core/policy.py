@@ -26,11 +26,14 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from mpcache.core.backend import Backend, Tensor
 from mpcache.core.cache import LayerCache
+from mpcache.core.errors import UserError
 from mpcache.core.window import window_attention
+
+BACKENDS = ("plain", "mpc")  # PlainBackend.name, MPCBackend.name
 
 
 @dataclass
@@ -65,6 +68,16 @@ class Policy:
     budget: float = 1.0
 
     name = "full"
+    # The backends this policy runs on, and why not the others (shown when a run is refused).
+    backends: ClassVar[tuple[str, ...]] = BACKENDS
+    plaintext_only_because: ClassVar[str] = ""
+
+    @classmethod
+    def check_backend(cls, backend: str) -> None:
+        """Refuse, with one line, a run of this policy on a backend it does not support."""
+        if backend not in cls.backends:
+            raise UserError(f"policy {cls.name!r} runs on the {'/'.join(cls.backends)} backend only "
+                            f"({cls.plaintext_only_because}), not on {backend!r}")
 
     def budget_tokens(self, prompt_len: int) -> int:
         """Tokens attended per decode step for a prompt of ``prompt_len`` tokens (public).

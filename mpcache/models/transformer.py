@@ -54,7 +54,10 @@ class Transformer:
 
     def new_cache(self, policy: Policy | None = None) -> KVCache:
         """An empty cache for one sequence, managed by ``policy`` (default: the model's)."""
-        return KVCache.empty(self.config.num_layers, policy or self.policy)
+        policy = policy or self.policy
+        if policy is not None:
+            policy.check_backend(self.backend.name)
+        return KVCache.empty(self.config.num_layers, policy)
 
     def forward(self, token_ids, cache: KVCache, all_logits: bool = False) -> Tensor:
         """Feed ``token_ids`` (a list of ints; under MPC, what the embedding backend takes).

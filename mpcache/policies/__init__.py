@@ -36,32 +36,51 @@ POLICIES: dict[str, type[Policy]] = {
 
 def make_policy(name: str = "full", budget: float = 1.0, **options) -> Policy:
     """A fresh policy (one per sequence). ``options`` set the policy's dataclass fields."""
-    if name not in POLICIES:
-        raise UserError(f"unknown policy {name!r} (known: {', '.join(sorted(POLICIES))})")
+    fields = _options_of(name)
     if not 0.0 < budget <= 1.0:
         raise UserError(f"--budget must be in (0, 1], got {budget}")
-    cls = POLICIES[name]
-    fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in options:
-        if key not in fields or key == "budget":
-            known = ", ".join(sorted(k for k in fields if k != "budget")) or "none"
-            raise UserError(f"policy {name!r} has no option {key!r} (options: {known})")
-    return cls(budget=budget, **options)
+        if key not in fields:
+            raise UserError(f"policy {name!r} has no option {key!r} (options: {_known(fields)})")
+    return POLICIES[name](budget=budget, **options)
+
+
+def _options_of(name: str) -> dict[str, dataclasses.Field]:
+    """The settable options of policy ``name`` (its dataclass fields but the budget)."""
+    if name not in POLICIES:
+        raise UserError(f"unknown policy {name!r} (known: {', '.join(sorted(POLICIES))})")
+    return {f.name: f for f in dataclasses.fields(POLICIES[name]) if f.name != "budget"}
+
+
+def _known(fields: dict) -> str:
+    return ", ".join(sorted(fields)) or "none"
 
 
 def parse_options(name: str, items: list[str] | None) -> dict:
     """``KEY=VALUE`` strings -> typed options for policy ``name`` (bool/int/float/str fields)."""
-    if name not in POLICIES:
-        raise UserError(f"unknown policy {name!r} (known: {', '.join(sorted(POLICIES))})")
-    fields = {f.name: f for f in dataclasses.fields(POLICIES[name])}
+    fields = _options_of(name)
     options: dict = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
-        if not sep or key not in fields or key == "budget":
-            known = ", ".join(sorted(k for k in fields if k != "budget")) or "none"
-            raise UserError(f"bad policy option {item!r} for {name!r} (KEY=VALUE; options: {known})")
+        if not sep or key not in fields:
+            raise UserError(f"bad policy option {item!r} for {name!r} (KEY=VALUE; options: {_known(fields)})")
         options[key] = _convert(key, raw, fields[key].default, str(fields[key].type))
     return options
+
+
+def supported(backend: str) -> list[str]:
+    """The policies that run on ``backend`` ("plain" or "mpc")."""
+    return [name for name, cls in POLICIES.items() if backend in cls.backends]
+
+
+def check_supported(spec: str, backend: str) -> None:
+    """Refuse, with one line and before any setup, a policy spec its backend cannot run."""
+    name = spec.strip().split(":")[0]
+    _options_of(name)
+    cls = POLICIES[name]
+    if backend not in cls.backends:
+        raise UserError(f"policy {name!r} runs in plaintext only ({cls.plaintext_only_because}); "
+                        f"under MPC use one of: {', '.join(supported(backend))}")
 
 
 def parse_spec(spec: str, budget: float = 1.0) -> Policy:
@@ -89,4 +108,5 @@ def _convert(key: str, raw: str, default, kind: str = ""):
         raise UserError(f"bad value {raw!r} for policy option {key!r}") from None
 
 
-__all__ = ["POLICIES", "Policy", "PromptInfo", "make_policy", "parse_options", "parse_spec"]
+__all__ = ["POLICIES", "Policy", "PromptInfo", "check_supported", "make_policy", "parse_options",
+           "parse_spec", "supported"]

@@ -27,7 +27,6 @@ from mpcache.core.policy import Policy, PromptInfo
 from mpcache.learned import gate_train, store
 from mpcache.learned.features import token_features
 from mpcache.learned.gate import Gates
-from mpcache.policies.plaintext import require_plain
 
 _GATES: dict[str, tuple[Gates, dict]] = {}
 
@@ -44,6 +43,8 @@ class AttentionGatePolicy(Policy):
     seed: int = 0
 
     name = "attention-gate"
+    backends = ("plain",)
+    plaintext_only_because = "its gates are plaintext modules"
 
     def __post_init__(self) -> None:
         if self.sinks < 0 or self.local_len < 0:
@@ -76,7 +77,6 @@ class AttentionGatePolicy(Policy):
     def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
         if self.budget >= 1.0:
             return
-        require_plain(backend, self.name, "its gates are plaintext modules")
         t, config = cache.length, prompt.config
         gates, _ = self.gates(config)
         b = self.budget_tokens(t)

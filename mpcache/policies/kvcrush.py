@@ -138,13 +138,13 @@ def kvcrush_keep(prompt: PromptInfo, keys: torch.Tensor, n_keep: int, cfg: KVCru
 @dataclass
 class KVCrushPolicy(KVCrushConfig, Policy):
     name = "kvcrush"
+    backends = ("plain",)
+    plaintext_only_because = "its representatives come from plaintext bit signatures"
 
     def __post_init__(self) -> None:
         self.check()
 
     def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
-        if not isinstance(cache.k, torch.Tensor):
-            raise UserError(f"policy {self.name!r} runs in plaintext only")
         t = cache.length
         n_keep = self.budget_tokens(t)
         if n_keep >= t:

@@ -31,7 +31,6 @@ from mpcache.core.cache import LayerCache
 from mpcache.core.errors import UserError
 from mpcache.core.policy import Policy, PromptInfo
 from mpcache.core.window import window_attention
-from mpcache.policies.plaintext import require_plain
 
 
 def sigma2(x: torch.Tensor) -> torch.Tensor:
@@ -60,6 +59,8 @@ class LazyEvictionPolicy(Policy):
     prompt_window: int = 32  # adapted mode: last prompt queries replayed as steps (0 = faithful)
 
     name = "lazyeviction"
+    backends = ("plain",)
+    plaintext_only_because = "its recurrence tracking needs comparisons"
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.prompt_window < 0 or not 0.0 < self.alpha < 1.0:
@@ -71,7 +72,6 @@ class LazyEvictionPolicy(Policy):
         if n_budget >= t_len and self.budget >= 1.0:
             cache.state["off"] = True  # no limit: nothing to track
             return
-        require_plain(backend, self.name, "its recurrence tracking needs comparisons")
         w = max(1, min(self.window, n_budget // 5))
         hkv = cache.k.shape[0]
         st = cache.state

@@ -33,7 +33,6 @@ from mpcache.core.policy import Policy, PromptInfo
 from mpcache.learned import locret as heads_lib
 from mpcache.learned import store
 from mpcache.learned.features import token_features
-from mpcache.policies.plaintext import require_plain
 
 _HEADS: dict[str, tuple[heads_lib.RetainingHeads, dict]] = {}
 
@@ -67,6 +66,8 @@ class LocretPolicy(Policy):
     sinks: int = 0  # first tokens always kept (NOT in Locret; our option, see the README)
 
     name = "locret"
+    backends = ("plain",)
+    plaintext_only_because = "its retaining heads are plaintext MLPs"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.stabilizers < 1.0 or self.chunk < 1 or self.local_len < 0:
@@ -103,7 +104,6 @@ class LocretPolicy(Policy):
     def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
         if self.budget >= 1.0:
             return
-        require_plain(backend, self.name, "its retaining heads are plaintext MLPs")
         t, config = cache.length, prompt.config
         b = self.budget_tokens(t)
         cis = self._cis(layer, config, prompt.q, cache.k, cache.v, torch.arange(t))

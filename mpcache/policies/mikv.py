@@ -47,6 +47,8 @@ class MiKVPolicy(Policy):
     balance: bool = True  # key channel balancer
 
     name = "mikv"
+    backends = ("plain",)
+    plaintext_only_because = "its low-precision tier is quantized plaintext"
 
     def __post_init__(self) -> None:
         if self.bits not in SUPPORTED_BITS:
@@ -68,8 +70,6 @@ class MiKVPolicy(Policy):
     # --- hooks ------------------------------------------------------------------------------
     def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
         k, v = cache.k, cache.v
-        if not isinstance(k, torch.Tensor):
-            raise UserError(f"policy {self.name!r} runs in plaintext only")
         if self.budget >= 1.0:  # no compression at all: the full cache, untouched (exact)
             return
         hkv, t, d = k.shape

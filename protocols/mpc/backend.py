@@ -21,7 +21,8 @@ import crypten
 import torch
 from crypten import communicator
 
-from mpcache.core.backend import Approximations, Backend, mpc_default
+from mpcache.core.approximations import Approximations, mpc_default
+from mpcache.core.backend import Backend
 from mpcache.core.selected import SelectedRows
 from protocols.mpc.operands import MeteredDealer, OperandRegistry, meter_ttp_requests
 from protocols.net import fastcrypten
@@ -215,8 +216,7 @@ class MPCBackend(Backend):
             return layers.silu(x, self.numerics)
 
     def softmax(self, scores, mask: torch.Tensor | None = None, shift=None):
-        """The row max: a policy's ``shift`` or a tournament (``argmax.softmax_max``)."""
-        with self.meter.phase("softmax"):
+        with self.meter.phase("softmax"):  # the row max: a policy's shift, else a bounded tournament
             find = argmax.softmax_max(self.softmax_max, shift, self.numerics, self.rank, self.guard)
             return layers.softmax(scores, mask, self.numerics, find)
 

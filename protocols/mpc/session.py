@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mpcache.core.backend import Approximations
+from mpcache.core.approximations import Approximations
 from mpcache.core.policy import Policy
 from mpcache.generation.chat import Conversation, TurnResult
 from mpcache.generation.generate import GenerationResult, decode, generate

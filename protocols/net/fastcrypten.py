@@ -10,7 +10,8 @@ bookkeeping around tiny operations, not arithmetic:
   it changes no later random value.
 - Every attribute access on a CrypTensor goes through a validation wrapper that reads
   ``cfg.debug.validation_mode``; with validation off (checked once, here) the wrapper is removed.
-- ``from_share`` builds an MPCTensor around an existing share without either detour.
+- ``protocols.ring.shares.from_share`` builds an MPCTensor around an existing share without either
+  detour.
 
 ``install()`` also installs ``protocols.net.fastcomm`` (two-party openings over a direct connection)
 and freezes CrypTen's config (``protocols.net.fastcfg``); it is idempotent.
@@ -29,19 +30,6 @@ from crypten.mpc.ptype import ptype as Ptype
 from protocols.net import fastcfg, fastcomm
 
 _PATCHED = "_mpcache_trimmed"
-
-
-def from_share(share: torch.Tensor, precision: int | None = None):
-    """``MPCTensor.from_shares(share, precision)`` without the empty sharing (CPU shares)."""
-    inner = object.__new__(ArithmeticSharedTensor)
-    inner._tensor = share
-    inner.encoder = FixedPointEncoder(precision_bits=precision)
-    result = object.__new__(MPCTensor)
-    result.requires_grad = False
-    result._reset_gradients()
-    result._tensor = inner
-    result.ptype = Ptype.arithmetic
-    return result
 
 
 def install(timeout_s: float = 60.0) -> None:

@@ -19,7 +19,7 @@ import crypten
 import torch
 
 from mpcache.core import approx
-from mpcache.core.backend import Approximations
+from mpcache.core.approximations import Approximations
 from protocols.numerics import digits, lut
 from protocols.ring import trunc
 from protocols.ring.shares import mpc_from_share, rank, ring_mul

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from mpcache.core.backend import Approximations
+from mpcache.core.approximations import Approximations
 from protocols.net.accounting import NETWORKS
 from protocols.numerics import digits
 from protocols.numerics import nonlinear as nl

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mpcache.core.backend import MPC_DEFAULT, MPC_DEFAULT_TTP, PRESETS, Approximations, mpc_default
+from mpcache.core.approximations import MPC_DEFAULT, MPC_DEFAULT_TTP, PRESETS, Approximations, mpc_default
 from mpcache.core.errors import UserError
 from mpcache.generation.generate import check_lengths
 from mpcache.models import DEFAULT_MODEL, load_model
-from mpcache.policies import POLICIES, parse_spec
+from mpcache.policies import check_supported, parse_spec
 from mpcache.programs.commands import bench_ops
 from mpcache.programs.parties import bench_party, topk_bench
 from mpcache.programs.parties.bench_party import ensure_parent
@@ -130,9 +130,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.policies:
         raise UserError("--policy needs at least one policy")
     for spec in args.policies:
+        check_supported(spec, "mpc")  # a plaintext-only policy: one line, before any launch
         parse_spec(spec, args.budget)  # bad name/option/budget -> UserError before any launch
-        if POLICIES[spec.split(":")[0]].decode_attention is not POLICIES["full"].decode_attention:
-            raise UserError(f"policy {spec!r} runs in plaintext only (its cache is quantized)")
     if not runtime.under_torchrun():
         config = load_model(args.model, with_tokenizer=False).config  # bad model -> UserError, no launch
         for length in args.length:

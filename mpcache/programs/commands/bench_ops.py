@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from mpcache.core.backend import PRESETS
+from mpcache.core.approximations import PRESETS
 from mpcache.core.errors import UserError
 from mpcache.models import DEFAULT_MODEL
 from mpcache.programs.parties.ops_bench import OPS, record_inputs

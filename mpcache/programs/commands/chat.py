@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from mpcache.core.backend import MPC_DEFAULT, MPC_DEFAULT_TTP, PRESETS, mpc_default
+from mpcache.core.approximations import MPC_DEFAULT, MPC_DEFAULT_TTP, PRESETS, mpc_default
 from mpcache.core.errors import UserError
 from mpcache.generation.chat import CHAT_POLICIES
 from mpcache.models import DEFAULT_MODEL

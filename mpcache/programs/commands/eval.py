@@ -7,7 +7,8 @@ import sys
 
 from tqdm import tqdm
 
-from mpcache.core.backend import Approximations, PlainBackend
+from mpcache.core.approximations import Approximations
+from mpcache.core.backend import PlainBackend
 from mpcache.core.errors import UserError
 from mpcache.eval.sweep import SweepConfig, run_sweep, write_records
 from mpcache.models import DEFAULT_MODEL, Transformer, load_model

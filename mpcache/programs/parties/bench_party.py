@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from mpcache.core.backend import Approximations, PlainBackend, mpc_default
+from mpcache.core.approximations import Approximations, mpc_default
+from mpcache.core.backend import PlainBackend
 from mpcache.generation.generate import generate
 from mpcache.models import Transformer, load_model
 from mpcache.policies import parse_spec
@@ -21,7 +22,6 @@ from protocols.mpc.session import build, private_generate
 from protocols.net import fastcomm, links
 from protocols.net.accounting import NETWORKS, Cost, total
 from protocols.net.runtime import DEALER_NOTE, Party
-from protocols.numerics.nonlinear import Numerics
 from protocols.ring import csprng
 
 BYTES_NOTE = ("online_bytes: party 0's count of elements sent + received x 8 B = all traffic between the "
@@ -56,16 +56,15 @@ def run(party: Party, args) -> int:
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.mask_reuse]
     log(party, DEALER_NOTE[party.dealer])
     plain_times: dict[int, tuple[float, float]] = {}
-    for mask_reuse in modes:
-        log(party, f"setting up {args.model} (mask reuse {'on' if mask_reuse else 'off'})")
-        pm = build(party, args.model, Approximations.preset(presets[0]), mask_reuse=mask_reuse)
+    for mask_reuse, name in [(m, a) for m in modes for a in presets]:
+        approx = Approximations.preset(name)  # a backend per preset: its numerics never change
+        reuse = 'on' if mask_reuse else 'off'
+        log(party, f"setting up {args.model} (mask reuse {reuse}, approximations {name})")
+        pm = build(party, args.model, approx, mask_reuse=mask_reuse)
         log(party, f"setup done in {pm.setup.compute_s:.1f} s, {pm.setup.online_bytes / 1e6:.1f} MB")
         if args.prefill == "plaintext":
             log(party, PLAINTEXT_NOTE)
-        runs = [(n, p, a) for a in presets for n in args.length for p in args.policies]
-        for length, spec, name in runs:
-            approx = Approximations.preset(name)  # the same shared weights, other numerics
-            pm.backend.approx, pm.backend.numerics = approx, Numerics(approx, pm.backend.dealer)
+        for length, spec in [(n, p) for n in args.length for p in args.policies]:
             log(party, f"L={length} {spec}, approximations {name}")
             prompt = synthetic_prompt(length, pm.model.config.vocab_size) if party.is_client else None
             policy = parse_spec(spec, args.budget)

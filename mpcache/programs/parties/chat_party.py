@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-from mpcache.core.backend import Approximations
+from mpcache.core.approximations import Approximations
 from mpcache.core.errors import UserError
 from mpcache.generation.chat import ChatFormat, Conversation, TurnRefused
 from mpcache.generation.stream import StreamPrinter

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from mpcache.core.backend import Approximations, PlainBackend
+from mpcache.core.approximations import Approximations
+from mpcache.core.backend import PlainBackend
 from mpcache.eval.corpus import essays_ids
 from mpcache.models import Transformer, load_model
 from protocols.mpc.backend import MPCBackend

@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from mpcache.core.backend import Approximations, PlainBackend
+from mpcache.core.approximations import Approximations
+from mpcache.core.backend import PlainBackend
 from protocols.mpc.backend import MPCBackend
 from protocols.net.accounting import NETWORKS, Cost, diff, total
 from protocols.net.runtime import DEALER_NOTE, Party

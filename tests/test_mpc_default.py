@@ -18,7 +18,7 @@ from tests.test_mpc_two_party import run_parties
 
 # The default policy itself (no options), at a budget where the softmax shift is handed over
 # (k2 leaves room for each head's best child) and at the usual 10 %.
-DEFAULTS = ["mpcache@0.25", "mpcache@0.1", "mpcache:share_scores=false@0.25"]
+DEFAULTS = ["mpcache@0.25", "mpcache@0.1", "mpcache:share_scores=false@0.25", "mpcache:score1=qsum@0.25"]
 
 
 @pytest.mark.slow

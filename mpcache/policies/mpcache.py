@@ -175,6 +175,9 @@ class MPCachePolicy(Policy):
     # score2=max: score children from attention's own q.K^T (computed once, reused by attention) and
     # with maxnorm hand attention its softmax shift (the head maxima); False: the old separate product.
     share_scores: bool = True
+    # Level 1 parents scored by: summary (q.c~, the design) | qsum: the max over the parent's tokens of
+    # the group-summed query's q.k (exact token scores, one per KV head instead of g: no summaries).
+    score1: str = "summary"
 
     name = "mpcache"
 
@@ -195,7 +198,7 @@ class MPCachePolicy(Policy):
         if self.importance not in ("max", "sum"):
             raise UserError(f"mpcache: importance must be max or sum, got {self.importance!r}")
         for key, allowed in (("static_heads", STATIC_HEADS), ("score", SCORES), ("group", GROUP),
-                             ("score2", SCORES2)):
+                             ("score2", SCORES2), ("score1", ("summary", "qsum"))):
             value = getattr(self, key)
             if value not in allowed:
                 raise UserError(f"mpcache: {key} must be one of {', '.join(allowed)}, got {value!r}")
@@ -268,7 +271,7 @@ class MPCachePolicy(Policy):
     def _uses_summaries(self) -> bool:
         """Only level 1 and summary-scored level 2 read cluster summaries (score2=max without the
         hierarchy reads the keys themselves: no min/max comparisons to build or store)."""
-        return self.hierarchy or self.score2 == "summary"
+        return (self.hierarchy and self.score1 == "summary") or self.score2 == "summary"
 
     def decode_kv(self, layer: int, q: Tensor, cache: LayerCache, backend: Backend) -> tuple[Tensor, Tensor]:
         if not self.dynamic:
@@ -304,7 +307,11 @@ class MPCachePolicy(Policy):
         sel1, k1 = None, full1
         if self.hierarchy:
             k1 = min(full1, max(ends, math.ceil(self.level1_fraction() * full1 - 1e-9)))
-            if k1 < full1:
+            if k1 < full1 and self.score1 == "qsum":  # the best token of the group-summed query
+                t = backend.matmul_t(backend.sum(qg, 1, keepdim=True), cache.k[:, : full1 * self.s1])
+                s1 = backend.amax(t.reshape(hkv, full1, self.s1), 2)
+                sel1 = top(backend, s1, k1, self._forced(full1, hkv))
+            elif k1 < full1:
                 r1 = None if summaries.r1 is None else summaries.r1[:, :full1]
                 s1 = self._scores(qg, summaries.c1[:, :full1], r1, backend)
                 sel1 = top(backend, s1, k1, self._forced(full1, hkv))

@@ -27,10 +27,13 @@ def test_default_mpcache_under_mpc_matches_plaintext(tmp_path):
                          "--prefill", "plaintext", "--new-tokens", "4", "--timeout", "120", timeout=900)
     assert [r["policy"] for r in record["runs"]] == DEFAULTS
     check_runs(record, 256, 4, approx="fast")
-    # Sharing attention's scores saves their second product: fewer selection bytes, same tokens.
+    # Sharing attention's scores saves their second product and the softmax's own max: fewer bytes
+    # in all (the shared product is counted under selection now), the same tokens.
     shared, separate = record["runs"][0], record["runs"][2]
     assert shared["tokens"] == separate["tokens"]
-    assert shared["phase_bytes"]["selection"] < separate["phase_bytes"]["selection"]
+    total = {name: sum(run["phase_bytes"].values()) for name, run in (("on", shared), ("off", separate))}
+    assert total["on"] < total["off"], (shared["phase_bytes"], separate["phase_bytes"])
+    assert shared["phase_bytes"]["softmax"] < separate["phase_bytes"]["softmax"]
 
 
 @pytest.mark.parametrize("tail", [0, 3, 9])

@@ -16,9 +16,10 @@ from mpcache.policies.mpcache_scoring import combine, shared_token_max
 from tests.test_mpc_policies import ReplayBackend, check_runs
 from tests.test_mpc_two_party import run_parties
 
-# The default policy itself (no options), at a budget where the softmax shift is handed over
+# The default policy itself and the lean preset, at a budget where the softmax shift is handed over
 # (k2 leaves room for each head's best child) and at the usual 10 %.
-DEFAULTS = ["mpcache@0.25", "mpcache@0.1", "mpcache:share_scores=false@0.25", "mpcache:score1=qsum@0.25"]
+DEFAULTS = ["mpcache@0.25", "mpcache:preset=lean@0.25", "mpcache:preset=lean:share_scores=false@0.25",
+            "mpcache:preset=lean:score1=qsum@0.25", "mpcache:preset=lean@0.1"]
 
 
 @pytest.mark.slow
@@ -29,7 +30,7 @@ def test_default_mpcache_under_mpc_matches_plaintext(tmp_path):
     check_runs(record, 256, 4, approx="fast")
     # Sharing attention's scores saves their second product and the softmax's own max: fewer bytes
     # in all (the shared product is counted under selection now), the same tokens.
-    shared, separate = record["runs"][0], record["runs"][2]
+    shared, separate = record["runs"][1], record["runs"][2]
     assert shared["tokens"] == separate["tokens"]
     total = {name: sum(run["phase_bytes"].values()) for name, run in (("on", shared), ("off", separate))}
     assert total["on"] < total["off"], (shared["phase_bytes"], separate["phase_bytes"])
@@ -56,12 +57,13 @@ def test_shared_token_max_gives_maxnorm_scores_and_the_max_over_candidates_and_t
     assert torch.equal(shift, expect)
 
 
-def test_the_default_is_the_cheap_configuration():
-    """The default's options (see PRESETS["lean"]): level-1 parents scored from summaries,
-    exact token scores inside them, attention's scores and shift shared."""
-    p = parse_spec("mpcache", 0.1)
+def test_the_lean_preset_scores_tokens_only_inside_its_parents():
+    """PRESETS["lean"]: level-1 parents scored from summaries, exact token scores inside them,
+    attention's scores and shift shared (the default shares them too)."""
+    p = parse_spec("mpcache:preset=lean", 0.1)
     assert p.hierarchy and p.score2 == "max" and p.group == "maxnorm" and p.share_scores
-    assert not p.static and not p.share
+    assert not p.static and not p.share and p.level1_fraction() == 0.25
+    assert parse_spec("mpcache", 0.1).share_scores
 
 
 @pytest.mark.slow

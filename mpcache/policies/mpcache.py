@@ -22,8 +22,9 @@ mix, Quest's bound at alpha=1), ``group`` (sum | max | maxnorm over a GQA group'
 ``force_last`` (False: only the sink cluster is forced), ``recent`` (a fraction of the budget always
 spent on the newest tokens, which join the tail: a public slice, counted inside the budget).
 Presets (``preset``, see PRESETS) set static, hierarchy, share, score2, group, recent and s2 unless given:
-``lean`` (the default: retrieval's scoring inside the parents their summaries pick), ``retrieval``
-(token-max clusters over the whole cache) and ``paper`` (the original design above).
+``retrieval`` (the default: token-max clusters over the whole cache), ``lean`` (retrieval's scoring
+only inside the parents their summaries pick: cheaper under 2PC, loses the needle on SmolLM2; see
+docs/results/mpc_tradeoff.md) and ``paper`` (the original design above).
 Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secret; this file uses
 Backend ops only (matmul, sum, amax/amin, topk, gather, cat, + and * with public constants).
 """
@@ -126,11 +127,11 @@ class Selection:
 
 
 # Option groups. paper: the original design (DESIGN §4: static eviction, two-level summaries, sharing).
-# retrieval (the default before lean): no static stage, no level 1, no sharing; every level-2 cluster
+# retrieval (the default): no static stage, no level 1, no sharing; every level-2 cluster
 # scored by its best token's q.k, GQA heads combined by maxnorm (what finds the needle on SmolLM2),
 # clusters of 4 tokens (s2=16 misses the perplexity bar: +8.1 % at 10 %, s2=4 +2.6 %; README).
-# lean (the default): retrieval's scoring inside a quarter (at 10 %) of the 32-token parents, chosen
-# by their summaries: the exact token work under 2PC no longer covers the whole cache.
+# lean: retrieval's scoring inside a quarter (at 10 %) of the 32-token parents, chosen by their
+# summaries: the exact token work under 2PC no longer covers the whole cache (but it misses needles).
 PRESETS: dict[str, dict] = {
     "lean": dict(static=False, hierarchy=True, share=False, score2="max", group="maxnorm", recent=0.0,
                  s2=8, parents=0, r1_min=0.25),
@@ -154,7 +155,7 @@ class MPCachePolicy(Policy):
     s1: int = 32
     s2: int | None = None  # level-2 cluster size in tokens (None: the preset's)
     alpha: float = 0.6
-    preset: str = "lean"  # sets the options below left at None (see PRESETS)
+    preset: str = "retrieval"  # sets the options below left at None (see PRESETS)
     static: bool | None = None  # look-once static eviction after prefill
     dynamic: bool = True
     hierarchy: bool | None = None  # level-1 stage (off: pick level-2 clusters directly)

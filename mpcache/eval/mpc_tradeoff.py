@@ -190,6 +190,34 @@ def bar_table(files: dict[str, list[dict]], scores: dict) -> list[str]:
     return lines
 
 
+READING = [
+    "- **Bounded comparisons everywhere a maximum is taken** (the argmax over the 49,152 logits, the "
+    "softmax shift, the selections' maxima, the top-k's): the dealer's one-digit comparison of "
+    "differences below 2^16 (1 round, 16 B) instead of the preset's two-digit one (2 rounds, 80 B). "
+    "The inputs' range is *checked* (2 one-digit comparisons per element, the count opened with the "
+    "guard's other checks once per token; a value past 2^15 stops the run before anything is "
+    "revealed) instead of clamped (2 ring comparisons and 2 products per element). The argmax fell "
+    "from 19.3 MB to 4.7 MB per token and the full cache's softmax from 386 to 224 MB: this helps "
+    "every policy, full included, so every ratio to full got harder.",
+    "- **The floor.** What lies outside attention (SiLU, RMSNorm, the argmax, the linear layers) is the "
+    "same for every policy (about 51 MB per token, 17 % of the full cache's 293 MB at 2048 tokens); "
+    "with attention's own q.K^T and value products (opening G*n scores and probabilities, 18 MB), no "
+    "policy that reads the whole cache through its mask can go below about 69 MB, 0.24 of full: "
+    "the 1/4 bytes bar at 2048 tokens is out of reach for any configuration, before any selection "
+    "or softmax is paid.",
+    "- **Selection that does not grow with every cached token** (preset `lean`: level-1 parents of "
+    "32 tokens scored by their summaries, which are fixed operands masked once; exact token maxima "
+    "only inside the picked quarter; the candidates' scores gathered, not their keys) cuts the "
+    "selection's bytes by about 2.7x against `retrieval` but loses the needle on SmolLM2 (a linear "
+    "summary does not rank the needle's parent; Quest's bound and the group-summed query's best "
+    "token are measured as alternatives).",
+    "- **q.K^T once, the maxnorm maxima as the softmax shift** (`share_scores`, on by default): the "
+    "selection scores children from attention's own scaled scores and hands attention each head's "
+    "max over the candidates and the tail, so the softmax runs no max tournament of its own (exact "
+    "when k2 leaves room for every head's best child; a margin of 2^-8 keeps exp's argument >= 0).",
+]
+
+
 def render(files: dict[str, list[dict]]) -> str:
     scores = needle_scores(files)
     parts = [
@@ -202,6 +230,7 @@ def render(files: dict[str, list[dict]]) -> str:
         "and are comparable only within one run. Needle accuracy is plaintext with the same "
         "approximations (`mpcache eval needle --approx fast`), samples in brackets.",
         "",
+        "## What changed, and what it means", "", *READING, "",
         "## Against the bar (final run, 2048 tokens)", "", *bar_table(files, scores), "",
         "## Per decode token, every run", "", *cost_table(files, scores), "",
         "## Outside attention: the floor of every policy", "", *floor_lines(files), "",

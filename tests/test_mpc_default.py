@@ -19,7 +19,7 @@ from tests.test_mpc_two_party import run_parties
 # The default policy itself and the lean preset, at a budget where the softmax shift is handed over
 # (k2 leaves room for each head's best child) and at the usual 10 %.
 DEFAULTS = ["mpcache@0.25", "mpcache:preset=lean@0.25", "mpcache:preset=lean:share_scores=false@0.25",
-            "mpcache:preset=lean:score1=qsum@0.25", "mpcache:preset=lean@0.1"]
+            "mpcache:preset=lean:score1=summary@0.25", "mpcache:preset=lean@0.1"]
 
 
 @pytest.mark.slow
@@ -58,10 +58,12 @@ def test_shared_token_max_gives_maxnorm_scores_and_the_max_over_candidates_and_t
 
 
 def test_the_lean_preset_scores_tokens_only_inside_its_parents():
-    """PRESETS["lean"]: level-1 parents scored from summaries, exact token scores inside them,
-    attention's scores and shift shared (the default shares them too)."""
+    """PRESETS["lean"]: level-1 parents by the group-summed query's best token, exact per-head
+    token scores inside them, attention's scores and shift shared (the default shares them too)."""
     p = parse_spec("mpcache:preset=lean", 0.1)
-    assert p.hierarchy and p.score2 == "max" and p.group == "maxnorm" and p.share_scores
+    assert p.hierarchy and p.score1 == "qsum" and p.score2 == "max" and p.group == "maxnorm"
+    assert p.share_scores
+    assert not p._uses_summaries()
     assert not p.static and not p.share and p.level1_fraction() == 0.25
     assert parse_spec("mpcache", 0.1).share_scores
 

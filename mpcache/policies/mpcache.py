@@ -23,7 +23,7 @@ mix, Quest's bound at alpha=1), ``group`` (sum | max | maxnorm over a GQA group'
 spent on the newest tokens, which join the tail: a public slice, counted inside the budget).
 Presets (``preset``, see PRESETS) set static, hierarchy, share, score2, group, recent and s2 unless given:
 ``retrieval`` (the default: token-max clusters over the whole cache), ``lean`` (retrieval's scoring
-only inside the parents their summaries pick: cheaper under 2PC, loses the needle on SmolLM2; see
+only inside the parents the group-summed query's best tokens pick: cheaper under 2PC; see
 docs/results/mpc_tradeoff.md) and ``paper`` (the original design above).
 Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secret; this file uses
 Backend ops only (matmul, sum, amax/amin, topk, gather, cat, + and * with public constants).
@@ -130,15 +130,17 @@ class Selection:
 # retrieval (the default): no static stage, no level 1, no sharing; every level-2 cluster
 # scored by its best token's q.k, GQA heads combined by maxnorm (what finds the needle on SmolLM2),
 # clusters of 4 tokens (s2=16 misses the perplexity bar: +8.1 % at 10 %, s2=4 +2.6 %; README).
-# lean: retrieval's scoring inside a quarter (at 10 %) of the 32-token parents, chosen by their
-# summaries: the exact token work under 2PC no longer covers the whole cache (but it misses needles).
+# lean: retrieval's scoring inside a quarter (at 10 %) of the 32-token parents, chosen by the best
+# token of the group-summed query (one score per KV head, not g; no summaries): the per-head token
+# work under 2PC covers a quarter of the cache. Parents by their summaries (score1=summary) lost the
+# needle on SmolLM2 (0.6 at r1 = 0.5), by Quest's bound (score=signed, alpha=1) too (0/5).
 PRESETS: dict[str, dict] = {
     "lean": dict(static=False, hierarchy=True, share=False, score2="max", group="maxnorm", recent=0.0,
-                 s2=8, parents=0, r1_min=0.25),
+                 s2=8, parents=0, r1_min=0.25, score1="qsum"),
     "retrieval": dict(static=False, hierarchy=False, share=False, score2="max", group="maxnorm", recent=0.0,
-                      s2=4, parents=16, r1_min=0.5),
+                      s2=4, parents=16, r1_min=0.5, score1="summary"),
     "paper": dict(static=True, hierarchy=True, share=True, score2="summary", group="sum", recent=0.0, s2=16,
-                  parents=0, r1_min=0.5),
+                  parents=0, r1_min=0.5, score1="summary"),
 }
 
 
@@ -178,7 +180,7 @@ class MPCachePolicy(Policy):
     share_scores: bool = True
     # Level 1 parents scored by: summary (q.c~, the design) | qsum: the max over the parent's tokens of
     # the group-summed query's q.k (exact token scores, one per KV head instead of g: no summaries).
-    score1: str = "summary"
+    score1: str | None = None
 
     name = "mpcache"
 

@@ -204,12 +204,13 @@ READING = [
     "policy that reads the whole cache through its mask can go below about 69 MB, 0.24 of full: "
     "the 1/4 bytes bar at 2048 tokens is out of reach for any configuration, before any selection "
     "or softmax is paid.",
-    "- **Selection that does not grow with every cached token** (preset `lean`: level-1 parents of "
-    "32 tokens scored by their summaries, which are fixed operands masked once; exact token maxima "
-    "only inside the picked quarter; the candidates' scores gathered, not their keys) cuts the "
-    "selection's bytes by about 2.7x against `retrieval` but loses the needle on SmolLM2 (a linear "
-    "summary does not rank the needle's parent; Quest's bound and the group-summed query's best "
-    "token are measured as alternatives).",
+    "- **Selection that does not grow with every cached token (per query head)**: level-1 parents of "
+    "32 tokens, exact per-head token maxima only inside the picked quarter, the candidates' scores "
+    "gathered (not their keys). Scoring the parents by their summaries (the design's linear "
+    "alpha-mix, fixed operands masked once) cut the selection's bytes by about 2.7x against "
+    "`retrieval` but lost the needle on SmolLM2 (0.6), Quest's upper bound did worse (0/5); the best "
+    "token of the group-summed query (one score per KV head instead of g, no summaries, no static "
+    "stage) kept it (preset `lean`, `score1=qsum`).",
     "- **q.K^T once, the maxnorm maxima as the softmax shift** (`share_scores`, on by default): the "
     "selection scores children from attention's own scaled scores and hands attention each head's "
     "max over the candidates and the tail, so the softmax runs no max tournament of its own (exact "

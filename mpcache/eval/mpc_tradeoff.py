@@ -64,7 +64,7 @@ OPTIONS: list[tuple[str, tuple[str, str], tuple[str, str]]] = [
 ]
 ATTENTION = ("softmax", "selection", "attn-scores", "attn-values")
 # The bar per decode token at 2048 tokens against full in the same run: (name, limit on the ratio).
-BAR = (("bytes", 0.25), ("rounds", 1.10), ("est. LAN", 1 / 2.5), ("compute", 0.5))
+BAR = (("bytes", 0.25), ("rounds", 1.10), ("est. LAN", 1 / 2.5), ("LAN network", 1 / 2.5), ("compute", 0.5))
 FINALS = ("mpc_tradeoff_2048", "mpc_tradeoff_1024")  # runs of the final code
 
 
@@ -180,7 +180,8 @@ def bar_table(files: dict[str, list[dict]], scores: dict) -> list[str]:
             if full is None or r["policy"] == "full":
                 continue
             c, f = Cost.of(r), Cost.of(full)
-            ratios = (c.mb / f.mb, c.rounds / f.rounds, c.lan_s / f.lan_s, c.compute_s / f.compute_s)
+            ratios = (c.mb / f.mb, c.rounds / f.rounds, c.lan_s / f.lan_s,
+                      (c.lan_s - c.compute_s) / (f.lan_s - f.compute_s), c.compute_s / f.compute_s)
             cells = [f"{x:.3f} {'met' if x <= limit else 'NOT met'}"
                      for x, (_, limit) in zip(ratios, BAR, strict=True)]
             needle = _needle(scores, r["policy"], 0.1)
@@ -232,6 +233,9 @@ def render(files: dict[str, list[dict]]) -> str:
         "",
         "## What changed, and what it means", "", *READING, "",
         "## Against the bar (final code; each policy against full in the same file)", "",
+        "\"LAN network\" is the LAN estimate without compute (bytes / 1 Gbit/s + rounds x 0.5 ms): "
+        "compute seconds on this loaded machine (every party's process shares 2 cores with other "
+        "jobs) dominate the estimate and are not a property of the protocol.", "",
         *bar_table(files, scores), "",
         "## Per decode token, every run", "", *cost_table(files, scores), "",
         "## Outside attention: the floor of every policy", "", *floor_lines(files), "",

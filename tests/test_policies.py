@@ -44,7 +44,7 @@ def _attended_per_step(loaded, policy, ids, steps=STEPS):
         seen.append((layer, k.shape[1]))
         return k, v
 
-    policy.decode_kv = spy
+    object.__setattr__(policy, "decode_kv", spy)  # the spec is frozen: a spy on this instance only
     generate(_model(loaded, policy), ids, steps + 1)
     layers = loaded.config.num_layers
     return [[n for _, n in seen[i : i + layers]] for i in range(0, len(seen), layers)]
@@ -167,7 +167,7 @@ def test_mpcache_follower_layer_does_no_selection_work(small, prompt):
     for follower in (3, 5):
         assert "summaries" not in cache.layers[follower].state
         # The follower attends its own keys at the leader's chosen positions.
-        lead, own = policy._dynamic_sel[follower - 1], cache.layers[follower]
+        lead, own = cache.layers[follower].sequence["dynamic"][follower - 1], cache.layers[follower]
         keys, _ = policy._apply(lead, own, backend)
         assert keys.shape[1] == cache.layers[follower - 1].attended // cache.layers[follower - 1].decode_steps
 

@@ -18,6 +18,10 @@ class LayerCache:
     v: Tensor | None = None
     appended: int = 0  # tokens ever appended (prompt + generated), evicted ones included
     state: dict[str, Any] = field(default_factory=dict)  # owned by the policy
+    # The policy's state across the layers of this sequence: one dict shared by all its LayerCaches
+    # (e.g. the selection a leader layer passes to its follower). The policy object itself is a
+    # frozen spec that holds no per-sequence state.
+    sequence: dict[str, Any] = field(default_factory=dict)
     attended: int = 0  # keys attended over all decode steps (counted by the transformer)
     decode_steps: int = 0
 
@@ -44,7 +48,8 @@ class KVCache:
 
     @classmethod
     def empty(cls, num_layers: int, policy: Any = None) -> KVCache:
-        return cls([LayerCache() for _ in range(num_layers)], policy)
+        sequence: dict[str, Any] = {}
+        return cls([LayerCache(sequence=sequence) for _ in range(num_layers)], policy)
 
     @property
     def position(self) -> int:
@@ -54,7 +59,8 @@ class KVCache:
     def fork(self) -> KVCache:
         """A copy sharing the K/V tensors (safe: cache updates build new tensors, never write in place)
         with empty policy state and counters: run several policies from one prefill."""
-        return KVCache([LayerCache(lc.k, lc.v, lc.appended) for lc in self.layers])
+        sequence: dict[str, Any] = {}
+        return KVCache([LayerCache(lc.k, lc.v, lc.appended, sequence=sequence) for lc in self.layers])
 
     def start(self, policy: Any, prompts: list, backend: Backend) -> KVCache:
         """A fork of this full-cache prefill handed to ``policy``: its ``after_prefill`` runs now on

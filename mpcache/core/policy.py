@@ -61,7 +61,7 @@ class PromptInfo:
         return window_attention(self.q, keys, window, backend)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Policy:
     """Base policy: keep and attend everything (the full cache)."""
 

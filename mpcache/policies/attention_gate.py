@@ -35,7 +35,7 @@ def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
 
-@dataclass
+@dataclass(frozen=True)
 class AttentionGatePolicy(Policy):
     sinks: int = 4
     local_len: int = 32

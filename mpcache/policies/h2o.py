@@ -18,7 +18,7 @@ from mpcache.core.policy import Policy, PromptInfo
 from mpcache.policies.static import choose, compact, evict
 
 
-@dataclass
+@dataclass(frozen=True)
 class H2OPolicy(Policy):
     recent_ratio: float = 0.5
 

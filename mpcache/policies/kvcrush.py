@@ -37,7 +37,7 @@ ANCHORS = ("alternate", "mean", "random")
 MODES = ("token", "page")
 
 
-@dataclass
+@dataclass(frozen=True)
 class KVCrushConfig:
     rho: float = 0.25  # share of the budget chosen by signatures
     importance: str = "h2o"  # h2o | snapkv
@@ -135,7 +135,7 @@ def kvcrush_keep(prompt: PromptInfo, keys: torch.Tensor, n_keep: int, cfg: KVCru
     return torch.cat([imp[0], reps]).sort().values[None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class KVCrushPolicy(KVCrushConfig, Policy):
     name = "kvcrush"
     backends = ("plain",)

@@ -18,7 +18,7 @@ from mpcache.policies.kvcrush import KVCrushConfig, kvcrush_keep
 from mpcache.policies.mikv import MiKVPolicy
 
 
-@dataclass
+@dataclass(frozen=True)
 class KVCrushMiKVPolicy(MiKVPolicy, KVCrushConfig):
     name = "kvcrush+mikv"
 

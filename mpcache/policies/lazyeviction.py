@@ -52,7 +52,7 @@ def track(t: int, a: torch.Tensor, lr: torch.Tensor, mri: torch.Tensor, alpha: f
     torch.maximum(mri, lr - lr_old, out=mri)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LazyEvictionPolicy(Policy):
     alpha: float = 1e-4  # importance threshold on attention probabilities
     window: int = 16  # W: steps between evictions, and the newest tokens always kept

@@ -54,7 +54,7 @@ def chunked_keep(cis: torch.Tensor, keep: int, chunk: int, stab: int) -> torch.T
     return kept
 
 
-@dataclass
+@dataclass(frozen=True)
 class LocretPolicy(Policy):
     stabilizers: float = 0.25  # fraction of the budget
     chunk: int = 128

@@ -36,7 +36,7 @@ HIGH_DTYPE = torch.float16
 HIGH_BITS = (16, 8)  # fp16, or int8 codes
 
 
-@dataclass
+@dataclass(frozen=True)
 class MiKVPolicy(Policy):
     bits: int = 4  # low tier: 2, 3, 4 (8 also packs)
     high_bits: int = 16  # high tier: 16 = fp16, 8 = int8 codes

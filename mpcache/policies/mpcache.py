@@ -144,7 +144,7 @@ PRESETS: dict[str, dict] = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class MPCachePolicy(Policy):
     rho: float | None = None  # kept fraction after static eviction (None: from budget)
     r1: float | None = None  # level-1 clusters kept (None: from budget)
@@ -190,14 +190,14 @@ class MPCachePolicy(Policy):
         explicit_parents = self.parents is not None
         for key, value in PRESETS[self.preset].items():  # options given explicitly win over the preset
             if getattr(self, key) is None:
-                setattr(self, key, value)
+                object.__setattr__(self, key, value)  # the spec is frozen once parsed
         if self.s2 < 1 or self.s1 % self.s2:
             raise UserError(f"mpcache: s1 ({self.s1}) must be a multiple of s2 ({self.s2})")
         if self.parents and (self.parents % self.s2 or self.s1 % self.parents or self.parents == self.s2):
             if explicit_parents:
                 raise UserError(f"mpcache: parents ({self.parents}) must be a multiple of s2 ({self.s2}) "
                                 f"above it and divide s1 ({self.s1}), or 0")
-            self.parents = 0  # the preset's parents do not fit the s1/s2 given: one top-k
+            object.__setattr__(self, "parents", 0)  # the preset's parents do not fit s1/s2: one top-k
         if self.importance not in ("max", "sum"):
             raise UserError(f"mpcache: importance must be max or sum, got {self.importance!r}")
         for key, allowed in (("static_heads", STATIC_HEADS), ("score", SCORES), ("group", GROUP),
@@ -211,8 +211,6 @@ class MPCachePolicy(Policy):
             value = getattr(self, key)
             if value is not None and not 0.0 < value <= 1.0 and not (key == "alpha" and value == 0):
                 raise UserError(f"mpcache: {key} must be in (0, 1], got {value}")
-        self._static_sel: dict[int, Tensor | None] = {}
-        self._dynamic_sel: dict[int, Selection | None] = {}
 
     # --- configuration ----------------------------------------------------------------------------
     def kept_fraction(self) -> float:
@@ -254,7 +252,7 @@ class MPCachePolicy(Policy):
         cache.state.update(role=role, n_budget=self.budget_tokens(t), leader=layer - (role == "follower"))
         window, keep = self._static_sizes(t)
         if role == "follower":
-            choice = self._static_sel[layer - 1]
+            choice = cache.sequence["static"][layer - 1]
         elif keep >= t:
             choice = None
         elif keep == window:
@@ -264,7 +262,7 @@ class MPCachePolicy(Policy):
             probs = prompt.window_probs(window, cache.k, backend)  # [Hkv, g, W, T]
             score = static_importance(probs, t - window, self.static_heads, self.importance, backend)
             choice = choose(score, keep - window, backend)  # [1 or Hkv, ...]: per layer or per KV head
-        self._static_sel[layer] = choice
+        cache.sequence.setdefault("static", {})[layer] = choice  # the follower layer reads it
         if choice is not None:
             evict(cache, choice, backend)
         if role != "follower" and self.dynamic and self._uses_summaries():
@@ -280,12 +278,12 @@ class MPCachePolicy(Policy):
         if not self.dynamic:
             return cache.k, cache.v
         if cache.state["role"] == "follower":
-            choice = self._dynamic_sel[cache.state["leader"]]
+            choice = cache.sequence["dynamic"][cache.state["leader"]]
             if choice is not None and choice.appended != cache.appended:
                 raise RuntimeError("mpcache: follower layer ran before its leader in this step")
         else:
             choice = self._select(q, cache, backend)
-            self._dynamic_sel[layer] = choice
+            cache.sequence.setdefault("dynamic", {})[layer] = choice
         return self._apply(choice, cache, backend, own=cache.state["role"] != "follower")
 
     def extra_nbytes(self, cache: LayerCache) -> int:

@@ -18,7 +18,7 @@ from mpcache.core.policy import Policy, PromptInfo
 from mpcache.policies.clusters import ClusterBounds, gather_clusters, top
 
 
-@dataclass
+@dataclass(frozen=True)
 class QuestPolicy(Policy):
     page: int = 16
 

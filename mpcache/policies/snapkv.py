@@ -17,7 +17,7 @@ from mpcache.core.policy import Policy, PromptInfo
 from mpcache.policies.static import choose, evict
 
 
-@dataclass
+@dataclass(frozen=True)
 class SnapKVPolicy(Policy):
     window: int = 32
     kernel: int = 7

@@ -13,7 +13,7 @@ from mpcache.core.cache import LayerCache
 from mpcache.core.policy import Policy, PromptInfo
 
 
-@dataclass
+@dataclass(frozen=True)
 class StreamingPolicy(Policy):
     sink: int = 4
 

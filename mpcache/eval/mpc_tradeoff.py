@@ -232,6 +232,13 @@ READING = [
     "`retrieval` but lost the needle on SmolLM2 (0.6), Quest's upper bound did worse (0/5); the best "
     "token of the group-summed query (one score per KV head instead of g, no summaries, no static "
     "stage) kept it (preset `lean`, `score1=qsum`).",
+    "- **Where it stands.** No configuration meets the bar. At 2048 tokens `lean` sends 0.64 of the "
+    "full cache's bytes in 1.19x its rounds (network-only LAN time 0.88x) with the needle at 0.9 "
+    "(10 samples, MPC numerics); the default `retrieval` sends 0.96 of full's bytes at 1024 tokens "
+    "(its 2048-token run was killed for memory on the shared machine; before sharing the scores it "
+    "sent 1.23x full's bytes at 2048) with the needle at 0.967. The rounds bar (1.10x) fails "
+    "because a selection adds ~40-50 sequential rounds per layer (maxima, top-k's, gathers) while "
+    "the full cache's softmax max is only ~12 binary levels; the byte bar fails on the floor above.",
     "- **q.K^T once, the maxnorm maxima as the softmax shift** (`share_scores`, on by default): the "
     "selection scores children from attention's own scaled scores and hands attention each head's "
     "max over the candidates and the tail, so the softmax runs no max tournament of its own (exact "

@@ -238,7 +238,8 @@ READING = [
     "(its 2048-token run was killed for memory on the shared machine; before sharing the scores it "
     "sent 1.23x full's bytes at 2048) with the needle at 0.967. The rounds bar (1.10x) fails "
     "because a selection adds ~40-50 sequential rounds per layer (maxima, top-k's, gathers) while "
-    "the full cache's softmax max is only ~12 binary levels; the byte bar fails on the floor above.",
+    "the full cache's softmax max is ~12 binary levels (about 24 rounds); the byte bar fails on "
+    "the floor above.",
     "- **q.K^T once, the maxnorm maxima as the softmax shift** (`share_scores`, on by default): the "
     "selection scores children from attention's own scaled scores and hands attention each head's "
     "max over the candidates and the tail, so the softmax runs no max tournament of its own (exact "

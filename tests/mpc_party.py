@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protocols.net import links, runtime  # noqa: E402
+from protocols.net import ahead, links, runtime  # noqa: E402
 
 
 def main() -> int:
@@ -35,6 +35,8 @@ def main() -> int:
                    help="open shares by the message exchange and by gloo's all-reduce; write both")
     p.add_argument("--record-view", default="", metavar="PREFIX",
                    help="attack test: each party saves its view (openings, dealer shares) to PREFIX.<rank>")
+    p.add_argument("--mispredict", action="store_true",
+                   help="ahead test: both parties spoil guesses of the dealer schedule")
     p.add_argument("--out", required=True)
     p.add_argument("--capture-dump", action="store_true",
                    help="capture test: each party writes samples of the plaintext it sent and received, "
@@ -49,6 +51,8 @@ def main() -> int:
     def body() -> int:
         from protocols.mpc.session import build, private_generate
 
+        if args.mispredict:
+            spoil_predictions()
         party = runtime.init(args.dealer, args.timeout)
         if args.check_selection:
             return check_selection(party, args.out)
@@ -99,6 +103,8 @@ def main() -> int:
                          "selections": [s.tolist() for s in pm.backend.debug_selections]})
         if party.is_client:
             Path(args.out).write_text(json.dumps({"prompt_ids": ids, **runs[0], "runs": runs}))
+        elif args.dealer == "ttp":  # party 0's figures of the dealer (requests ahead, synchronous)
+            Path(f"{args.out}.dealer.json").write_text(json.dumps(ahead.stats()))
         if args.capture_dump:
             from protocols.ring import csprng
 
@@ -179,6 +185,27 @@ def record_view(party) -> list:
         for name in ("new_mask", "extend_mask", "derive", "triple"):
             setattr(cls, name, recorded(name, getattr(cls, name)))
     return events
+
+
+def spoil_predictions() -> None:
+    """Both parties (same guesses): in each step's guesses from the previous steps, the first
+    dealer request with a shape gets a wrong one, and the first mask mutation a wrong key, so the
+    real requests miss them: the schedule must fall back to synchronous requests and stay exact."""
+    original = ahead.predict
+
+    def spoiled(history):
+        guesses = [dict(h) for h in original(history)]
+        for h in guesses:
+            if h["function"] == "fixed_triple":
+                h["args"] = [*h["args"][:2], {"t": [7, 7, 7]}, *h["args"][3:]]
+                break
+        for h in guesses:
+            if h["function"] in ahead.MUTATIONS:
+                h["args"] = [10**6, *h["args"][1:]]
+                break
+        return guesses
+
+    ahead.predict = spoiled
 
 
 def seeded_prompt(length: int, vocab: int) -> list[int]:

@@ -1,13 +1,24 @@
 """The chat's persistent cache: a turn feeds only its own tokens, yet decodes exactly what a
-fresh run over the whole conversation decodes; eviction and refusals keep the session usable."""
+fresh run over the whole conversation decodes; every policy that runs under MPC manages it across
+turns; refusals keep the session usable."""
+
+import math
+from functools import partial
 
 import pytest
+import torch
 
 from mpcache.core.approximations import Approximations
 from mpcache.core.backend import PlainBackend
 from mpcache.generation.chat import ChatFormat, Conversation, TurnRefused
 from mpcache.generation.generate import generate
 from mpcache.models import Transformer
+from mpcache.policies import parse_spec, supported
+from mpcache.programs.commands.chat import canonical_spec
+
+
+def _conv(model, spec: str = "full", budget: float = 1.0, stage_tokens: int = 256) -> Conversation:
+    return Conversation(model, partial(parse_spec, spec, budget), stage_tokens, spec)
 
 
 def _model(loaded, exact=False):
@@ -15,7 +26,7 @@ def _model(loaded, exact=False):
 
 
 def test_turns_continue_the_cache_like_one_run_over_the_conversation(tiny):
-    conv = Conversation(_model(tiny), policy="full")
+    conv = _conv(_model(tiny))
     fmt = ChatFormat(tiny.tokenizer)
     fed: list[int] = []
     for i, message in enumerate(["Hello there", "And again?", "Third"]):
@@ -28,20 +39,63 @@ def test_turns_continue_the_cache_like_one_run_over_the_conversation(tiny):
         assert conv.position == len(fed)
 
 
-def test_streaming_bound_keeps_sink_and_recent_and_matches_a_sliced_reference(tiny):
-    conv = Conversation(_model(tiny, exact=True), policy="streaming", budget=16)
+DOC = "The quick brown fox jumps over the lazy dog near the river bank. " * 6  # ~400 byte tokens
+
+
+@pytest.mark.parametrize("spec", supported("mpc"))
+def test_every_mpc_policy_serves_a_document_chat(tiny, spec):
+    """A short turn, a document (stage), two questions: one chunk per turn, the budget follows the
+    conversation, the per-step bound holds for the answer tokens."""
+    conv = _conv(_model(tiny), spec, 0.2, stage_tokens=100)
     fmt = ChatFormat(tiny.tokenizer)
-    conv.turn(fmt.turn_ids("a long first message here", True, None), 3)
-    assert conv.cache_tokens > 16
-    k_before = conv.cache.layers[0].k.clone()
-    conv.bound()
-    k_after = conv.cache.layers[0].k
-    assert k_after.shape[1] == 16
-    assert (k_after[:, :4] == k_before[:, :4]).all() and (k_after[:, 4:] == k_before[:, -12:]).all()
+    for message in ["hi", DOC, "Who jumps?", "Where?"]:
+        ids = fmt.turn_ids(message, conv.turns == 0, conv.last_token)
+        result = conv.turn(ids, 3)
+        assert result.prompt_len == len(ids) and len(result.new_ids) == 3
+        assert result.staged == (conv.turns == 1 or len(ids) >= 100)
+        for lc in conv.cache.layers:
+            if "n_budget" in lc.state:
+                assert lc.state["n_budget"] == conv.policy.budget_tokens(conv.position - 2)
+    assert conv.staged == [1, 2]
+    if spec in ("streaming", "h2o"):  # the cache itself is the budget
+        assert conv.cache_tokens <= conv.policy.budget_tokens(conv.position) + 2
+    assert "stage after turn(s) 1, 2" in conv.kept()
+
+
+def test_static_stage_on_a_document_turn_bounds_the_cache_and_short_turns_only_append(tiny):
+    conv = _conv(_model(tiny), "mpcache:static=true", 0.2, stage_tokens=100)
+    fmt = ChatFormat(tiny.tokenizer)
+    conv.turn(fmt.turn_ids("hi", True, None), 2)
+    doc = fmt.turn_ids(DOC, False, conv.last_token)
+    before = conv.cache_tokens
+    conv.turn(doc, 2)
+    held = before + len(doc)  # what the stage saw; it keeps rho = 0.4 of it (budget 0.2)
+    assert conv.cache_tokens == math.ceil(0.4 * held) + 1  # + the answer token fed at decode
+    after_doc = conv.cache_tokens
+    question = fmt.turn_ids("Who jumps?", False, conv.last_token)
+    result = conv.turn(question, 2)
+    assert not result.staged and conv.cache_tokens == after_doc + len(question) + 1
+
+
+def test_one_chunk_turn_with_the_full_policy_is_token_by_token(tiny):
+    """The chunk attends to everything held before it: the same logits as feeding it token by token."""
+    ids = list(range(40, 90))
+    one, many = (_model(tiny, exact=True) for _ in range(2))
+    c1, c2 = one.new_cache(), many.new_cache()
+    one.forward(ids[:20], c1), many.forward(ids[:20], c2)
+    chunk = one.forward(ids[20:], c1, stage=False)
+    for t in ids[20:]:
+        last = many.forward([t], c2)
+    assert torch.allclose(chunk, last, atol=1e-4)
+
+
+def test_policy_specs_have_one_spelling():
+    assert canonical_spec("mpcache:static=1:s1=64") == canonical_spec(" mpcache:s1=64:static=true")
+    assert canonical_spec("full") == "full"
 
 
 def test_bad_turns_are_refused_and_the_conversation_goes_on(tiny):
-    conv = Conversation(_model(tiny), policy="full")
+    conv = _conv(_model(tiny))
     with pytest.raises(TurnRefused, match="empty"):
         conv.turn([], 3)
     window = tiny.config.max_positions

@@ -13,14 +13,17 @@ import socket
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from mpcache.core.approximations import Approximations
 from mpcache.core.backend import PlainBackend
+from mpcache.generation.chat import Conversation
 from mpcache.generation.generate import generate
 from mpcache.models import Transformer, load_model
+from mpcache.policies import parse_spec
 from protocols.net import tls
 from protocols.net.launch import free_port
 
@@ -224,24 +227,34 @@ def test_turn_two_continues_the_secret_cache_like_a_plaintext_run(port, tmp_path
 
 
 @pytest.mark.slow  # runs whole MPC turns (30-90 s on a loaded 2-core machine)
-def test_streaming_budget_bounds_the_secret_cache_like_plaintext(port, tmp_path):
-    """With --budget 16 the secret cache is cut to 4 sink + 12 recent tokens before turn 2 (a public
-    slice); turn 2 then decodes what the plaintext Conversation with the same bound decodes."""
-    from mpcache.generation.chat import Conversation
-
+def test_mpcache_document_chat_decodes_like_the_plaintext_conversation(port, tmp_path):
+    """/file sends a document (its stage runs: static eviction over the secret cache), a question
+    follows (one chunk, no stage; dynamic selection serves each answer token): both turns decode
+    what the plaintext Conversation with the same policy decodes over the same conversation."""
+    doc, long = tmp_path / "doc.txt", tmp_path / "long.txt"
+    doc.write_text("Alice keeps the red key in the blue box under the stairs. " * 2)
+    long.write_text("x" * 400)
     record = tmp_path / "turns.jsonl"
-    server = party("server", port, "--dealer", "tfp", "--budget", "16")
-    client = party("client", port, "--dealer", "tfp", "--budget", "16", "--max-new-tokens", "3",
-                   "--json", str(record), stdin=subprocess.PIPE)
-    client.stdin.write(b"Hello MPC world\nAgain\n/quit\n")
+    opts = ("--dealer", "tfp", "--policy", "mpcache:static=1", "--budget", "0.3", "--stage-tokens", "60")
+    server = party("server", port, *opts)
+    client = party("client", port, *opts, "--max-new-tokens", "3", "--json", str(record),
+                   stdin=subprocess.PIPE)
+    client.stdin.write(f"/file {long}\nn\n/file {doc}\nWhere is the key?\n/stats\n/quit\n".encode())
     client.stdin.close()
-    code, _, err = finish(client, 180)
+    code, _, err = finish(client, 240)
     assert code == 0, err
     finish(server, 30)
+    assert re.search(r"\[file long.txt: 400 characters, \d+ tokens with this turn's template; the policy's "
+                     r"stage runs after it\]\n\[not sent\]", err), err
+    assert "[turn 1: " in err and ", stage ran, position" in err and "first token " in err
+    assert "[cache: policy mpcache:static=true (budget 0.3): " in err and "stage after turn(s) 1;" in err
     t1, t2 = [json.loads(line) for line in record.read_text().splitlines()]
-    assert t2["cache_tokens"] == 16 + len(t2["ids"]) + 3 - 1  # bounded, then this turn's tokens
+    assert t1["staged"] and not t2["staged"] and t1["first_token_s"] > 0
+    assert t1["cache_tokens"] < t1["prompt_tokens"]  # the stage evicted part of the document
     m = load_model("random:tiny")
-    conv = Conversation(Transformer(m.config, m.weights, PlainBackend(Approximations.preset(t1["approx"]))),
-                        "streaming", 16)
+    model = Transformer(m.config, m.weights, PlainBackend(Approximations.preset(t1["approx"])))
+    conv = Conversation(model, partial(parse_spec, t1["policy"], 0.3), 60)
     assert conv.turn(t1["ids"], 3).new_ids == t1["answer_ids"]
     assert conv.turn(t2["ids"], 3).new_ids == t2["answer_ids"]
+    assert conv.cache_tokens == t2["cache_tokens"]
+    assert conv.cache.mean_attended() < conv.cache_tokens  # the answer tokens attended a selection

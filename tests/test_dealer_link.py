@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from protocols.net import dealerlink, links, tls
+from protocols.net import ahead, dealerlink, links, tls
 from protocols.net.launch import free_port
 from protocols.ring import csprng
 
@@ -44,6 +44,7 @@ def store(monkeypatch):
     monkeypatch.setattr(links, "store", client)
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MPCACHE_SESSION_SECRET", "ab" * 32)
+    monkeypatch.setenv("MPCACHE_DEALER_AHEAD", "0")  # these tests speak the synchronous requests
     for name in ("MPCACHE_EXPECT_DEALER", "MPCACHE_PEER_FINGERPRINT", "MPCACHE_KEY", "MPCACHE_INSECURE",
                  "MPCACHE_INSECURE_RNG", "MPCACHE_DEALER_PORT", "MPCACHE_DEALER_ADVERTISE"):
         monkeypatch.delenv(name, raising=False)
@@ -76,7 +77,9 @@ def _parties(box: dict) -> None:
     def party(role):
         try:
             link = links.dial("dealer", role, "dealer", 10)
-            box[role] = (link, link.recv_exact(csprng.KEY_BYTES, time.monotonic() + 10))
+            key = link.recv_exact(csprng.KEY_BYTES + 1, time.monotonic() + 10)  # + the dealer's mode
+            assert key[-1:] == ahead.OFF
+            box[role] = (link, key[:-1])
         except Exception as exc:  # noqa: BLE001
             box[role] = exc
 

@@ -55,9 +55,11 @@ class PromptInfo:
 
     def window_probs(self, window: int, keys: Tensor, backend: Backend) -> Tensor:
         """Attention of the last ``window`` prompt queries [Hkv, g, W, T]: the rows prefill computed
-        anyway when it kept them (``Policy.prompt_rows``), else recomputed (a second softmax)."""
-        if self.probs is not None and self.probs.shape[2] >= window:
-            return self.probs[:, :, self.probs.shape[2] - window :]
+        anyway when it kept them (``Policy.prompt_rows``), else recomputed (a second softmax).
+        A chat turn's chunk (fewer queries than the window; the earlier ones are gone) gives the
+        rows of all its queries."""
+        if self.probs is not None and self.probs.shape[2] >= min(window, self.q.shape[1]):
+            return self.probs[:, :, max(0, self.probs.shape[2] - window) :]
         return window_attention(self.q, keys, window, backend)
 
 

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from mpcache.eval.results_docs_chat import chat_document
 from mpcache.eval.results_docs_mpc import chat, mpc_cost, mpc_ops, mpc_policies, topk
 from mpcache.eval.results_docs_plain import accuracy, compression, mpcache_options, seed_policies
 from mpcache.eval.results_docs_trunc import truncation
@@ -29,6 +30,7 @@ DOCUMENTS: dict[str, Callable[[Path], str]] = {
     "topk": topk,
     "truncation": truncation,
     "chat": chat,
+    "chat_document": chat_document,
 }
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -323,7 +323,7 @@ class MPCachePolicy(Policy):
         if self.score2 == "max" and self.share_scores and self.group != "qsum":
             logits = backend.matmul_t(qg * (d**-0.5), cache.k)  # attention's scores [Hkv, g, n]
             # a shift only when k2 has room for every head's best child besides the forced ends
-            room = self._k2(full1, n_budget, tail, k1 * m, ends) >= qg.shape[1] + ends
+            room = self._k2(full1, n_budget, tail, k1 * m) >= qg.shape[1] + self._ends(k1 * m)
             want = self.group == "maxnorm" and room
             s2, shift = shared_token_max(logits, full1 * self.s1, sel1, k1, self.s1, self.s2, self.group,
                                          backend, want)
@@ -337,7 +337,7 @@ class MPCachePolicy(Policy):
             s2 = self._scores(qg, summaries.c2[:, : full1 * m], r2, backend)
             if sel1 is not None:
                 s2 = backend.gather(sel1, s2.reshape(hkv, full1, m)).reshape(hkv, k1 * m)
-        k2 = self._k2(full1, n_budget, tail, k1 * m, ends)
+        k2 = self._k2(full1, n_budget, tail, k1 * m)
         if k2 >= k1 * m:  # every child of the level-1 picks: gather whole level-1 clusters
             return None if sel1 is None else Selection(cache.appended, sel1, full1, self.s1, k1, logits,
                                                        shift)
@@ -349,11 +349,16 @@ class MPCachePolicy(Policy):
                 sel2 = backend.compose(sel1, sel2, m)  # one selection over all level-2 clusters
         return Selection(cache.appended, sel2, full1 * m, self.s2, k2, logits, shift)
 
-    def _k2(self, full1: int, n_budget: int, tail: int, children: int, ends: int) -> int:
-        """Level-2 clusters picked (public): budget-exact, or r2 of all of them."""
+    def _k2(self, full1: int, n_budget: int, tail: int, children: int) -> int:
+        """Level-2 clusters picked (public): budget-exact, or r2 of all of them; at least the forced
+        ends of the ``children`` candidates (first and last of k1*m children, not of the full1
+        parents: one full level-1 cluster still has two level-2 ends)."""
         m = self.s1 // self.s2
         k2 = math.floor(self.r2 * full1 * m + 1e-9) if self.r2 is not None else (n_budget - tail) // self.s2
-        return min(children, max(k2, ends, 1))
+        return min(children, max(k2, self._ends(children), 1))
+
+    def _ends(self, count: int) -> int:
+        return min(count, self.force_ends + (self.force_ends and self.force_last))
 
     def _top_by_parents(self, s2: Tensor, k2: int, backend: Backend) -> Tensor:
         """The top k2 of the level-2 scores s2 [Hkv, C] (forced ends included) in two smaller top-k's.

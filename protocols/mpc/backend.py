@@ -370,7 +370,7 @@ class MPCBackend(Backend):
 
     def next_token(self, logits) -> int:
         """Greedy token, revealed to the client only (-1 on the server)."""
-        with self.meter.phase("argmax"):
+        with self.meter.phase("argmax"), self.dealer.step():  # a working-ahead dealer: a step ends
             last = logits[-1:]
             if self.reveal_logits:
                 with self.meter.phase("guard"):

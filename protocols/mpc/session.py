@@ -21,7 +21,7 @@ from mpcache.models.config import expected_shapes
 from mpcache.models.loading import LoadedModel
 from protocols.mpc.backend import MPCBackend
 from protocols.mpc.plain_prefill import shared_prefill
-from protocols.net.accounting import Cost, StepLog, total
+from protocols.net.accounting import Cost, StepLog, diff, total
 from protocols.net.runtime import CLIENT, Party, RuntimeFault
 
 
@@ -111,6 +111,7 @@ class PrivateTurn:
     result: TurnResult
     cost: Cost  # the whole turn
     prefill: Cost  # the turn's own tokens, up to the first answer token
+    prefill_phases: dict[str, Cost] = field(default_factory=dict)  # this party's counts, per phase
 
 
 def private_turn(pm: PrivateModel, conv: Conversation, ids: list[int] | None, n: int, max_new_tokens: int,
@@ -118,12 +119,15 @@ def private_turn(pm: PrivateModel, conv: Conversation, ids: list[int] | None, n:
     """One chat turn on the persistent secret cache. Both parties call it with the public ``n`` and
     ``max_new_tokens`` (agreed on the control channel); only the client passes the ``ids``."""
     meter = pm.backend.meter
-    before = meter.total()
+    before, phases0 = meter.total(), meter.snapshot()
     marks: list[Cost] = []
+    phases: dict[str, Cost] = {}
 
     def step(token: int) -> None:
         if not marks:
             marks.append(meter.total())
+            spent = diff(meter.snapshot(), phases0)
+            phases.update((k, v) for k, v in spent.items() if v.online_bytes or v.rounds)
         if on_token is not None:
             on_token(token)
 
@@ -131,4 +135,4 @@ def private_turn(pm: PrivateModel, conv: Conversation, ids: list[int] | None, n:
     eos = tuple(pm.model.tokenizer.eos_token_ids) if pm.party.is_client else ()
     result = conv.turn(ids, max_new_tokens, eos, step)
     after = meter.total()
-    return PrivateTurn(result, after - before, (marks[0] if marks else after) - before)
+    return PrivateTurn(result, after - before, (marks[0] if marks else after) - before, phases)

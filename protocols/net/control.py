@@ -21,22 +21,23 @@ import time
 
 from protocols.net.runtime import RuntimeFault, exit_now
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # 3: the policy is a registry spec, the budget a fraction, the stage threshold
 MAX_LINE = 64 * 1024  # a control message: the settings (a model config) take a few kB
 HANDSHAKE_S = 10.0  # a connection proves the secret and says hello within this, in all
 # Settings both sides must agree on, with the words a mismatch message uses.
 CHECKED = {"version": "protocol version", "arch": "model architecture", "dealer": "dealer",
-           "policy": "KV policy", "budget": "cache budget", "approx": "approximation preset"}
+           "policy": "KV policy", "budget": "cache budget", "stage_tokens": "stage threshold",
+           "approx": "approximation preset"}
 PROGRESS_EVERY_S = 10.0
 
 # Message schemas: field -> accepted JSON types (bool is not an int here).
 HELLO = {"client": {"role": str, "version": int, "model": str, "arch": dict, "dealer": str, "policy": str,
-                    "budget": int, "approx": str, "expect_digest": (str, type(None)),
+                    "budget": float, "stage_tokens": int, "approx": str, "expect_digest": (str, type(None)),
                     "expect_dealer": (str, type(None))},
          "dealer": {"role": str, "version": int}}
 SETTINGS = {"version": int, "model": str, "arch": dict, "digest": str, "dealer": str, "policy": str,
-            "budget": int, "approx": str, "max_new_tokens": int, "max_prompt_tokens": int,
-            "dealer_fingerprint": (str, type(None))}
+            "budget": float, "stage_tokens": int, "approx": str, "max_new_tokens": int,
+            "max_prompt_tokens": int, "dealer_fingerprint": (str, type(None))}
 OPS = {"turn": {"n": int, "max_new": int}, "go": {}, "refused": {"why": str}, "reset": {}, "quit": {},
        "stopped": {"why": str}, "cost": {"turn": dict, "prefill": dict}}
 
@@ -52,7 +53,7 @@ def say(message: str) -> None:
 
 def _type_name(types) -> str:
     types = types if isinstance(types, tuple) else (types,)
-    names = {str: "a string", int: "an integer", dict: "an object", type(None): "null"}
+    names = {str: "a string", int: "an integer", float: "a number", dict: "an object", type(None): "null"}
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
@@ -158,7 +159,8 @@ def mismatch(server: dict, other: dict) -> str | None:
                 f"expects {want}")
     for key, words in CHECKED.items():
         if key != "arch" and server[key] != other[key]:
-            return f"{words} mismatch: server --{key} {server[key]}, client --{key} {other[key]}"
+            flag = "--" + key.replace("_", "-")
+            return f"{words} mismatch: server {flag} {server[key]}, client {flag} {other[key]}"
     return None
 
 

@@ -10,7 +10,7 @@ from protocols.net import dealerlink
 from protocols.ring import csprng
 from protocols.ring.dealer import apply, viewed, wants_transposed
 from protocols.ring.ringdiv import material
-from protocols.ring.tables import DigitSpec, onehot_tables
+from protocols.ring.tables import DigitSpec, onehot_tables_minus
 
 
 def run_ttp_server(on_connected=None, timeout_s: float = 60.0) -> None:
@@ -54,11 +54,13 @@ def run_ttp_server(on_connected=None, timeout_s: float = 60.0) -> None:
             return c - self._get_additive_PRSS(c.size(), remove_rank=True)
 
         def cmp_tables(self, shape, digits, digit_bits, with_m):
+            """Party 0's shares of the one-hot tables (and m tables) of a fresh r: built in place
+            in party 1's shares, drawn at once (its draws are one stream, in the same order)."""
+            spec = DigitSpec(0, digits, digit_bits)
             r = self._get_additive_PRSS(shape)
-            parts = onehot_tables(r, DigitSpec(0, digits, digit_bits))
-            parts = parts if with_m else parts[:1]
-            return torch.cat([(p - self._get_additive_PRSS(p.size(), remove_rank=True)).flatten()
-                              for p in parts])
+            n = r.numel() * digits << digit_bits
+            total = 2 * n + r.numel() if with_m else n
+            return onehot_tables_minus(r, spec, with_m, self._get_additive_PRSS((total,), remove_rank=True))
 
         def trunc_material(self, shape, spec):
             """Party 0's shares of floor(r / d) and msb(r) (``TTPDealer.div_material``)."""

@@ -16,10 +16,16 @@ dealer's answer (``dist.broadcast``) over gloo, in the clear, and its seeds like
 
 Dealer traffic is still counted through CrypTen's communicator on party 0 (``Meter.dealer`` moves it
 out of the online figures), one round per request and one per answer.
+
+After each party's stream key the dealer sends one byte: whether it works ahead
+(``protocols.net.ahead``: predicted requests answered before they are made, item streams; the
+default) or answers each request when it comes (``MPCACHE_DEALER_AHEAD=0``, and always with the
+insecure bench baseline). Answers made ahead count their bytes as dealer traffic and no round.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -29,10 +35,13 @@ from crypten import communicator
 from crypten.mpc.provider.ttp_provider import TTPClient
 
 from mpcache.core.errors import RuntimeFault
-from protocols.net import links
+from protocols.net import ahead, links
+from protocols.net.ahead_server import AheadServer
 from protocols.net.tlsio import LinkError, SecureSocket
 from protocols.ring import csprng
+from protocols.ring.itemstream import ItemKeys
 
+AHEAD_ENV = "MPCACHE_DEALER_AHEAD"
 REQUEST_LIMIT = 1 << 20  # a request header (shapes, keys, views), at most
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")  # CrypTen has "B2A"
 _state: dict = {"timeout_s": 60.0, "sock": None}
@@ -50,7 +59,11 @@ def _client_setup(self) -> None:
     timeout_s = _state["timeout_s"]
     s = links.dial("dealer", me, "dealer", timeout_s)
     key = s.recv_exact(csprng.KEY_BYTES, time.monotonic() + timeout_s)
-    if csprng.insecure_rng():  # the insecure reference generator (bench --insecure, attack test)
+    mode = s.recv_exact(1, time.monotonic() + timeout_s)  # the dealer's word: does it work ahead?
+    if mode == ahead.ON and not csprng.insecure_rng():
+        csprng.bind_dealer(key)
+        ahead.start(self, key, comm.get_rank(), s, timeout_s)
+    elif csprng.insecure_rng():  # the insecure reference generator (bench --insecure, attack test)
         self.generator = torch.Generator()
         self.generator.manual_seed(int.from_bytes(key[:8], "little", signed=True))
     else:
@@ -65,7 +78,9 @@ def _client_setup(self) -> None:
 
 def _client_request(self, func_name, device, *args, **kwargs):
     """Party 0: one request to the dealer, its answer as an int64 tensor."""
-
+    schedule = ahead.schedule()
+    if schedule is not None:  # the answer was made ahead (or is asked for now, by item)
+        return schedule.fetch(func_name)
     s = self.link
     deadline = time.monotonic() + _state["timeout_s"]
     header = {"function": func_name, "args": links.encode(args), "kwargs": links.encode(kwargs)}
@@ -95,6 +110,7 @@ def install_party(timeout_s: float) -> None:
     inner = TTPClient._TTPClient__TTPClient
     inner._setup_generators = _client_setup
     inner.ttp_request = _client_request
+    ahead.install(inner)
 
 
 def close() -> None:
@@ -103,6 +119,7 @@ def close() -> None:
     if s is None:
         return
     _state["sock"] = None
+    ahead.stop()
     try:
         if s.peer_role == "dealer" and links.ROLE_OF_RANK.get(_rank()) == "server":
             s.send_msg({"function": "terminate"}, time.monotonic() + 5)
@@ -124,9 +141,13 @@ def seat(server, timeout_s: float) -> dict[str, SecureSocket]:
     links.say_self("dealer")
     socks = links.offer("dealer", "dealer", ("server", "client"), timeout_s)
     server.generators, server.generators_cuda = [], [None, None]
+    server.item_keys = None
+    works_ahead = ahead_mode()
     for rank, role in ((0, "server"), (1, "client")):
         key = csprng.fresh_key()
-        socks[role].sendall(key, time.monotonic() + timeout_s)
+        socks[role].sendall(key + (ahead.ON if works_ahead else ahead.OFF), time.monotonic() + timeout_s)
+        if works_ahead:
+            server.item_keys = (server.item_keys or []) + [ItemKeys(key)]
         if csprng.insecure_rng():
             g = torch.Generator()
             g.manual_seed(int.from_bytes(key[:8], "little", signed=True))
@@ -138,8 +159,22 @@ def seat(server, timeout_s: float) -> dict[str, SecureSocket]:
     return socks
 
 
+def ahead_mode() -> bool:
+    """The dealer works ahead unless MPCACHE_DEALER_AHEAD=0 (the synchronous reference) or the
+    randomness or the links are the insecure bench baseline (item streams are keyed AES)."""
+    return (os.environ.get(AHEAD_ENV, "1") != "0" and not csprng.insecure_rng() and not links.insecure())
+
+
 def serve(server, s: SecureSocket) -> None:
     """Answer party 0's requests until "terminate" or until it is gone."""
+    if getattr(server, "item_keys", None):
+        loop = AheadServer(server, s, server.item_keys)
+        loop.bind()
+        try:
+            loop.run()
+        except LinkError:
+            pass
+        return
     while True:
         try:
             msg = s.recv_msg(REQUEST_LIMIT, None)  # no deadline between requests: the parties compute

@@ -16,6 +16,8 @@ Both parties call every method in the same order with the same shapes (shapes ar
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
@@ -145,6 +147,11 @@ class LocalDealer:
         self.masks.pop(key, None)
         self.masks_t.pop(key, None)
 
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        """Around the end of a token: nothing to prepare (party 0 makes material when it is used)."""
+        yield
+
     def triple(self, key: int, kind: str, a_shape, b_shape, view: tuple | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Shares of a fresh A (shape ``a_shape``) and of C = A ∘ B[key] (B seen through ``view``)."""
@@ -225,7 +232,11 @@ class LocalDealer:
 
 
 class TTPDealer:
-    """CrypTen's trusted third party, extended by :class:`FixedMaskServer` requests."""
+    """CrypTen's trusted third party, extended by :class:`FixedMaskServer` requests.
+
+    Each method is one dealer *item* (``begin``, both parties, before any draw): when the dealer
+    works ahead (``protocols.net.ahead``) the item names the stream its randomness comes from and
+    party 0's request is answered from what the dealer already sent."""
 
     name = "ttp"
 
@@ -233,21 +244,36 @@ class TTPDealer:
         self.rank = rank
         self.client = TTPClient.get()
         self._keys = itertools.count()
+        self._begin = getattr(self.client, "begin_item", None)  # installed with the dealer link
 
     def _gen(self):
         return self.client.get_generator(device="cpu")
 
+    def _item(self, name: str, *args) -> None:
+        if self._begin is not None:
+            self._begin(name, args)
+
     def _request(self, name: str, *args):
         return self.client.ttp_request(name, None, *args)
 
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        """Around the end of a token (both parties): when it is done, the dealer's prediction of
+        the next step starts (``protocols.net.ahead``)."""
+        yield
+        if hasattr(self.client, "boundary"):
+            self.client.boundary()
+
     def new_mask(self, shape) -> tuple[int, torch.Tensor]:
         key = next(self._keys)
+        self._item("fixed_new", key, tuple(shape))
         share = random_ring(shape, self._gen())
         if self.rank == 0:
             self._request("fixed_new", key, tuple(shape))
         return key, share
 
     def extend_mask(self, key: int, shape, dim: int) -> torch.Tensor:
+        self._item("fixed_extend", key, tuple(shape), dim)
         share = random_ring(shape, self._gen())
         if self.rank == 0:
             self._request("fixed_extend", key, tuple(shape), dim)
@@ -255,18 +281,21 @@ class TTPDealer:
 
     def derive(self, parts: list[tuple], dim: int) -> tuple[int, list[torch.Tensor]]:
         key = next(self._keys)
+        self._item("fixed_derive", key, parts, dim)
         fresh = [random_ring(p[1], self._gen()) for p in parts if p[0] == "new"]
         if self.rank == 0:
             self._request("fixed_derive", key, parts, dim)
         return key, fresh
 
     def forget(self, key: int) -> None:
+        self._item("fixed_forget", key)
         if self.rank == 0:
             self._request("fixed_forget", key)
 
     def cmp_begin(self, shape, spec, with_m: bool = True):
         """Shares of r and of the one-hot digit tables (party 0 receives its table shares); the
         m * onehot tables only ``with_m`` (comparisons)."""
+        self._item("cmp_tables", tuple(shape), spec.digits, spec.digit_bits, with_m)
         r = random_ring(shape, self._gen())
         tshape = (*shape, spec.digits, 1 << spec.digit_bits)
         if self.rank == 0:
@@ -297,11 +326,13 @@ class TTPDealer:
         party 1 draws its shares of floor(r / d) and msb(r) too, party 0 receives its shares by one
         ``trunc_material`` request (divisors other than one int go run-length encoded)."""
         shape = tuple(shape)
+        # plain ints and lists only (a transport that carries JSON carries these); both parties
+        # name the item by them
+        runs = None if isinstance(d, int) else torch.unique_consecutive(d.reshape(-1), return_counts=True)
+        spec = d if runs is None else [runs[0].tolist(), runs[1].tolist()]
+        self._item("trunc_material", list(shape), spec)
         r = random_ring(shape, self._gen())
         if self.rank == 0:
-            # plain ints and lists only (a transport that carries JSON carries these)
-            runs = None if isinstance(d, int) else torch.unique_consecutive(d.reshape(-1), return_counts=True)
-            spec = d if runs is None else [runs[0].tolist(), runs[1].tolist()]
             flat = self._request("trunc_material", list(shape), spec)
             n = r.numel()
             return r, flat[:n].reshape(shape), flat[n:].reshape(shape)
@@ -313,6 +344,7 @@ class TTPDealer:
 
     def triple(self, key: int, kind: str, a_shape, b_shape, view: tuple | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
+        self._item("fixed_triple", key, kind, tuple(a_shape), view)
         a = random_ring(a_shape, self._gen())
         if self.rank == 0:
             c = self._request("fixed_triple", key, kind, tuple(a_shape), view)

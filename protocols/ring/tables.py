@@ -87,12 +87,20 @@ def tables_at(tables: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torc
     return at, above
 
 
-def onehot_tables(r: torch.Tensor, spec: DigitSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(onehot [..., D, 2^w], m * onehot, m) of the dealer's r (int64 0/1 entries)."""
-    d = digits_of(r, spec)
-    onehot = torch.nn.functional.one_hot(d, 1 << spec.digit_bits).to(torch.int64)
-    m = (r >> spec.top) & 1
-    return onehot, onehot * m[..., None, None], m
+def onehot_tables_minus(r: torch.Tensor, spec: DigitSpec, with_m: bool, others: torch.Tensor) -> torch.Tensor:
+    """Flat (onehot, m * onehot, m) of r minus ``others`` (the other party's flat shares, drawn in
+    that order), computed in place in ``others``: the tables are never materialised (a one per
+    digit is added), which is what a dealer making GBs of them per prefill needs."""
+    d = digits_of(r, spec).unsqueeze(-1)  # [..., D, 1]
+    n = d.numel() << spec.digit_bits
+    out = others.neg_()
+    tshape = (*d.shape[:-1], 1 << spec.digit_bits)
+    out[:n].view(tshape).scatter_add_(-1, d, torch.ones_like(d))
+    if with_m:
+        m = (r >> spec.top) & 1
+        out[n:2 * n].view(tshape).scatter_add_(-1, d, m[..., None, None].expand(d.shape).contiguous())
+        out[2 * n:].view(m.shape).add_(m)
+    return out
 
 
 SPEC = DigitSpec(0, 2, 9)
@@ -151,13 +159,27 @@ def true_select(r: torch.Tensor, c_digits: torch.Tensor, t0: torch.Tensor, t1: t
     return [e0, e0 * (r0 > c0), t1[(c1 - r1) % n], t1[(c1 - 1 - r1) % n]]
 
 
+@lru_cache(maxsize=8)
+def _circulant(table_key: tuple) -> torch.Tensor:
+    """[N (c), N (u)]: T[(c - u) mod N], so that a rotation by a public c is one row (a copy of
+    contiguous memory, not N gathered elements)."""
+    table = torch.tensor(table_key, dtype=torch.int64)
+    return rotated(table, torch.arange(table.shape[0]))
+
+
 def table_select(onehot: torch.Tensor, c_digits: torch.Tensor, t0: torch.Tensor, t1: torch.Tensor):
-    """E0, b E0, A, B from full table shares onehot [..., 2, N] (TTP)."""
+    """E0, b E0, A, B from full table shares onehot [..., 2, N] (TTP).
+
+    Each is a dot product of a table share with a table rotated by the public digit: rows of the
+    circulant matrix, multiplied in place; b E0 (the terms u > c0) is the total minus a prefix sum
+    at c0. Exact in the ring like the sums it replaces (5x faster on a prefill's SiLU tables)."""
     n = t0.shape[0]
     c0, c1 = c_digits[..., 0], c_digits[..., 1]
-    rot0 = rotated(t0, c0)
-    above = (torch.arange(n) > c0.unsqueeze(-1)).to(torch.int64)
-    s0 = onehot[..., 0, :]
-    return [(s0 * rot0).sum(-1), (s0 * rot0 * above).sum(-1),
-            (onehot[..., 1, :] * rotated(t1, c1)).sum(-1),
-            (onehot[..., 1, :] * rotated(t1, (c1 - 1) % n)).sum(-1)]
+    m0, m1 = _circulant(tuple(t0.tolist())), _circulant(tuple(t1.tolist()))
+    x0 = m0[c0].mul_(onehot[..., 0, :]).cumsum_(-1)  # prefix sums: the total is the last one
+    e0 = x0[..., -1]
+    below = x0.gather(-1, c0.unsqueeze(-1)).squeeze(-1)  # terms u <= c0
+    s1 = onehot[..., 1, :]
+    a = m1[c1].mul_(s1).sum(-1)
+    b = m1[(c1 - 1) & (n - 1)].mul_(s1).sum(-1)
+    return [e0, e0 - below, a, b]

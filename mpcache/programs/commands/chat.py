@@ -1,7 +1,8 @@
 """``mpcache chat server|client|dealer``: a private multi-turn chat, one command per party.
 
 The server owns the weights, the client types; the secret KV cache persists across turns (each
-turn prefills only its own tokens) and is bounded by ``--policy``/``--budget``. The client's text
+turn prefills only its own tokens, as one chunk) and is managed by ``--policy``/``--budget``: any
+KV-cache policy that runs under MPC, with the conversation so far as its prompt. The client's text
 never leaves the client: the server only learns token counts.
 """
 
@@ -11,8 +12,9 @@ import argparse
 
 from mpcache.core.approximations import MPC_DEFAULT, MPC_DEFAULT_TTP, PRESETS, mpc_default
 from mpcache.core.errors import UserError
-from mpcache.generation.chat import CHAT_POLICIES
+from mpcache.generation.chat import STAGE_TOKENS
 from mpcache.models import DEFAULT_MODEL
+from mpcache.policies import check_supported, parse_options, parse_spec, supported
 from mpcache.programs.parties import chat_party
 
 CHAT_EPILOG = """\
@@ -26,7 +28,17 @@ others find it; for a remote server set MPCACHE_SESSION_SECRET (hex; the server 
 export) or pin keys (`mpcache keys PATH`, --key PATH).
 the server refuses a bad connection (wrong secret, malformed message, mismatched settings, a
 second client or dealer) with one line on both sides and keeps waiting for the right one.
-in the chat: /stats (traffic, rounds, time so far), /reset (new conversation), /quit."""
+policies: the budget is a fraction of the conversation (tokens attended per answer token, or kept,
+as the policy defines it); the policy's stage (static eviction, cluster summaries) runs after the
+first turn and after every turn of at least --stage-tokens new tokens (a pasted document).
+in the chat: /file PATH (send a text file as the message), /stats (traffic, rounds, time so far,
+the secret cache and what the policy kept), /reset (new conversation), /quit."""
+
+
+# MPCache with its look-once static stage: a document turn leaves rho = clamp(2 * budget, 0.3, 1) of
+# the cache, so later turns' prefill attends (and pays for) that much less (the registry's default
+# preset keeps every token and bounds only what each answer token attends).
+CHAT_POLICY = "mpcache:static=true"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,10 +63,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dealer", choices=["ttp", "tfp"], default="ttp",
                    help="ttp: a third process deals (private; start `mpcache chat dealer`); tfp: the "
                    "server deals (NOT private against the server)")
-    p.add_argument("--policy", choices=CHAT_POLICIES, default="streaming",
-                   help="how the secret cache is bounded between turns")
-    p.add_argument("--budget", type=int, default=512,
-                   help="tokens the secret cache keeps between turns (streaming: 4 sink + most recent)")
+    p.add_argument("--policy", default=CHAT_POLICY, metavar="NAME[:KEY=VALUE...]",
+                   help=f"KV-cache policy of the secret cache (under MPC: {', '.join(supported('mpc'))}); "
+                   "the default evicts at its stage, so the budget bounds the cache, not only what each "
+                   "answer token attends; both sides must agree")
+    p.add_argument("--budget", type=float, default=0.2,
+                   help="the policy's budget, a fraction in (0, 1] of the conversation so far")
+    p.add_argument("--stage-tokens", type=int, default=STAGE_TOKENS,
+                   help="a turn of at least this many tokens runs the policy's stage again (static "
+                   "eviction over the whole cache); both sides must agree")
     p.add_argument("--approx", choices=[n for n in PRESETS if n != "exact"], default=None,
                    help=f"MPC approximation preset (default {MPC_DEFAULT_TTP} with the TTP dealer, "
                    f"{MPC_DEFAULT} with tfp; both sides must agree)")
@@ -79,11 +96,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="client: append one JSON record per turn to this file")
 
 
+def canonical_spec(spec: str) -> str:
+    """One spelling of a policy spec (options sorted, values typed), which the parties compare:
+    ``mpcache:static=1`` and ``mpcache:static=true`` are the same policy."""
+    name, *items = spec.strip().split(":")
+    options = parse_options(name, items)
+    return ":".join([name] + [f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                              for k, v in sorted(options.items())])
+
+
 def run(args: argparse.Namespace) -> int:
     args.approx = args.approx or mpc_default(args.dealer)
-    for name in ("max_new_tokens", "max_prompt_tokens", "budget"):
+    for name in ("max_new_tokens", "max_prompt_tokens", "stage_tokens"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    check_supported(args.policy, "mpc")  # one line, before any launch
+    parse_spec(args.policy, args.budget)  # bad options and budgets too
+    args.policy = canonical_spec(args.policy)  # the parties compare this string
     if not 0 < args.port < 65535:
         raise UserError(f"--port must be in 1..65534, got {args.port}")
     return chat_party.main(args)

@@ -19,7 +19,7 @@ from mpcache.models import Transformer, load_model
 from mpcache.policies import parse_spec
 from protocols.mpc.plain_prefill import NOTE as PLAINTEXT_NOTE
 from protocols.mpc.session import build, private_generate
-from protocols.net import fastcomm, links
+from protocols.net import ahead, fastcomm, links
 from protocols.net.accounting import NETWORKS, Cost, total
 from protocols.net.runtime import DEALER_NOTE, Party
 from protocols.ring import csprng
@@ -71,9 +71,11 @@ def run(party: Party, args) -> int:
 
             framing = [fastcomm.framing_bytes()]  # TLS bytes beyond the plaintext, after each token
             draws: list[tuple] = []  # this party's (ring elements, draws, seconds) after each token
+            dealer = [ahead.stats()]  # the working-ahead dealer's figures, after each token
 
-            def progress(token, step, length=length, spec=spec, draws=draws, framing=framing):
+            def progress(token, step, length=length, spec=spec, draws=draws, framing=framing, dealer=dealer):
                 framing.append(fastcomm.framing_bytes())
+                dealer.append(ahead.stats())
                 draws.append((csprng.Stream.total, csprng.Stream.calls, csprng.Stream.seconds))
                 c = total(step)
                 log(party, f"L={length} {spec}: token in {c.compute_s:.1f} s, {c.online_bytes / 1e6:.1f} MB, "
@@ -83,6 +85,7 @@ def run(party: Party, args) -> int:
             out = private_generate(pm, prompt, args.new_tokens, progress, policy=policy, prefill=args.prefill)
             record = make_record(party, args, pm, out.steps, length, mask_reuse, approx)
             record.update(link_record(framing))
+            record["dealer_ahead"] = ahead_record(dealer)
             record.update(policy=spec, budget=policy.budget, wall_s=time.perf_counter() - start,
                           selected_tokens=out.result.cache.mean_attended(), approx=name)
             if len(draws) > 1:  # the server's own draws (all its streams; MT19937 ones counted alike)
@@ -163,6 +166,23 @@ def link_record(framing: list[int]) -> dict:
                               "note": "TLS record headers, tags and handshakes on this party's links "
                                       "(both directions), not in online_bytes"},
     }
+
+
+def ahead_record(snapshots: list[dict]) -> dict:
+    """Party 0's dealer figures for the prefill and per decode token: requests made ahead vs
+    synchronous ones, party 0's wait on the dealer (online) and the dealer's compute (offline)."""
+    if len(snapshots) < 2 or not snapshots[0]:
+        return {"works_ahead": False}
+
+    def diff(a: dict, b: dict, n: int = 1) -> dict:
+        return {k: (a[k] - b[k]) / n for k in a}
+
+    decode = len(snapshots) - 2
+    steps = [diff(b, a) for a, b in zip(snapshots[1:-1], snapshots[2:], strict=True)]
+    return {"works_ahead": True, "prefill": diff(snapshots[1], snapshots[0]),
+            "decode_per_token": diff(snapshots[-1], snapshots[1], decode) if decode else {},
+            "decode_tokens": [{k: s[k] for k in ("spec", "sync", "abandons", "wait_s", "dealer_s")}
+                              for s in steps]}
 
 
 def ensure_parent(path: str) -> None:

@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +22,17 @@ from mpcache.core.errors import UserError
 from mpcache.generation.chat import ChatFormat, Conversation, TurnRefused
 from mpcache.generation.stream import StreamPrinter
 from mpcache.models import load_model
+from mpcache.policies import parse_spec
+from mpcache.programs.parties.chat_ui import (
+    CONFIRM_TOKENS,
+    Progress,
+    Totals,
+    confirm,
+    read_file,
+    read_message,
+    stats_line,
+    turn_line,
+)
 from protocols.mpc.session import build, private_turn
 from protocols.net import runtime, tls
 from protocols.net.accounting import NETWORKS, Cost
@@ -85,22 +96,6 @@ def _notify_peer(peer: Peer):
     return hook
 
 
-@dataclass
-class Totals:
-    turns: int = 0
-    tokens: int = 0
-    cost: Cost = field(default_factory=Cost)
-
-
-def turn_line(k: int, turn, conv, seconds: float) -> str:
-    c, r = turn.cost, turn.result
-    dealer = (f"; dealer {c.dealer_bytes / 1e6:.1f} MB, {c.dealer_rounds} requests"
-              if c.dealer_bytes or c.dealer_rounds else "; dealer: none (TFP)")
-    return (f"[turn {k}: {r.prompt_len} prompt + {len(r.new_ids)} answer tokens; online "
-            f"{c.online_bytes / 1e6:.1f} MB, {c.rounds} rounds{dealer}; {seconds:.1f} s; cache "
-            f"{r.cache_tokens} tokens, position {conv.position}/{conv.model.config.max_positions}]")
-
-
 # --- server --------------------------------------------------------------------------------------------
 def serve(args) -> int:
     creds = server_credentials(args, args.dealer == "ttp")
@@ -113,11 +108,12 @@ def serve(args) -> int:
     model = load_model(args.model)
     settings = {"role": "server", "version": PROTOCOL_VERSION, "model": args.model,
                 "arch": _arch(model.config), "digest": weights_digest(model.weights),
-                "dealer": args.dealer, "policy": args.policy, "budget": args.budget, "approx": args.approx,
+                "dealer": args.dealer, "policy": args.policy, "budget": args.budget,
+                "stage_tokens": args.stage_tokens, "approx": args.approx,
                 "max_new_tokens": args.max_new_tokens, "max_prompt_tokens": args.max_prompt_tokens}
     lobby.settings = settings
     say(f"[server: {describe(settings)}; {runtime.DEALER_NOTE[args.dealer]}]")
-    say(f"[server: policy {args.policy}, budget {args.budget} tokens, messages up to "
+    say(f"[server: policy {args.policy}, budget {args.budget:g} of the conversation, messages up to "
         f"{args.max_prompt_tokens} tokens, answers capped at {args.max_new_tokens} tokens]")
     extra = (f" and the dealer (mpcache chat dealer --addr HOST --port {args.port})"
              if args.dealer == "ttp" else "")
@@ -129,7 +125,8 @@ def serve(args) -> int:
     pm = build(party, args.model, Approximations.preset(args.approx), loaded=model)
     say(f"[server: ready (setup {pm.setup.online_bytes / 1e6:.0f} MB, {pm.setup.compute_s:.0f} s); "
         "the client's text stays with the client]")
-    conv = Conversation(pm.transformer, args.policy, args.budget)
+    conv = Conversation(pm.transformer, partial(parse_spec, args.policy, args.budget), args.stage_tokens,
+                        args.policy)
     turns = 0
     while True:
         msg = peer.get()
@@ -155,6 +152,7 @@ def serve(args) -> int:
             # shows these, so both lines agree.
             peer.send({"op": "cost", "turn": asdict(turn.cost), "prefill": asdict(turn.prefill)})
             say(turn_line(turns, turn, conv, time.perf_counter() - start))
+            say(f"[server: {conv.kept()}]")
 
 
 # --- dealer --------------------------------------------------------------------------------------------
@@ -174,8 +172,9 @@ def deal(args) -> int:
 def chat(args) -> int:
     model = load_model(args.model)
     hello = {"role": "client", "version": PROTOCOL_VERSION, "model": args.model, "arch": _arch(model.config),
-             "dealer": args.dealer, "policy": args.policy, "budget": args.budget, "approx": args.approx,
-             "expect_digest": args.expect_digest, "expect_dealer": args.expect_dealer}
+             "dealer": args.dealer, "policy": args.policy, "budget": args.budget,
+             "stage_tokens": args.stage_tokens, "approx": args.approx, "expect_digest": args.expect_digest,
+             "expect_dealer": args.expect_dealer}
     channel, server, _ = connect(args.addr, args.port, hello, args.connect_timeout,
                                  party_credentials(args, "client"))
     problem = mismatch(server, hello) or dealer_problem(server, args.expect_dealer)
@@ -193,12 +192,11 @@ def chat(args) -> int:
     peer, party = _start_mpc(args, channel, runtime.CLIENT, args.addr)
     say("[setting up: the server shares and masks its weights once ...]")
     pm = build(party, args.model, Approximations.preset(args.approx), loaded=model)
-    tok = pm.model.tokenizer
-    conv = Conversation(pm.transformer, args.policy, args.budget)
-    fmt = ChatFormat(tok)
-    totals = Totals()
-    say(f"[ready: policy {args.policy}, budget {args.budget} tokens, answers up to {max_new} tokens. "
-        "Type a message; /stats, /reset, /quit]")
+    conv = Conversation(pm.transformer, partial(parse_spec, args.policy, args.budget), args.stage_tokens,
+                        args.policy)
+    client = Client(args, pm, peer, conv, max_new)
+    say(f"[ready: policy {args.policy}, budget {args.budget:g}, answers up to {max_new} tokens. "
+        "Type a message; /file PATH, /stats, /reset, /quit]")
     while True:
         text = read_message()
         if text is None or text == "/quit":
@@ -206,17 +204,50 @@ def chat(args) -> int:
             peer.send({"op": "quit"})
             return 0
         if text == "/stats":
-            say(stats_line(totals, conv))
-            continue
-        if text == "/reset":
+            say(stats_line(client.totals, conv))
+        elif text == "/reset":
             peer.send({"op": "reset"})
             conv.reset()
             say("[new conversation: the secret cache is empty]")
-            continue
-        if text.startswith("/"):
-            say("[commands: /stats, /reset, /quit]")
-            continue
-        ids = fmt.turn_ids(text, first=conv.turns == 0, last_token=conv.last_token)
+        elif text == "/file" or text.startswith("/file "):
+            client.send_file(text[len("/file"):])
+        elif text.startswith("/"):
+            say("[commands: /file PATH, /stats, /reset, /quit]")
+        else:
+            client.turn(text)
+
+
+class Client:
+    """The client's side of a turn: its checks, the request, the secret turn, the lines it shows."""
+
+    def __init__(self, args, pm, peer: Peer, conv: Conversation, max_new: int):
+        self.args, self.pm, self.peer, self.conv, self.max_new = args, pm, peer, conv, max_new
+        self.tok = pm.model.tokenizer
+        self.fmt = ChatFormat(self.tok)
+        self.totals = Totals()
+
+    def ids(self, text: str) -> list[int]:
+        return self.fmt.turn_ids(text, first=self.conv.turns == 0, last_token=self.conv.last_token)
+
+    def send_file(self, path: str) -> None:
+        """``/file PATH``: the file's text as the message, with its size; a long one asks first."""
+        try:
+            text = read_file(path)
+        except ValueError as exc:
+            say(f"[refused: {exc}; nothing was sent]")
+            return
+        n = len(self.ids(text))
+        stage = "; the policy's stage runs after it" if self.conv.will_stage(n) else ""
+        say(f"[file {Path(path.strip()).name}: {len(text):,} characters, {n} tokens with this turn's "
+            f"template{stage}]")
+        if n >= CONFIRM_TOKENS and not confirm(f"send {n} tokens (MPC prefill of every one)?"):
+            say("[not sent]")
+            return
+        self.turn(text)
+
+    def turn(self, text: str) -> None:
+        args, conv, peer, max_new = self.args, self.conv, self.peer, self.max_new
+        ids = self.ids(text)
         try:
             if len(ids) > args.max_prompt_tokens:
                 raise TurnRefused(f"the message is {len(ids)} tokens, the limit is {args.max_prompt_tokens} "
@@ -224,27 +255,33 @@ def chat(args) -> int:
             conv.check(len(ids), max_new)
         except TurnRefused as exc:
             say(f"[refused: {exc}; nothing was sent]")
-            continue
+            return
         peer.send({"op": "turn", "n": len(ids), "max_new": max_new})
         answer = peer.get()
         if answer.get("op") != "go":  # the server's own limits (it says why)
             say(f"[refused by the server: {answer.get('why', answer.get('op'))}; the chat goes on]")
-            continue
-        printer = StreamPrinter(tok)
-        sys.stdout.write("assistant> ")
-        sys.stdout.flush()
+            return
+        printer = StreamPrinter(self.tok)
+        progress = Progress(len(ids), conv.model.config.num_layers, self.pm.backend.comm)
+        conv.model.on_layer = progress.layer
         start = time.perf_counter()
-        turn = private_turn(pm, conv, ids, len(ids), max_new, partial(_show, tok, printer))
+        try:
+            show = partial(_show, self.tok, printer, progress)
+            turn = private_turn(self.pm, conv, ids, len(ids), max_new, show)
+        finally:
+            progress.stop()
+            conv.model.on_layer = None
         seconds = time.perf_counter() - start
         print(flush=True)
         counted = peer.get()  # the server's counts of this turn (see serve)
         turn = replace(turn, cost=_cost(counted, "turn"), prefill=_cost(counted, "prefill"))
-        totals.turns += 1
-        totals.tokens += len(ids) + len(turn.result.new_ids)
-        totals.cost = totals.cost + turn.cost
-        say(turn_line(totals.turns, turn, conv, seconds))
+        t = self.totals
+        t.turns += 1
+        t.tokens += len(ids) + len(turn.result.new_ids)
+        t.cost = t.cost + turn.cost
+        say(turn_line(t.turns, turn, conv, seconds))
         if args.json:
-            _record(args, totals.turns, turn, seconds, conv, ids)
+            _record(args, t.turns, turn, seconds, conv, ids)
 
 
 def dealer_problem(server: dict, pin: str | None) -> str | None:
@@ -276,43 +313,26 @@ def _cost(msg: dict, key: str) -> Cost:
         raise runtime.RuntimeFault(f"the server sent malformed counts ({key})") from None
 
 
-def _show(tok, printer, token: int) -> None:
+def _show(tok, printer, progress: Progress, token: int) -> None:
+    if not progress.stopped.is_set():  # the first answer token: the prefill is over
+        progress.stop()
+        sys.stdout.write("assistant> ")
+        sys.stdout.flush()
     if token not in tok.eos_token_ids:
         printer.push(token)
 
 
-def read_message() -> str | None:
-    """One line from stdin; None at the end of input. Undecodable or empty lines are refused here."""
-    while True:
-        sys.stdout.write("you> ")
-        sys.stdout.flush()
-        raw = sys.stdin.buffer.readline()
-        if not raw:
-            return None
-        try:
-            text = raw.decode("utf-8").strip()
-        except UnicodeDecodeError as exc:
-            say(f"[refused: the message is not valid UTF-8 (byte {exc.start}); nothing was sent]")
-            continue
-        if not text:
-            say("[refused: empty message; type some text, or /quit]")
-            continue
-        return text
-
-
-def stats_line(totals: Totals, conv) -> str:
-    c = totals.cost
-    return (f"[session: {totals.turns} turns, {totals.tokens} tokens; online {c.online_bytes / 1e6:.1f} MB, "
-            f"{c.rounds} rounds; dealer {c.dealer_bytes / 1e6:.1f} MB; {c.compute_s:.1f} s; cache "
-            f"{conv.cache_tokens} tokens, position {conv.position}/{conv.model.config.max_positions}]")
-
-
 def _record(args, k: int, turn, seconds: float, conv, ids: list[int]) -> None:
+    r = turn.result
+    rest = max(1, len(r.new_ids) - 1)
     rec = {"turn": k, "model": args.model, "dealer": args.dealer, "policy": args.policy,
-           "budget": args.budget, "approx": args.approx, "prompt_tokens": turn.result.prompt_len,
-           "answer_tokens": len(turn.result.new_ids), "seconds": seconds,
-           "cache_tokens": turn.result.cache_tokens, "position": conv.position,
+           "budget": args.budget, "stage_tokens": args.stage_tokens, "approx": args.approx,
+           "prompt_tokens": r.prompt_len, "answer_tokens": len(r.new_ids), "seconds": seconds,
+           "first_token_s": r.first_token_s, "per_token_s": (seconds - r.first_token_s) / rest,
+           "staged": r.staged, "cache_tokens": r.cache_tokens, "position": conv.position, "kept": conv.kept(),
            "turn_cost": turn.cost.to_dict(NETWORKS), "prefill_cost": turn.prefill.to_dict(NETWORKS),
+           # The client's own counts per phase (online traffic is the same link's, seen from here).
+           "prefill_phases": {k: asdict(v) for k, v in turn.prefill_phases.items()},
            "ids": ids, "answer_ids": turn.result.new_ids}  # the client's own file: its tokens are its own
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

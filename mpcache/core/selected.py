@@ -40,7 +40,7 @@ class Backend(Protocol):
     def cat(self, tensors: Sequence[Tensor], dim: int) -> Tensor: ...
     def matmul(self, a: Tensor, b: Tensor) -> Tensor: ...
     def matmul_t(self, a: Tensor, b: Tensor) -> Tensor: ...
-    def softmax(self, scores: Tensor, mask: Any = None) -> Tensor: ...
+    def softmax(self, scores: Tensor, mask: Any = None, shift: Any = None) -> Tensor: ...
 
 
 @dataclass
@@ -53,6 +53,11 @@ class SelectedRows:
     count: int
     size: int
     picked: int
+    # Optional, from the policy's selection of this step: q.x^T over the whole x (already scaled as
+    # attention scales q), so attention does not compute it twice, and an upper bound of each row's
+    # max over the picked rows and the tail (the softmax shift: no max tournament of its own).
+    scores: Tensor | None = None
+    shift: Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -90,11 +95,11 @@ def attend(b: Backend, q: Tensor, keys: SelectedRows, values: SelectedRows) -> t
     selected keys, as a gather would order them; output [H, G, d])."""
     sel, count, size, picked = keys.selection, keys.count, keys.size, keys.picked
     n, full = keys.x.shape[1], keys.count * keys.size
-    scores = b.matmul_t(q, keys.x)  # [H, G, n]
+    scores = keys.scores if keys.scores is not None else b.matmul_t(q, keys.x)  # [H, G, n]
     chosen = _by_head(b.gather(sel, _by_cluster(scores[:, :, :full], count, size)), picked, size)
     if full < n:
         chosen = b.cat([chosen, scores[:, :, full:]], dim=2)
-    probs = b.softmax(chosen)
+    probs = b.softmax(chosen) if keys.shift is None else b.softmax(chosen, None, keys.shift)
     head = _by_cluster(probs[:, :, : picked * size], picked, size)
     spread = _by_head(b.scatter(sel, head, count), count, size)  # zeros at unpicked clusters
     if full < n:

@@ -79,11 +79,13 @@ def top(backend: Backend, scores: Tensor, k: int, forced: torch.Tensor | None = 
     return backend.topk(scores, k, forced=forced)
 
 
-def gather_clusters(backend: Backend, selection: Tensor, x: Tensor, count: int, size: int, picked: int
-                    ) -> Tensor:
+def gather_clusters(backend: Backend, selection: Tensor, x: Tensor, count: int, size: int, picked: int,
+                    scores: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
     """The ``picked`` clusters of ``size`` tokens chosen by ``selection`` among the first ``count``
     clusters of x [H, n, d], then every token after them (the tail not yet in a full cluster).
 
     ``Backend.select_clusters``: the gathered rows, or under MPC rows the transformer attends
     through the cache's own mask (``mpcache.core.selected``), so the gathered keys are never opened."""
-    return backend.select_clusters(selection, x, count, size, picked)
+    if scores is None and shift is None:
+        return backend.select_clusters(selection, x, count, size, picked)
+    return backend.select_clusters(selection, x, count, size, picked, scores, shift)

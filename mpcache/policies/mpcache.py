@@ -3,7 +3,8 @@ similarity, and cross-layer sharing of selections. Every stage can be switched o
 
 Budget mapping. ``budget`` B (fraction of the prompt's T tokens attended per decode step) sets, unless
 given directly:  rho = clamp(2B, 0.3, 1) (kept fraction after static eviction),
-r1 = clamp(2B/rho, 0.5, 1) (level-1 clusters kept), and the level-2 count
+r1 = clamp(2B/rho, r1_min, 1) (level-1 clusters kept; r1_min: 0.25 in the lean preset, else 0.5), and the
+level-2 count
 k2 = floor((ceil(B*T) - tail) / s2), where tail (< s1) is the newest tokens not yet in a full
 level-1 cluster (always attended). So a step attends k2*s2 + tail <= ceil(B*T) tokens, i.e. about
 r2 = B/rho of the kept level-2 clusters. B = 0.05 -> rho 0.3, r1 0.5, r2 ~0.17; B = 0.1 -> 0.3,
@@ -21,7 +22,9 @@ mix, Quest's bound at alpha=1), ``group`` (sum | max | maxnorm over a GQA group'
 ``force_last`` (False: only the sink cluster is forced), ``recent`` (a fraction of the budget always
 spent on the newest tokens, which join the tail: a public slice, counted inside the budget).
 Presets (``preset``, see PRESETS) set static, hierarchy, share, score2, group, recent and s2 unless given:
-``retrieval`` (the default, issue 15) and ``paper`` (the original design above).
+``retrieval`` (the default: token-max clusters over the whole cache), ``lean`` (retrieval's scoring
+only inside the parents the group-summed query's best tokens pick: cheaper under 2PC; see
+docs/results/mpc_tradeoff.md) and ``paper`` (the original design above).
 Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secret; this file uses
 Backend ops only (matmul, sum, amax/amin, topk, gather, cat, + and * with public constants).
 """
@@ -42,6 +45,8 @@ from mpcache.policies.mpcache_scoring import (
     SCORES2,
     STATIC_HEADS,
     cluster_scores,
+    parent_token_max_scores,
+    shared_token_max,
     static_importance,
     summaries,
     token_max_scores,
@@ -101,8 +106,10 @@ class Summaries:
 
 
 def _append(old: Tensor | None, fresh: Tensor | None, backend: Backend) -> Tensor | None:
+    """Summaries grow by the clusters that filled. They are fixed operands (``Backend.fix``: under
+    MPC masked once, when made), so a step's q.c~ opens q only; a grown one reuses the old mask."""
     if fresh is None or old is None:
-        return fresh
+        return fresh if fresh is None else backend.fix(fresh)
     return backend.cat([old, fresh], dim=1)
 
 
@@ -115,17 +122,25 @@ class Selection:
     count: int  # full clusters it chooses among
     size: int  # their size in tokens (s1: level 1 alone, s2: level 2)
     picked: int  # clusters chosen
+    scores: Tensor | None = None  # share_scores: attention's q.K^T of this layer, reused by attention
+    shift: Tensor | None = None  # ... and each head's max of them over the candidates (softmax shift)
 
 
 # Option groups. paper: the original design (DESIGN §4: static eviction, two-level summaries, sharing).
-# retrieval (the default, issue 15): no static stage, no level 1, no sharing; every level-2 cluster
+# retrieval (the default): no static stage, no level 1, no sharing; every level-2 cluster
 # scored by its best token's q.k, GQA heads combined by maxnorm (what finds the needle on SmolLM2),
 # clusters of 4 tokens (s2=16 misses the perplexity bar: +8.1 % at 10 %, s2=4 +2.6 %; README).
+# lean: retrieval's scoring inside a quarter (at 10 %) of the 32-token parents, chosen by the best
+# token of the group-summed query (one score per KV head, not g; no summaries): the per-head token
+# work under 2PC covers a quarter of the cache. Parents by their summaries (score1=summary) lost the
+# needle on SmolLM2 (0.6 at r1 = 0.5), by Quest's bound (score=signed, alpha=1) too (0/5).
 PRESETS: dict[str, dict] = {
+    "lean": dict(static=False, hierarchy=True, share=False, score2="max", group="maxnorm", recent=0.0,
+                 s2=8, parents=0, r1_min=0.25, score1="qsum"),
     "retrieval": dict(static=False, hierarchy=False, share=False, score2="max", group="maxnorm", recent=0.0,
-                      s2=4, parents=16),
+                      s2=4, parents=16, r1_min=0.5, score1="summary"),
     "paper": dict(static=True, hierarchy=True, share=True, score2="summary", group="sum", recent=0.0, s2=16,
-                  parents=0),
+                  parents=0, r1_min=0.5, score1="summary"),
 }
 
 
@@ -133,6 +148,7 @@ PRESETS: dict[str, dict] = {
 class MPCachePolicy(Policy):
     rho: float | None = None  # kept fraction after static eviction (None: from budget)
     r1: float | None = None  # level-1 clusters kept (None: from budget)
+    r1_min: float | None = None  # ... at least this fraction (None: the preset's)
     r2: float | None = None  # level-2 clusters kept, of all of them (None: budget-exact count)
     window: float = 0.2  # static window, fraction of the prompt
     long_window: float = 0.1  # ... beyond long_prompt tokens
@@ -159,6 +175,12 @@ class MPCachePolicy(Policy):
     # Without level 1: the top k2 level-2 clusters found in two smaller top-k's through parents of this
     # many tokens (the same selection up to ties, far fewer comparisons under 2PC); 0: one top-k (old).
     parents: int | None = None
+    # score2=max: score children from attention's own q.K^T (computed once, reused by attention) and
+    # with maxnorm hand attention its softmax shift (the head maxima); False: the old separate product.
+    share_scores: bool = True
+    # Level 1 parents scored by: summary (q.c~, the design) | qsum: the max over the parent's tokens of
+    # the group-summed query's q.k (exact token scores, one per KV head instead of g: no summaries).
+    score1: str | None = None
 
     name = "mpcache"
 
@@ -179,7 +201,7 @@ class MPCachePolicy(Policy):
         if self.importance not in ("max", "sum"):
             raise UserError(f"mpcache: importance must be max or sum, got {self.importance!r}")
         for key, allowed in (("static_heads", STATIC_HEADS), ("score", SCORES), ("group", GROUP),
-                             ("score2", SCORES2)):
+                             ("score2", SCORES2), ("score1", ("summary", "qsum"))):
             value = getattr(self, key)
             if value not in allowed:
                 raise UserError(f"mpcache: {key} must be one of {', '.join(allowed)}, got {value!r}")
@@ -201,7 +223,7 @@ class MPCachePolicy(Policy):
     def level1_fraction(self) -> float:
         if self.r1 is not None:
             return self.r1
-        return min(1.0, max(0.5, 2.0 * self.budget / self.kept_fraction()))
+        return min(1.0, max(self.r1_min, 2.0 * self.budget / self.kept_fraction()))
 
     def role(self, layer: int, num_layers: int) -> str:
         """alone | leader | follower, by DESIGN's pattern: ends alone, then pairs (2,3), (4,5)..."""
@@ -250,7 +272,7 @@ class MPCachePolicy(Policy):
     def _uses_summaries(self) -> bool:
         """Only level 1 and summary-scored level 2 read cluster summaries (score2=max without the
         hierarchy reads the keys themselves: no min/max comparisons to build or store)."""
-        return self.hierarchy or self.score2 == "summary"
+        return (self.hierarchy and self.score1 == "summary") or self.score2 == "summary"
 
     def decode_kv(self, layer: int, q: Tensor, cache: LayerCache, backend: Backend) -> tuple[Tensor, Tensor]:
         if not self.dynamic:
@@ -262,7 +284,7 @@ class MPCachePolicy(Policy):
         else:
             choice = self._select(q, cache, backend)
             cache.sequence.setdefault("dynamic", {})[layer] = choice
-        return self._apply(choice, cache, backend)
+        return self._apply(choice, cache, backend, own=cache.state["role"] != "follower")
 
     def extra_nbytes(self, cache: LayerCache) -> int:
         summaries = cache.state.get("summaries")
@@ -286,38 +308,57 @@ class MPCachePolicy(Policy):
         sel1, k1 = None, full1
         if self.hierarchy:
             k1 = min(full1, max(ends, math.ceil(self.level1_fraction() * full1 - 1e-9)))
-            if k1 < full1:
+            if k1 < full1 and self.score1 == "qsum":  # the best token of the group-summed query
+                t = backend.matmul_t(backend.sum(qg, 1, keepdim=True), cache.k[:, : full1 * self.s1])
+                s1 = backend.amax(t.reshape(hkv, full1, self.s1), 2)
+                sel1 = top(backend, s1, k1, self._forced(full1, hkv))
+            elif k1 < full1:
                 r1 = None if summaries.r1 is None else summaries.r1[:, :full1]
                 s1 = self._scores(qg, summaries.c1[:, :full1], r1, backend)
                 sel1 = top(backend, s1, k1, self._forced(full1, hkv))
         # Level 2: score the children of sel1 (kept in position order, so the first and last child stay
         # at the ends), take the top k2. summary: every full child in one matmul, then gather; max: the
         # max of q.k over each child's tokens, computed inside the kept level-1 clusters only.
-        if self.score2 == "max":
-            keys = cache.k[:, : full1 * self.s1].reshape(hkv, full1, self.s1 * d)
-            if sel1 is not None:
-                keys = backend.gather(sel1, keys)
-            s2 = token_max_scores(qg, keys.reshape(hkv, k1 * self.s1, d), self.s2, self.group, backend)
+        shift = logits = None
+        if self.score2 == "max" and self.share_scores and self.group != "qsum":
+            logits = backend.matmul_t(qg * (d**-0.5), cache.k)  # attention's scores [Hkv, g, n]
+            # a shift only when k2 has room for every head's best child besides the forced ends
+            room = self._k2(full1, n_budget, tail, k1 * m) >= qg.shape[1] + self._ends(k1 * m)
+            want = self.group == "maxnorm" and room
+            s2, shift = shared_token_max(logits, full1 * self.s1, sel1, k1, self.s1, self.s2, self.group,
+                                         backend, want)
+        elif self.score2 == "max" and sel1 is not None:
+            s2 = parent_token_max_scores(qg, cache.k[:, : full1 * self.s1], sel1, k1, self.s1, self.s2,
+                                         self.group, backend)
+        elif self.score2 == "max":
+            s2 = token_max_scores(qg, cache.k[:, : full1 * self.s1], self.s2, self.group, backend)
         else:
             r2 = None if summaries.r2 is None else summaries.r2[:, : full1 * m]
             s2 = self._scores(qg, summaries.c2[:, : full1 * m], r2, backend)
             if sel1 is not None:
                 s2 = backend.gather(sel1, s2.reshape(hkv, full1, m)).reshape(hkv, k1 * m)
-        if self.r2 is not None:
-            k2 = math.floor(self.r2 * full1 * m + 1e-9)
-        else:
-            k2 = (n_budget - tail) // self.s2
-        # At least the forced ends of the level-2 candidates (first and last of k1*m children, not of
-        # the full1 parents: one full level-1 cluster still has two level-2 ends).
-        k2 = min(k1 * m, max(k2, min(k1 * m, self.force_ends + (self.force_ends and self.force_last)), 1))
+        k2 = self._k2(full1, n_budget, tail, k1 * m)
         if k2 >= k1 * m:  # every child of the level-1 picks: gather whole level-1 clusters
-            return None if sel1 is None else Selection(cache.appended, sel1, full1, self.s1, k1)
+            return None if sel1 is None else Selection(cache.appended, sel1, full1, self.s1, k1, logits,
+                                                       shift)
         if sel1 is None and self.parents:
-            return Selection(cache.appended, self._top_by_parents(s2, k2, backend), full1 * m, self.s2, k2)
-        sel2 = top(backend, s2, k2, self._forced(k1 * m, hkv))
-        if sel1 is not None:
-            sel2 = backend.compose(sel1, sel2, m)  # one selection over all level-2 clusters
-        return Selection(cache.appended, sel2, full1 * m, self.s2, k2)
+            sel2 = self._top_by_parents(s2, k2, backend)
+        else:
+            sel2 = top(backend, s2, k2, self._forced(k1 * m, hkv))
+            if sel1 is not None:
+                sel2 = backend.compose(sel1, sel2, m)  # one selection over all level-2 clusters
+        return Selection(cache.appended, sel2, full1 * m, self.s2, k2, logits, shift)
+
+    def _k2(self, full1: int, n_budget: int, tail: int, children: int) -> int:
+        """Level-2 clusters picked (public): budget-exact, or r2 of all of them; at least the forced
+        ends of the ``children`` candidates (first and last of k1*m children, not of the full1
+        parents: one full level-1 cluster still has two level-2 ends)."""
+        m = self.s1 // self.s2
+        k2 = math.floor(self.r2 * full1 * m + 1e-9) if self.r2 is not None else (n_budget - tail) // self.s2
+        return min(children, max(k2, self._ends(children), 1))
+
+    def _ends(self, count: int) -> int:
+        return min(count, self.force_ends + (self.force_ends and self.force_last))
 
     def _top_by_parents(self, s2: Tensor, k2: int, backend: Backend) -> Tensor:
         """The top k2 of the level-2 scores s2 [Hkv, C] (forced ends included) in two smaller top-k's.
@@ -346,10 +387,13 @@ class MPCachePolicy(Policy):
     def _scores(self, qg: Tensor, base: Tensor, rng: Tensor | None, backend: Backend) -> Tensor:
         return cluster_scores(qg, base, rng, self.alpha, self.group, backend)
 
-    def _apply(self, choice: Selection | None, cache: LayerCache, backend: Backend) -> tuple[Tensor, Tensor]:
-        """Gather the chosen clusters' tokens (one gather of the cluster-major cache) plus the tail."""
+    def _apply(self, choice: Selection | None, cache: LayerCache, backend: Backend, own: bool = True
+               ) -> tuple[Tensor, Tensor]:
+        """Gather the chosen clusters' tokens (one gather of the cluster-major cache) plus the tail;
+        the keys carry this layer's scores and shift (``own``: not a follower's borrowed choice)."""
         if choice is None:
             return cache.k, cache.v
         c = choice
-        return tuple(gather_clusters(backend, c.selection, x, c.count, c.size, c.picked)
-                     for x in (cache.k, cache.v))
+        scores, shift = (c.scores, c.shift) if own else (None, None)
+        return (gather_clusters(backend, c.selection, cache.k, c.count, c.size, c.picked, scores, shift),
+                gather_clusters(backend, c.selection, cache.v, c.count, c.size, c.picked))

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import math
+
 from mpcache.core.backend import Backend, Tensor
 
 STATIC_HEADS = ("mean", "kv")
@@ -99,3 +101,61 @@ def token_max_scores(q: Tensor, keys: Tensor, size: int, group: str, backend: Ba
     logits = backend.matmul_t(q, keys)  # [Hkv, g, n]
     best = backend.amax(logits.reshape(hkv, g, keys.shape[1] // size, size), 3)
     return combine(best, group, backend)
+
+
+def parent_token_max_scores(q: Tensor, keys: Tensor, sel1: Tensor, picked: int, parent: int, size: int,
+                            group: str, backend: Backend) -> Tensor:
+    """:func:`token_max_scores` of the children (``size`` tokens) of the ``picked`` parents (``parent``
+    tokens) that ``sel1`` chose among the full parents of ``keys`` [Hkv, n, d] -> [Hkv, picked*parent/size].
+
+    Scores, not keys, are gathered: q.k over the whole cache is one product with the cached keys
+    (under MPC a fixed operand: it opens q only), then one gather of the picked parents' g*parent
+    scores (opens the one-hot and g*n scores); gathering the keys first would open picked*parent*d
+    fresh key entries per KV head in the product with q (d = 64 against g = 3 here). Only the
+    candidates' scores enter comparisons, so the exact token work stays a fraction of the cache."""
+    if group == "qsum":
+        q = backend.sum(q, 1, keepdim=True)
+    hkv, g, _ = q.shape
+    count = keys.shape[1] // parent
+    logits = backend.matmul_t(q, keys)  # [Hkv, g, n]
+    by_parent = logits.reshape(hkv, g, count, parent).permute(0, 2, 1, 3).reshape(hkv, count, g * parent)
+    chosen = backend.gather(sel1, by_parent).reshape(hkv, picked, g, parent).permute(0, 2, 1, 3)
+    best = backend.amax(chosen.reshape(hkv, g, picked * parent // size, size), 3)
+    return combine(best, group, backend)
+
+
+def shared_token_max(logits: Tensor, full: int, sel1: Tensor | None, picked: int, parent: int, size: int,
+                     group: str, backend: Backend, want_shift: bool) -> tuple[Tensor, Tensor | None]:
+    """Child scores [Hkv, C] from the attention's own scores ``logits`` [Hkv, g, n] (q scaled as
+    attention scales it, over the whole cache: computed once, reused by attention), and with
+    ``want_shift`` (group = maxnorm) the softmax shift [Hkv, g, 1]: each head's max over the
+    candidate children and the tail, a by-product of maxnorm's head maxima (the same comparison
+    layers: the head max and the shift are one stacked max).
+
+    Candidates: the children of the ``picked`` parents ``sel1`` chose (their scores gathered), or
+    every full child of the first ``full`` tokens. The shift bounds every score attention will see
+    (picked children are candidates; the tail is included) and equals their max when each head's
+    best child is picked (maxnorm ranks it first; the caller asks only when k2 leaves room)."""
+    hkv, g, n = logits.shape
+    cand = logits[..., :full]
+    if sel1 is not None:
+        count = full // parent
+        by_parent = cand.reshape(hkv, g, count, parent).permute(0, 2, 1, 3).reshape(hkv, count, g * parent)
+        cand = backend.gather(sel1, by_parent).reshape(hkv, picked, g, parent).permute(0, 2, 1, 3)
+    c = cand.reshape(hkv, g, -1).shape[2] // size
+    rows = cand.reshape(hkv, g, c, size)
+    tail = n - full
+    t = math.ceil(tail / size) if want_shift and tail else 0
+    if t:  # the tail as t more rows, padded with copies of its last score (a max ignores copies)
+        pieces = [logits[..., full:]] + [logits[..., n - 1 :]] * (t * size - tail)
+        rows = backend.cat([rows, backend.cat(pieces, dim=2).reshape(hkv, g, t, size)], dim=2)
+    best = backend.amax(rows, 3)  # [Hkv, g, c + t]
+    if not want_shift:
+        return combine(best, group, backend), None
+    if t:  # head max over the children only (maxnorm), shift over children + tail: one stacked max
+        own = backend.cat([best[..., :c]] + [best[..., :1]] * t, dim=2)
+        both = backend.amax(backend.cat([own[None], best[None]], dim=0), 3, keepdim=True)
+        head, shift = both[0], both[1]
+    else:
+        head = shift = backend.amax(best, 2, keepdim=True)
+    return backend.amax(best[..., :c] - head, 1), shift

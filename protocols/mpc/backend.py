@@ -28,7 +28,7 @@ from protocols.mpc.operands import MeteredDealer, OperandRegistry, meter_ttp_req
 from protocols.net import fastcrypten
 from protocols.net.accounting import Meter
 from protocols.net.runtime import CLIENT, Party
-from protocols.numerics import layers, selectcmp, topk
+from protocols.numerics import argmax, layers, selectcmp, topk
 from protocols.numerics import nonlinear as nl
 from protocols.numerics.guard import Guard
 from protocols.numerics.topk import TopkConfig
@@ -73,10 +73,7 @@ class MPCBackend(Backend):
     def __init__(self, party: Party, approx: Approximations | None = None, mask_reuse: bool = True,
                  reveal_logits: bool = False, meter: Meter | None = None, cache_slots: int = 256,
                  debug_logits: bool = False):
-        self.crypten = crypten
-
-        self.party = party
-        self.rank = party.rank
+        self.crypten, self.party, self.rank = crypten, party, party.rank
         self.approx = approx or Approximations.preset(mpc_default(party.dealer))
         self.mask_reuse = mask_reuse
         self.reveal_logits = reveal_logits
@@ -218,9 +215,10 @@ class MPCBackend(Backend):
         with self.meter.phase("silu"):
             return layers.silu(x, self.numerics)
 
-    def softmax(self, scores, mask: torch.Tensor | None = None):
-        with self.meter.phase("softmax"):
-            return layers.softmax(scores, mask, self.numerics)
+    def softmax(self, scores, mask: torch.Tensor | None = None, shift=None):
+        with self.meter.phase("softmax"):  # the row max: a policy's shift, else a bounded tournament
+            find = argmax.softmax_max(self.softmax_max, shift, self.numerics, self.rank, self.guard)
+            return layers.softmax(scores, mask, self.numerics, find)
 
     def rope(self, x, cos: torch.Tensor, sin: torch.Tensor):
         """x cos + rotate_half(x) sin with ONE truncation of the sum (two public products would
@@ -233,6 +231,8 @@ class MPCBackend(Backend):
             return shares.mpc_from_share(trunc.trunc(prod, 16))
 
     # --- selection -------------------------------------------------------------------------------------
+    argmax_method = softmax_max = "bounded"  # protocols.numerics.argmax: bounded | row (the old way)
+    selection_range = "check"  # amax/top-k bounded comparisons: range counted for the guard | clamp (old)
     topk_config = TopkConfig()  # protocols.numerics.topk.choose by (n, k); assign another to force one method
 
     @property
@@ -249,7 +249,8 @@ class MPCBackend(Backend):
             config = self.topk_config
             if method is not None:
                 config = replace(config, method=method)
-            return self._debug_selection(topk.select(scores, k, forced, config, self._select_dealer))
+            check = argmax.range_checker(self.guard, self._select_dealer, self.rank, self.selection_range)
+            return self._debug_selection(topk.select(scores, k, forced, config, self._select_dealer, check))
 
     def gather(self, selection, x):
         """One-hot [H or 1, k, n] times rows x [H, n, m]. When x is a view of a fixed operand (the
@@ -272,11 +273,11 @@ class MPCBackend(Backend):
                 return self._from_ring(out).transpose(-1, -2)
             return selection.matmul(x)
 
-    def select_clusters(self, selection, x, count: int, size: int, picked: int):
+    def select_clusters(self, selection, x, count: int, size: int, picked: int, scores=None, shift=None):
         """With x fixed (the cache): rows attended in place through x's mask (``mpcache.core.selected``),
         so the picked keys/values are never opened; otherwise the gathered rows."""
         if self.mask_reuse and not torch.is_tensor(x) and self.operands.lookup_view(x) is not None:
-            return SelectedRows(selection, x, count, size, picked)
+            return SelectedRows(selection, x, count, size, picked, scores, shift)
         return super().select_clusters(selection, x, count, size, picked)
 
     def scatter(self, selection, x, n: int):
@@ -355,7 +356,7 @@ class MPCBackend(Backend):
         same rounds (``selectcmp.exact_max``)."""
         with self.meter.phase("selection"):
             moved = x.transpose(dim, -1) if dim not in (-1, x.dim() - 1) else x
-            out = selectcmp.exact_max(moved, self._select_nm)  # [..., 1]
+            out = argmax.selection_max(moved, self._select_nm, self.rank, self.guard, self.selection_range)
             out = out.transpose(dim, -1) if moved is not x else out
             return out if keepdim else out.squeeze(dim)
 
@@ -366,6 +367,7 @@ class MPCBackend(Backend):
         return self.meter.phase(name, owns_inner=True)
 
     # --- outputs ---------------------------------------------------------------------------------------
+
     def next_token(self, logits) -> int:
         """Greedy token, revealed to the client only (-1 on the server)."""
         with self.meter.phase("argmax"), self.dealer.step():  # a working-ahead dealer: a step ends
@@ -381,7 +383,7 @@ class MPCBackend(Backend):
             if self.debug_logits:
                 plain = reveal(last, dst=CLIENT)
                 self.last_logits = plain[0] if self.rank == CLIENT else None
-            top, idx = nl.row_max(last, with_index=True, nm=self.numerics)
+            top, idx = argmax.vocab_argmax(last, self.numerics, self.rank, self.guard, self.argmax_method)
             with self.meter.phase("guard"):
                 self.guard.logit_max(top)
                 self.guard.verify()  # stops both parties, one line, before any nonsense is revealed

@@ -51,6 +51,10 @@ class Guard:
         self.pending.append(("largest logit", out_of_range(top._tensor.share, top._tensor.encoder.scale,
                                                            LOGIT_BOUND, self.dealer, self.rank)))
 
+    def add(self, name: str, count: torch.Tensor) -> None:
+        """Another check's share of its out-of-range count (e.g. ``argmax.out_of_range_count``)."""
+        self.pending.append((name, count))
+
     def verify(self) -> None:
         """Open the counts (one round); stop both parties with one line when any is nonzero."""
         if not self.pending:

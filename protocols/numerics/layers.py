@@ -44,9 +44,10 @@ def silu(x, nm: Numerics = CRYPTEN):
     return x * sigmoid(x, nm)
 
 
-def softmax(scores, mask: torch.Tensor | None, nm: Numerics = CRYPTEN):
+def softmax(scores, mask: torch.Tensor | None, nm: Numerics = CRYPTEN, max_fn=None):
     """MPC-safe softmax: masked entries copy the row's first allowed score (so the max is exact and
-    nothing explodes in exp), the exp is multiplied by the public mask, the sum is >= 1."""
+    nothing explodes in exp), the exp is multiplied by the public mask, the sum is >= 1. ``max_fn``
+    (x -> the row max [..., 1]) replaces the preset's tournament (the backend's bounded one)."""
     if mask is not None:
         mask = mask.expand(scores.shape)
         first = approx.first_allowed(mask)
@@ -55,7 +56,7 @@ def softmax(scores, mask: torch.Tensor | None, nm: Numerics = CRYPTEN):
         share = scores._tensor.share * keep + ref._tensor.share * (1 - keep)
         scores = mpc_from_share(share)
     a = nm.approx
-    shifted = scores - row_max(scores, nm=nm)
+    shifted = scores - (max_fn(scores) if max_fn is not None else row_max(scores, nm=nm))
     if a.softmax_clip > 0:  # max(shifted, -clip) = relu(shifted + clip) - clip
         lifted = shifted + a.softmax_clip
         shifted = lifted * (1 - ltz(lifted, nm)) - a.softmax_clip

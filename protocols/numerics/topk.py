@@ -183,16 +183,22 @@ def keep_allpairs(key, k: int, dealer=None) -> torch.Tensor:
     return _public(torch.ones_like(rank)) - _ge_count(rank, k, n, dealer)
 
 
-def keep_allpairs_bounded(scores, k: int, forced: torch.Tensor | None, dealer) -> torch.Tensor:
+def keep_allpairs_bounded(scores, k: int, forced: torch.Tensor | None, dealer, check=None) -> torch.Tensor:
     """All-pairs on the scores themselves (no keys): for i < j, j beats i iff s_i - s_j < 0 (equal
     scores: the lower index wins, the keys' rule), one bounded comparison each (|s_i - s_j| < 2^16);
     a pair with a forced item has a public outcome (forced first, then the lower index). The scores
     are clamped to the bound first (``BOUND_RING_BITS``; beyond it they tie, the lower index wins):
-    exactly k kept, whatever the scores."""
+    exactly k kept, whatever the scores. With ``check`` (scores -> None) the range is checked
+    instead (the caller's guard counts the scores past it and stops the run before anything is
+    revealed): one layer of cheap comparisons instead of the clamp's ring comparisons and products."""
     n = scores.shape[-1]
     i, j = torch.triu_indices(n, n, 1)
     in_bits = round(math.log2(scores.encoder.scale))
-    ring = clamp_ring(scores, BOUND_RING_BITS, dealer)
+    if check is not None:
+        check(scores)
+        ring = scores.share
+    else:
+        ring = clamp_ring(scores, BOUND_RING_BITS, dealer)
     below = digits.ltz_bounded(ring[..., i] - ring[..., j], dealer, shares.rank(), in_bits)
     if forced is not None:
         f = forced.to(torch.bool).expand(scores.shape)
@@ -319,7 +325,7 @@ def _place(onehot: torch.Tensor, lo: torch.Tensor, w: int, k: int, shape, out_bi
 
 
 def select(scores, k: int, forced: torch.Tensor | None = None, config: TopkConfig | None = None,
-           dealer=None):
+           dealer=None, check=None):
     """Secret one-hot [H, k, n] of the top k per row (ascending position); see the module doc.
     ``dealer``: compare with the dealer's exact ring comparison instead of CrypTen's circuit."""
     config = config or TopkConfig()
@@ -327,7 +333,7 @@ def select(scores, k: int, forced: torch.Tensor | None = None, config: TopkConfi
     check_topk(scores.shape, k, forced)
     method = choose(heads, n, k, config)
     if k < n and method == "allpairs" and dealer is not None and config.compare == "bounded":
-        return compact(keep_allpairs_bounded(scores, k, forced, dealer), k, dealer=dealer)
+        return compact(keep_allpairs_bounded(scores, k, forced, dealer, check), k, dealer=dealer)
     scale_bits = round(math.log2(scores.encoder.scale))
     key = keys(scores, forced, config.value_bits + scale_bits if method == "bisect" else None, dealer)
     if k == n:  # everything is kept: no comparison

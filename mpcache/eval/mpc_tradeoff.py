@@ -236,10 +236,10 @@ READING = [
     "token of the group-summed query (one score per KV head instead of g, no summaries, no static "
     "stage) kept it (preset `lean`, `score1=qsum`).",
     "- **Where it stands.** No configuration meets the bar. At 2048 tokens `lean` sends 0.64 of the "
-    "full cache's bytes in 1.19x its rounds (network-only LAN time 0.88x) with the needle at 0.9 "
-    "(10 samples, MPC numerics); the default `retrieval` sends 0.96 of full's bytes at 1024 tokens "
-    "(its 2048-token run was killed for memory on the shared machine; before sharing the scores it "
-    "sent 1.23x full's bytes at 2048) with the needle at 0.967. The rounds bar (1.10x) fails "
+    "full cache's bytes in 1.19x its rounds (network-only LAN time 0.88x) with the needle above "
+    "0.9 "
+    "(MPC numerics); the default `retrieval` sends 1.15x full's bytes and 1.22x its rounds at 2048 "
+    "tokens (0.96x and 1.15x at 1024) with the needle at 0.967. The rounds bar (1.10x) fails "
     "because a selection adds ~40-50 sequential rounds per layer (maxima, top-k's, gathers) while "
     "the full cache's softmax max is ~12 binary levels (about 24 rounds); the byte bar fails on "
     "the floor above.",

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from mpcache.eval import mpc_tradeoff
 from mpcache.eval.results_docs_chat import chat_document
 from mpcache.eval.results_docs_mpc import chat, mpc_cost, mpc_ops, mpc_policies, topk
 from mpcache.eval.results_docs_plain import accuracy, compression, mpcache_options, seed_policies
@@ -31,6 +32,7 @@ DOCUMENTS: dict[str, Callable[[Path], str]] = {
     "truncation": truncation,
     "chat": chat,
     "chat_document": chat_document,
+    "mpc_tradeoff": lambda records: mpc_tradeoff.render(mpc_tradeoff.load(records)),
 }
 ROOT = Path(__file__).resolve().parents[2]
 

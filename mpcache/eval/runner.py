@@ -28,8 +28,12 @@ class RunResult:
     seconds: float = 0.0
 
 
-def _start(model: Transformer, pre: Prefilled, policy: Policy) -> KVCache:
-    return pre.cache.start(policy, pre.prompts, model.backend)
+def _start(model: Transformer, pre: Prefilled, policy: Policy) -> tuple[KVCache, torch.Tensor]:
+    """The policy's cache and the last prompt logits: a replay of the recorded full prefill, or the
+    policy's own prefill where it has one (``own_prefill``, e.g. Locret's faithful chunked schedule)."""
+    own = getattr(policy, "own_prefill", None)
+    mine = own(model, pre.ids) if own is not None else None
+    return mine if mine is not None else (pre.cache.start(policy, pre.prompts, model.backend), pre.logits)
 
 
 def _finish(result: RunResult, cache: KVCache, policy: Policy, start: float) -> RunResult:
@@ -44,16 +48,16 @@ def greedy(
 ) -> RunResult:
     """Greedy decode from the prefilled cache with ``policy`` (stops at EOS or ``max_new`` tokens)."""
     start = time.perf_counter()
-    cache = _start(model, pre, policy)
+    cache, logits = _start(model, pre, policy)
     result = RunResult()
-    result.new_ids, _ = decode(model, cache, model.backend.next_token(pre.logits), max_new, eos)
+    result.new_ids, _ = decode(model, cache, model.backend.next_token(logits), max_new, eos)
     return _finish(result, cache, policy, start)
 
 
 def teacher_forced(model: Transformer, pre: Prefilled, policy: Policy, targets: list[int]) -> RunResult:
     """Feed ``targets[:-1]`` one token at a time; record -log p of each next target (policy active)."""
     start = time.perf_counter()
-    cache = _start(model, pre, policy)
+    cache, _ = _start(model, pre, policy)
     result = RunResult()
     for token, nxt in zip(targets[:-1], targets[1:], strict=True):
         logits = model.backend.reveal(model.forward([token], cache))[-1].double()

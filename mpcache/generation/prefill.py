@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -45,6 +45,7 @@ class Prefilled:
     prompts: list[PromptInfo]
     logits: torch.Tensor  # last prompt token's logits (policy-independent)
     seconds: float
+    ids: list[int] = field(default_factory=list)  # the prompt (for policies that prefill themselves)
 
 
 def prefill(model: Transformer, ids: list[int], policies: Sequence[Policy] = (),
@@ -57,4 +58,4 @@ def prefill(model: Transformer, ids: list[int], policies: Sequence[Policy] = (),
     start = time.perf_counter()
     logits = model.forward(ids, cache)
     cache.policy = None
-    return Prefilled(cache, recorder.prompts, logits, time.perf_counter() - start)
+    return Prefilled(cache, recorder.prompts, logits, time.perf_counter() - start, list(ids))

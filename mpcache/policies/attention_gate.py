@@ -24,7 +24,7 @@ from mpcache.core.backend import Backend, Tensor
 from mpcache.core.cache import LayerCache
 from mpcache.core.errors import UserError
 from mpcache.core.policy import Policy, PromptInfo
-from mpcache.learned import gate_train, store
+from mpcache.learned import gate_train, provenance, store
 from mpcache.learned.features import token_features
 from mpcache.learned.gate import Gates
 
@@ -72,7 +72,8 @@ class AttentionGatePolicy(Policy):
             return {}
         gates, meta = self.gates(config)
         return {"extra_params": sum(p.numel() for p in gates.parameters()),
-                "train_seconds": meta.get("train_seconds"), "weights": self.weights or "default"}
+                "train_seconds": meta.get("train_seconds"), "weights": self.weights or "default",
+                "provenance": provenance.summary(meta)}
 
     def after_prefill(self, layer: int, prompt: PromptInfo, cache: LayerCache, backend: Backend) -> None:
         if self.budget >= 1.0:

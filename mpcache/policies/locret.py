@@ -8,6 +8,8 @@ retained set (previous survivors + the chunk) is cut to the top ``b - local_len`
 head, the newest ``stabilizers * b`` processed tokens forced in (except after the last chunk); then
 the last ``local_len`` tokens (the question) are kept uncompressed. ``b = budget_tokens(T)``.
 
+``faithful=true`` runs the authors' schedule for real (``mpcache.learned.locret_chunked``): each
+chunk is forwarded against the retained cache only. Otherwise (the default, "replay"):
 Deviations (labelled): the chunk schedule is replayed on the activations of the harness's full
 prefill (in Locret each chunk's hidden states see only the retained cache: ours see the full prompt,
 likely optimistic); positions stay the original ones (Locret re-indexes survivors contiguously).
@@ -31,8 +33,9 @@ from mpcache.core.cache import LayerCache
 from mpcache.core.errors import UserError
 from mpcache.core.policy import Policy, PromptInfo
 from mpcache.learned import locret as heads_lib
-from mpcache.learned import store
+from mpcache.learned import provenance, store
 from mpcache.learned.features import token_features
+from mpcache.learned.locret_chunked import chunked_prefill
 
 _HEADS: dict[str, tuple[heads_lib.RetainingHeads, dict]] = {}
 
@@ -64,6 +67,7 @@ class LocretPolicy(Policy):
     seed: int = 0
     hidden: int = 128  # only for weights=untrained
     sinks: int = 0  # first tokens always kept (NOT in Locret; our option, see the README)
+    faithful: bool = False  # chunked prefill against the retained cache (locret_chunked), not a replay
 
     name = "locret"
     backends = ("plain",)
@@ -94,7 +98,15 @@ class LocretPolicy(Policy):
             return {}
         heads, meta = self.heads(config)
         return {"extra_params": sum(p.numel() for p in heads.parameters()),
-                "train_seconds": meta.get("train_seconds"), "weights": self.weights or "default"}
+                "train_seconds": meta.get("train_seconds"), "weights": self.weights or "default",
+                "provenance": provenance.summary(meta)}
+
+    def own_prefill(self, model, ids: list[int]):
+        """(cache, logits) of the faithful chunked prefill, or None: the runner replays its full prefill."""
+        if not self.faithful or self.budget >= 1.0:
+            return None
+        self.check_backend(model.backend.name)
+        return chunked_prefill(model, self, ids)
 
     def _cis(self, layer: int, config, q, k, v, positions) -> torch.Tensor:
         heads, _ = self.heads(config)

@@ -11,6 +11,7 @@ from mpcache.core.approximations import Approximations
 from mpcache.core.backend import PlainBackend
 from mpcache.core.errors import UserError
 from mpcache.eval.sweep import SweepConfig, run_sweep, write_records
+from mpcache.learned import provenance
 from mpcache.models import DEFAULT_MODEL, Transformer, load_model
 from mpcache.policies import parse_spec
 from mpcache.programs.commands.train import ensure_trained
@@ -82,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
                         f"{model.config.max_positions} positions")
 
     ensure_trained(policies, model, not args.no_progress)
+    for spec in policies:  # what each trained scorer was trained on, as stored with its weights
+        extras = parse_spec(spec, budgets[0]).record_extras(model.config)
+        if "provenance" in extras:
+            print(provenance.line(spec, extras["provenance"]))
     transformer = Transformer(model.config, model.weights, PlainBackend(approx))
 
     def write(batch):

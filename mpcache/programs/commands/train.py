@@ -14,6 +14,7 @@ from mpcache.core.errors import UserError
 from mpcache.learned import store
 from mpcache.learned.gate_train import GateTrainConfig, train_gates
 from mpcache.learned.locret import LocretTrainConfig, train_heads
+from mpcache.learned.train_recipe import train_converged
 from mpcache.models import DEFAULT_MODEL, Transformer, load_model
 from mpcache.policies import parse_spec
 
@@ -25,15 +26,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("kind", choices=KINDS)
     p.add_argument("--model", default=DEFAULT_MODEL, help="smollm2 | PATH to HF folder | random:PRESET")
     p.add_argument("--seed", type=int, default=0, help="initialisation and data order")
-    p.add_argument("--steps", type=int, default=None, help="training steps (one sequence each)")
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per training sequence")
+    p.add_argument("--steps", type=int, default=None, help="step cap (one sequence each; stops earlier "
+                   "once the held-out loss is flat)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per training sequence (default 2048)")
+    p.add_argument("--sequences", type=int, default=None, help="training sequences whose features are "
+                   "cached (default 24; 4 held out)")
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap on the training steps")
+    p.add_argument("--records", default=None, help="JSON-lines file for the per-step training record")
+    p.add_argument("--recipe", choices=("converged", "legacy"), default="converged",
+                   help="converged: cached features, early stop (default); legacy: the first short "
+                   "recipe (python help topics, attention-gate end to end)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run)
 
 
 def train(kind: str, loaded, seed: int = 0, steps: int | None = None, seq_len: int | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, recipe: str = "converged", **options) -> dict:
     """Train ``kind`` for ``loaded`` (a LoadedModel) and save it where the policy looks by default."""
+    if recipe == "converged":
+        return train_converged(kind, loaded, seed, steps, seq_len, progress, **options)
     tag = store.model_tag(loaded.config)
     if kind == "locret":
         cfg = LocretTrainConfig(seed=seed)
@@ -69,9 +80,12 @@ def run(args: argparse.Namespace) -> int:
     if args.seq_len is not None and args.seq_len < 16:
         raise UserError(f"--seq-len must be at least 16, got {args.seq_len}")
     loaded = load_model(args.model)
-    meta = train(args.kind, loaded, args.seed, args.steps, args.seq_len, not args.no_progress)
+    meta = train(args.kind, loaded, args.seed, args.steps, args.seq_len, not args.no_progress, args.recipe,
+                 sequences=args.sequences, max_minutes=args.max_minutes, records=args.records)
 
     path = store.weights_path(args.kind, store.model_tag(loaded.config), args.seed)
-    summary = {k: meta[k] for k in ("params", "train_seconds", "val_before", "val_after") if k in meta}
+    keys = ("params", "steps", "stop", "train_seconds", "final_train_loss", "best_val_loss", "val_before",
+            "val_after", "corpus")
+    summary = {k: meta[k] for k in keys if k in meta}
     print(f"{args.kind}: saved {path}\n{json.dumps(summary)}")
     return 0

@@ -71,7 +71,8 @@ OPTIONS: list[tuple[str, tuple[str, str], tuple[str, str]]] = [
 ATTENTION = ("softmax", "selection", "attn-scores", "attn-values")
 # The bar per decode token at 2048 tokens against full in the same run: (name, limit on the ratio).
 BAR = (("bytes", 0.25), ("rounds", 1.10), ("est. LAN", 1 / 2.5), ("LAN network", 1 / 2.5), ("compute", 0.5))
-FINALS = ("mpc_tradeoff_2048", "mpc_tradeoff_1024")  # runs of the final code
+FINALS = ("mpc_tradeoff_4096", "mpc_tradeoff_2048", "mpc_tradeoff_1024")  # runs of the final code
+BYTES_AT_4096 = 1 / 6  # the bar's bytes limit at 4096 tokens (1/4 at 2048)
 
 
 def load(records: Path) -> dict[str, list[dict]]:
@@ -190,7 +191,7 @@ def floor_lines(files: dict[str, list[dict]]) -> list[str]:
 
 def bar_table(files: dict[str, list[dict]], scores: dict) -> list[str]:
     """Each MPCache configuration of the final runs against the bar (ratios to full, same file)."""
-    head = " | ".join(f"{name} / full (<= {limit:.2f})" for name, limit in BAR)
+    head = " | ".join(f"{name} / full (<= {limit:.2f})" for name, limit in BAR)  # bytes: 1/6 at 4096
     lines = [f"| run | L | policy | {head} | needle L=2000 @ 10 % (>= 0.93) |",
              "|---|---|---|" + "---|" * (len(BAR) + 1)]
     for stem in FINALS:
@@ -202,8 +203,10 @@ def bar_table(files: dict[str, list[dict]], scores: dict) -> list[str]:
             c, f = Cost.of(r), Cost.of(full)
             ratios = (c.mb / f.mb, c.rounds / f.rounds, c.lan_s / f.lan_s,
                       (c.lan_s - c.compute_s) / (f.lan_s - f.compute_s), c.compute_s / f.compute_s)
+            limits = [BYTES_AT_4096 if name == "bytes" and r["length"] >= 4096 else limit
+                      for name, limit in BAR]
             cells = [f"{x:.3f} {'met' if x <= limit else 'NOT met'}"
-                     for x, (_, limit) in zip(ratios, BAR, strict=True)]
+                     for x, limit in zip(ratios, limits, strict=True)]
             needle = _needle(scores, r["policy"], 0.1)
             row = [stem, str(r["length"]), f"`{r['policy']}`", *cells, needle]
             lines.append("| " + " | ".join(row) + " |")
@@ -233,10 +236,13 @@ READING = [
     "token of the group-summed query (one score per KV head instead of g, no summaries, no static "
     "stage) kept it (preset `lean`, `score1=qsum`).",
     "- **Where it stands.** No configuration meets the bar. At 2048 tokens `lean` sends 0.64 of the "
-    "full cache's bytes in 1.19x its rounds (network-only LAN time 0.88x) with the needle at 0.9 "
-    "(10 samples, MPC numerics); the default `retrieval` sends 0.96 of full's bytes at 1024 tokens "
-    "(its 2048-token run was killed for memory on the shared machine; before sharing the scores it "
-    "sent 1.23x full's bytes at 2048) with the needle at 0.967. The rounds bar (1.10x) fails "
+    "full cache's bytes in 1.19x its rounds (network-only LAN time 0.88x) with the needle at "
+    "0.900 (30 samples, MPC numerics; the bar is 0.93); the default `retrieval` sends 1.15x "
+    "full's bytes and 1.22x its rounds at 2048 "
+    "tokens (0.96x and 1.15x at 1024) with the needle at 0.967. At 4096 tokens `lean` sends 0.72 "
+    "of full's bytes (the 1/6 bar is far): its composed one-hot over all level-2 clusters (k2 x C2, "
+    "both growing with n) and the group-summed token maxima over the whole cache still grow. "
+    "The rounds bar (1.10x) fails "
     "because a selection adds ~40-50 sequential rounds per layer (maxima, top-k's, gathers) while "
     "the full cache's softmax max is ~12 binary levels (about 24 rounds); the byte bar fails on "
     "the floor above.",

@@ -17,9 +17,9 @@ class InPlaceBackend(PlainBackend):
 
     calls = 0
 
-    def select_clusters(self, selection, x, count, size, picked):
+    def select_clusters(self, selection, x, count, size, picked, scores=None, shift=None):
         self.calls += 1
-        return SelectedRows(selection, x, count, size, picked)
+        return SelectedRows(selection, x, count, size, picked, scores, shift)
 
 
 def test_attend_in_place_equals_attention_over_the_gathered_rows():

@@ -103,7 +103,6 @@ def run_topk(args: argparse.Namespace) -> int:
     if not runtime.under_torchrun():
         return launch_local(["-m", "mpcache", *sys.argv[1:]], runtime.world_size(args.dealer))
 
-
     ensure_parent(args.json)
     return runtime.run_party(lambda: topk_bench.run(runtime.init(args.dealer, args.timeout), args))
 
@@ -138,7 +137,6 @@ def run(args: argparse.Namespace) -> int:
             check_lengths(length, args.new_tokens, config.max_positions)
 
         return launch_local(["-m", "mpcache", *sys.argv[1:]], runtime.world_size(args.dealer))
-
 
     ensure_parent(args.json)
 

@@ -10,7 +10,7 @@ import torch
 
 from protocols.net import ahead, ahead_server, dealerlink, links
 from protocols.net.ahead import Schedule
-from protocols.net.predict import Periodic, header, predict
+from protocols.net.predict import Periodic, answer_elements, header, predict
 from protocols.net.runtime import world_size
 from protocols.ring import csprng
 from protocols.ring.itemstream import ItemKeys, spec_nonce, sync_nonce
@@ -50,6 +50,22 @@ def test_predict_extrapolates_steps_linearly_or_quadratically():
     guess = predict([[_triple(1, 30, 30)], [_triple(2, 1, 31)]])
     assert guess == [_triple(3, 1, 32)]
     assert predict([]) == []
+
+
+def test_a_guess_never_widens_a_table_spec_nor_grows_its_answer_past_twice():
+    # a comparison whose digits changed between steps (a new comparison took this slot): the spec
+    # is kept, only the shape moves. Extrapolating width 8 -> 9 -> 10 once made a 12 GB guess.
+    steps = [[header("cmp_tables", ((144,), d, w, True))] for d, w in ((1, 2), (4, 8), (7, 9))]
+    (guess,) = predict(steps)
+    assert guess["args"][1:] == [7, 9, True]
+    assert answer_elements(guess) <= 2 * answer_elements(steps[-1][0]) + 64
+    # the size that counts is the answer's: 2^width entries per digit, twice with m tables
+    h = header("cmp_tables", ((3, 4), 2, 9, True))
+    assert answer_elements(h) == 12 * 2 * 512 * 2 + 12
+    assert answer_elements(header("cmp_tables", ((3, 4), 2, 9, False))) == 12 * 2 * 512 + 12
+    # a shape that would grow the answer past twice the last one is not guessed
+    grown = [[header("cmp_tables", ((n,), 4, 8, True))] for n in (1, 2, 100)]  # quadratic: 295
+    assert predict(grown) == grown[-1]
 
 
 def _layer(i):

@@ -17,6 +17,7 @@ and the raw little-endian int64 values.
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
 import time
@@ -27,14 +28,16 @@ import torch
 from mpcache.core.errors import RuntimeFault
 from protocols.net import links
 from protocols.net.ahead import MUTATIONS
-from protocols.net.predict import elements
+from protocols.net.predict import answer_elements
 from protocols.net.tlsio import CHUNK, HIGH_WATER, LinkError, SecureSocket
 from protocols.ring import csprng
 from protocols.ring.itemstream import ItemKeys, spec_nonce, sync_nonce
 
 BUDGET = 256 << 20  # bytes of answers made ahead and not yet handed to TLS (the dealer's memory)
-SPEC_LIMIT = 1 << 25  # ring elements of one predicted answer, at most (a wild guess is not made)
+SPEC_LIMIT = 1 << 28  # ring elements of one predicted answer (2 GB), at most: a wild guess is not made
+# (the vocabulary argmax's tables are ~2e8 elements per decode token of SmolLM2)
 MESSAGE_LIMIT = 64 << 20  # a message from party 0 (a step's schedule: ~100 B per item)
+TRACE = os.environ.get("MPCACHE_DEALER_TRACE")  # a file: one JSON line per item made (debugging)
 REQUEST_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")  # public names only (CrypTen has "B2A")
 
 
@@ -126,7 +129,10 @@ class AheadServer:
             if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
                 raise ValueError("malformed request arguments")
             self.server.device = "cpu"
-            return getattr(self.server, name)(*args, **kwargs).to(torch.long).contiguous()
+            _trace({"round": self.round, "nonce": nonce, "h": h})  # before: an item that kills us shows
+            value = getattr(self.server, name)(*args, **kwargs).to(torch.long).contiguous()
+            _trace({"round": self.round, "nonce": nonce, "elements": value.numel()})
+            return value
         finally:
             self.current = [None] * len(self.keys)
             self.compute_s += time.perf_counter() - start
@@ -155,7 +161,7 @@ class AheadServer:
         slot, h = self.cursor, self.items[self.cursor]
         self.cursor += 1
         tag = (self.round, self.pids[slot])
-        if elements(h) > SPEC_LIMIT:
+        if answer_elements(h) > SPEC_LIMIT:
             self.out.push(tag, {"tag": list(tag), "skip": True}, None)
             return
         try:
@@ -278,6 +284,12 @@ class AheadServer:
             readable, _ = self.sock._wait(True, self.out.pending(), None)
             if readable:
                 self.sock._recv_some()
+
+
+def _trace(record: dict) -> None:
+    if TRACE:
+        with open(TRACE, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def _index(n) -> bool:

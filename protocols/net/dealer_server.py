@@ -12,6 +12,8 @@ from protocols.ring.dealer import apply, viewed, wants_transposed
 from protocols.ring.ringdiv import material
 from protocols.ring.tables import DigitSpec, onehot_tables_minus
 
+MAX_DIGIT_BITS = 16  # a table is 2^bits entries per digit per element: wider is never a real request
+
 
 def run_ttp_server(on_connected=None, timeout_s: float = 60.0) -> None:
     """Body of the dealer process (rank 2): CrypTen's TTP server plus the fixed-mask requests,
@@ -56,6 +58,9 @@ def run_ttp_server(on_connected=None, timeout_s: float = 60.0) -> None:
         def cmp_tables(self, shape, digits, digit_bits, with_m):
             """Party 0's shares of the one-hot tables (and m tables) of a fresh r: built in place
             in party 1's shares, drawn at once (its draws are one stream, in the same order)."""
+            if not (1 <= digit_bits <= MAX_DIGIT_BITS and 1 <= digits and digits * digit_bits <= 64):
+                raise ValueError(f"comparison tables of {digits} digits of {digit_bits} bits (at most "
+                                 f"{MAX_DIGIT_BITS}-bit digits, 64 bits in all)")
             spec = DigitSpec(0, digits, digit_bits)
             r = self._get_additive_PRSS(shape)
             n = r.numel() * digits << digit_bits

@@ -80,13 +80,33 @@ def elements(h: dict) -> int:
     return best
 
 
+# Requests whose arguments after the first are a fixed spec (digit count and width, divisors,
+# flags), not a size: only their shape is extrapolated. A digit width extrapolated like a size once
+# made a guessed comparison table of 12 GB (width 9 -> 19 bits).
+SPEC_ARGS = {"cmp_tables", "trunc_material"}
+
+
+def answer_elements(h: dict) -> int:
+    """Ring elements of the dealer's answer to ``h`` (its memory), as far as the header says:
+    a comparison table is 2^width entries per digit per element, twice with its m tables."""
+    n = elements(h)
+    args = h.get("args", [])
+    if h.get("function") == "cmp_tables" and len(args) >= 4:
+        digits, width, with_m = args[1], args[2], args[3]
+        if isinstance(digits, int) and isinstance(width, int) and 0 <= width <= 62:
+            return n * max(digits, 1) * (1 << width) * (2 if with_m else 1) + n
+    return n
+
+
 def _guess(last: dict, before: dict | None, oldest: dict | None) -> dict:
     if before is None or last["function"] != before["function"]:
         return last
     aligned = oldest is not None and oldest["function"] == last["function"]
     guess = _extrapolate(last, before, oldest if aligned else _MISSING)
+    if last["function"] in SPEC_ARGS and guess["args"][1:] != last["args"][1:]:
+        guess = {**guess, "args": guess["args"][:1] + last["args"][1:]}
     # never more than twice a size the parties really used: a wrong guess costs the dealer little
-    return guess if elements(guess) <= 2 * elements(last) + 64 else last
+    return guess if answer_elements(guess) <= 2 * answer_elements(last) + 64 else last
 
 
 def predict(history: list[list[dict]]) -> list[dict]:

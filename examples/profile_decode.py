@@ -4,7 +4,7 @@ seconds per token go (Python/CrypTen overhead, ring matmuls, communication waits
     python examples/profile_decode.py --model random:tiny --length 16 --new-tokens 3 --approx fast
     python examples/profile_decode.py --model smollm2 --length 128 --new-tokens 2 --approx fast
 
-Starts the two local parties itself (TFP); the prefill is not profiled. Writes one pstats file
+Starts the local parties itself (and the dealer with ``--dealer ttp``); the prefill is not profiled. Writes one pstats file
 per party (``--out``) and prints the top functions of each by own time.
 """
 
@@ -29,6 +29,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--length", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=3)
     p.add_argument("--approx", default="fast")
+    p.add_argument("--dealer", choices=["tfp", "ttp"], default="tfp",
+                   help="ttp: a third local process deals (it is not profiled)")
     p.add_argument("--out", default="results/profile")
     p.add_argument("--top", type=int, default=35)
     p.add_argument("--sort", default="tottime")
@@ -40,14 +42,14 @@ def main() -> int:
     if not runtime.under_torchrun():
         from protocols.net.launch import launch_self
 
-        return launch_self("tfp")
+        return launch_self(args.dealer)
 
     def body() -> int:
         from mpcache.core.approximations import Approximations
         from mpcache.programs.parties.bench_party import synthetic_prompt
         from protocols.mpc.session import build, private_generate
 
-        party = runtime.init("tfp", 600)
+        party = runtime.init(args.dealer, 600)
         pm = build(party, args.model, Approximations.preset(args.approx))
         prompt = synthetic_prompt(args.length, pm.model.config.vocab_size) if party.is_client else None
         prof = cProfile.Profile()

@@ -47,9 +47,12 @@ RING_SPECS = {"tfp": DigitSpec(0, 2, 32), "ttp": DigitSpec(0, 7, 9)}
 # Selections' comparisons of BOUNDED values (the default, ``TopkConfig.compare``): differences of
 # scores, logits, probabilities or keys at CrypTen's 16 fractional bits with |x| < 2^16 (so every
 # value |v| < 2^15). Bit 32 of x + 2^32 is the sign: one 32-bit digit with TFP (no product tree:
-# 1 round, 16 B: the opening of c alone), 4 digits of 8 bits with a TTP dealer (3 rounds). Exact
+# 1 round, 16 B: the opening of c alone), 8 digits of 4 bits with a TTP dealer (4 rounds). Exact
 # within the bound; SmolLM2's largest |q.k| measured on the needle prompts is far below it (README).
-BOUNDED_SPECS = {"tfp": DigitSpec(16, 1, 32), "ttp": DigitSpec(16, 4, 8)}
+# TTP digit width: 4 x 8 bits made 3.78 GB of dealer material per SmolLM2 decode token (2,048 table
+# entries per comparison; the vocabulary argmax alone 1.6 GB); 8 x 4 bits make 1.12 GB (256 entries)
+# for +84 MB online and +107 rounds per token, and took 2/3 of the CPU (bench mpc, L=59, same load).
+BOUNDED_SPECS = {"tfp": DigitSpec(16, 1, 32), "ttp": DigitSpec(16, 8, 4)}
 
 
 def spec_for(kind: str, digit_bits: int) -> DigitSpec:

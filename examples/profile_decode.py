@@ -4,8 +4,9 @@ seconds per token go (Python/CrypTen overhead, ring matmuls, communication waits
     python examples/profile_decode.py --model random:tiny --length 16 --new-tokens 3 --approx fast
     python examples/profile_decode.py --model smollm2 --length 128 --new-tokens 2 --approx fast
 
-Starts the local parties itself (and the dealer with ``--dealer ttp``); the prefill is not profiled. Writes one pstats file
-per party (``--out``) and prints the top functions of each by own time.
+Starts the local parties itself (and the dealer with ``--dealer ttp``, not profiled); the prefill
+is not profiled. Writes one pstats file per party (``--out``) and prints the top functions of each
+by own time.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 token by token under the budget, with the kept tokens' positions tracked (a subclass of the policy
 that gathers a position row with the cache; the selection itself is the policy's own).
 
-    python examples/lazyeviction_kept.py [--length 512] [--decode-tokens 1024] [--budget 0.1] [--index 0]
+    python examples/lazyeviction_kept.py [--length 512] [--decode-tokens 1024] [--budget 0.1] \
+        [--index 0] [--alpha 1e-4]
 
 Prints, over all layers and KV heads: how often a held token counts as "important" at a step
 (attention >= alpha, the max over the group's query heads), how much of each eviction is decided by
@@ -71,6 +72,7 @@ def main() -> None:
     p.add_argument("--decode-tokens", type=int, default=1024)
     p.add_argument("--budget", type=float, default=0.1)
     p.add_argument("--index", type=int, default=0)
+    p.add_argument("--alpha", type=float, default=LazyEvictionPolicy.alpha, help="importance threshold")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -79,7 +81,7 @@ def main() -> None:
     sample = build_sample(decode_heavy.TASK, loaded.tokenizer, args.length, args.seed, args.index,
                           args.decode_tokens)
     budget = decode_heavy.policy_budget(args.budget, args.length, args.decode_tokens)
-    policy = Tracked(budget=budget)
+    policy = Tracked(budget=budget, alpha=args.alpha)
     pre = prefill(model, sample.prompt_ids, [policy])
     cache = pre.cache.start(policy, pre.prompts, model.backend)
     nll = []
@@ -96,7 +98,8 @@ def main() -> None:
         "older continuation": ((pos >= args.length) & (pos < end - w)).float().mean(),
         f"newest W = {w}": (pos >= end - w).float().mean(),
     }
-    print(f"sample {args.index}: prefix {args.length}, {args.decode_tokens} decoded, cap {cap}, W {w}; "
+    print(f"sample {args.index}: prefix {args.length}, {args.decode_tokens} decoded, cap {cap}, W {w}, "
+          f"alpha {args.alpha:g}; "
           f"perplexity {runner.perplexity(nll):.3f}")
     hit = 100 * sum(STATS["hit"]) / len(STATS["hit"])
     print(f"held tokens with attention >= alpha at a step: {hit:.1f} %")

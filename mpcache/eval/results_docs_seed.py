@@ -122,10 +122,25 @@ def _decode_cell(full: dict | None):
         text = f"{r['perplexity']:g}"
         if full is not None and r["budget"] < 1.0:
             text += f" ({100 * (r['perplexity'] / full['perplexity'] - 1):+.1f} %)"
-        held = str(r["max_held_tokens"]) + (f" / cap {r['cap_tokens']}" if "cap_tokens" in r else "")
-        flag = "" if r.get("capped", True) else " **over the cap**"
-        return f"{text} / {held}{flag} / {r['kv_bytes'] / 1e6:.1f} MB"
+        text += f" / {r['mean_attended_tokens']:g} / {r['max_step_keys']}"
+        if "cap_tokens" in r:
+            text += f" / {r['cap_tokens']}" + ("" if r.get("capped") else " **over the cap**")
+        return f"{text} / {r['kv_bytes'] / 1e6:.1f} MB"
     return cell
+
+
+def _per_sample(recs: list[dict]) -> list[str]:
+    """Perplexity per sample (from the records' details): is a ranking the same on every sample?"""
+    indices = sorted({d["index"] for r in recs for d in r.get("details", [])})
+    if not indices:
+        return []
+    rows = []
+    for r in recs:
+        ppl = {d["index"]: d["perplexity"] for d in r.get("details", [])}
+        rows.append([r["policy"], pct(r["budget"]), *(f"{ppl[i]:g}" if i in ppl else MISSING
+                                                      for i in indices)])
+    head = ["policy", "budget", *(f"sample {i}" for i in indices)]
+    return ["Perplexity per sample:", "", *markdown(head, rows)]
 
 
 def _decode(records: Path) -> list[str]:
@@ -138,23 +153,28 @@ def _decode(records: Path) -> list[str]:
            "prefilled, then the next D tokens are fed one at a time through the decode path (teacher "
            "forcing: every policy is scored on the same text) and their perplexity is reported. The budget "
            "is a fraction of the WHOLE sequence (L + D): the cap, in tokens per layer and KV head, holds "
-           "from the end of prefill to the last step. Cell: perplexity (vs full) / most tokens a layer held "
-           "after any step / cap / `kv_bytes` at the end. Every capped run also recorded the most keys a "
-           "layer attended in one step, within the cap (`max_step_keys`). Attention-Gate's own K'/V' of "
-           "every token is outside the cap and inside `kv_bytes`.", ""]
+           "from the end of prefill to the last step. Cell: perplexity (vs full) / mean keys attended per "
+           "layer per step / most keys a layer attended in one step / the cap / `kv_bytes` at the end. "
+           "Each record also has the most tokens a layer held after any step (`max_held_tokens`); a run "
+           "that held or attended more than the cap is marked **over the cap**. LazyEviction's cache "
+           "oscillates between cap - W and the cap (it evicts every W steps), so it attends fewer keys "
+           "on average. Attention-Gate's own K'/V' of every token is outside the cap and inside "
+           "`kv_bytes`.", ""]
     for (length, decode) in dict.fromkeys((r["length"], r["decode_tokens"]) for r in recs):
         mine = [r for r in recs if r["length"] == length and r["decode_tokens"] == decode]
         full = next((r for r in mine if r["policy"] == "full"), None)
         n = max(r["samples"] for r in mine)
-        out += [f"### L = {length}, D = {decode}, {n} samples", ""]
+        out += [f"### L = {length}, D = {decode}, {n} sample{'s' if n > 1 else ''}", ""]
         out += _pivot(mine, _decode_cell(full))
-        firsts = sorted({r.get("first_sample", 0) for r in _maybe(records, DECODE)
+        out += _per_sample(mine)
+        chunks = sorted({(r.get("first_sample", 0), r["samples"]) for r in _maybe(records, DECODE)
                          if r["length"] == length and r["decode_tokens"] == decode})
         budgets = ",".join(f"{b:g}" for b in sorted({r["budget"] for r in mine if r["budget"] < 1.0}))
         policies = ",".join(dict.fromkeys(r["policy"] for r in mine))
         command = DECODE_COMMAND.format(policies=policies, budgets=budgets, length=length, decode=decode,
-                                        samples="N", first="$FIRST")
-        out += ["```", f"{command}   # chunks of N samples from FIRST in {firsts}", "```", ""]
+                                        samples="$N", first="$FIRST")
+        runs = ", ".join(f"{first}/{count}" for first, count in chunks)
+        out += ["```", f"{command}   # FIRST/N: {runs}", "```", ""]
     return out
 
 

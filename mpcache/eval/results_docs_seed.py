@@ -5,6 +5,7 @@ the plaintext accuracy records. A records file not there yet leaves its section 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from mpcache.eval.plot import merge_chunks
@@ -117,11 +118,18 @@ def _corpus(evals: list[dict]) -> str:
             "held-out windows' features cached).")
 
 
-def _decode_cell(full: dict | None):
+def _decode_cell(full: dict | None, n: int):
+    """``n``: the section's sample count; a row with fewer says how many (vs full on the same ones)."""
     def cell(r: dict) -> str:
         text = f"{r['perplexity']:g}"
         if full is not None and r["budget"] < 1.0:
-            text += f" ({100 * (r['perplexity'] / full['perplexity'] - 1):+.1f} %)"
+            ref = full["perplexity"]
+            if r["samples"] < n:  # full's perplexity on the same samples
+                mine = {d["index"] for d in r.get("details", [])}
+                nll = [math.log(d["perplexity"]) for d in full.get("details", []) if d["index"] in mine]
+                ref = math.exp(sum(nll) / len(nll)) if nll else ref
+                text += f" [{r['samples']} sample{'s' if r['samples'] > 1 else ''}]"
+            text += f" ({100 * (r['perplexity'] / ref - 1):+.1f} %)"
         text += f" / {r['mean_attended_tokens']:g} / {r['max_step_keys']}"
         if "cap_tokens" in r:
             text += f" / {r['cap_tokens']}" + ("" if r.get("capped") else " **over the cap**")
@@ -165,7 +173,7 @@ def _decode(records: Path) -> list[str]:
         full = next((r for r in mine if r["policy"] == "full"), None)
         n = max(r["samples"] for r in mine)
         out += [f"### L = {length}, D = {decode}, {n} sample{'s' if n > 1 else ''}", ""]
-        out += _pivot(mine, _decode_cell(full))
+        out += _pivot(mine, _decode_cell(full, n))
         out += _per_sample(mine)
         chunks = sorted({(r.get("first_sample", 0), r["samples"]) for r in _maybe(records, DECODE)
                          if r["length"] == length and r["decode_tokens"] == decode})

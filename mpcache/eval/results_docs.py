@@ -17,7 +17,8 @@ from pathlib import Path
 from mpcache.eval import mpc_tradeoff
 from mpcache.eval.results_docs_chat import chat_document
 from mpcache.eval.results_docs_mpc import chat, mpc_cost, mpc_ops, mpc_policies, topk
-from mpcache.eval.results_docs_plain import accuracy, compression, mpcache_options, seed_policies
+from mpcache.eval.results_docs_plain import accuracy, compression, mpcache_options
+from mpcache.eval.results_docs_seed import seed_policies
 from mpcache.eval.results_docs_trunc import truncation
 
 DOCUMENTS: dict[str, Callable[[Path], str]] = {

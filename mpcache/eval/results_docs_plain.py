@@ -72,7 +72,8 @@ def accuracy(records: Path) -> str:
             "the cache holds at the end at 10 %, L = 2000, each policy's extra state included (task, samples "
             "of the measurement). `full` has no budget: its one figure fills every budget column. "
             "Training: seconds on a shared 2-core CPU, far below the published recipes (locret 16 steps of "
-            "256 tokens, attention-gate 8 steps of 128; see [seed_policies.md](seed_policies.md)).", ""]
+            "256 tokens, attention-gate 8 steps of 128); the converged weights' figures are in "
+            "[seed_policies.md](seed_policies.md).", ""]
     out += _summary(recs)
     out += ["- The default MPCache keeps the whole cache (93.1 MB) and attends B·T keys per step; "
             "`mpcache:s2=16`'s 103.2 MB was measured before unused cluster summaries were dropped. "
@@ -174,46 +175,6 @@ def mpcache_options(records: Path) -> str:
 
 def _rows(records: Path, table: str) -> list[dict]:
     return load(records, "mpcache_options.jsonl", table)
-
-
-def seed_policies(records: Path) -> str:
-    recs = _load(records)
-    seeds = ("lazyeviction", "locret", "locret:sinks=4", "attention-gate")
-    mine = [r for r in recs if r["policy"] in seeds and r["table"] in ("needle", "ppl")]
-    out = header("Seed systems: LazyEviction, Locret, Attention-Gate (plaintext)", [ACC])
-    out += ["Trained weights as measured: locret 16 steps, attention-gate 8 steps, far below the recipes "
-            "(256 x 512 and 200 x 256 steps x tokens). The three run in plaintext only.", ""]
-    out += section("Needle, L = 2000, 30 samples",
-                   ["Cell: accuracy (solved / samples) / keys per layer per step / `kv_bytes` at the end. "
-                    "Full cache on the same samples: 0.967, 2010 keys, 93.0 MB.",
-                    "lazyeviction answers with a short wrong number; locret mostly gives no number (it "
-                    "evicts the attention sink); attention-gate finds 5 of 30 at 20 % and holds its gates' "
-                    "own K'/V' for every token (~31 MB at L = 2000)."],
-                   select(mine, task="needle", length=2000),
-                   lambda rs: pivot(rs, lambda r: needle_cell(r, kv=True)))
-    out += image("needle_L2000_seeds.png", "needle, L = 2000, seed policies")
-    out += section("Needle, L = 4000, 30 samples",
-                   "Solved of 30; `kv_bytes` at 20 %. Full: 26 of 30 at this length.",
-                   select(mine, task="needle", length=4000),
-                   lambda rs: pivot(rs, lambda r: needle_cell(r, keys=False, kv=True)))
-    out += section("Perplexity, L = 2000, 10 samples",
-                   ["Cell: perplexity / keys / `kv_bytes`; full 22.28 in the same run. Locret's heads evict "
-                    "the first token in most layers; `locret:sinks=4` (ours, not Locret's) keeps the first 4 "
-                    "tokens: 70.6 -> 27.4 at 10 %."],
-                   select(mine, task="ppl"), lambda rs: pivot(rs, lambda r: ppl_cell(r, kv=True)))
-    out += ["## Training cost", "",
-            "Extra parameters and seconds of the measured weights (a shared 2-core CPU). locret: validation "
-            "loss 2.75 -> 1.28, top-10 % overlap with the label 0.105 -> 0.183 (chance 0.10). "
-            "attention-gate: validation KL to the full model 0 -> 1.09 nats at the threshold's eviction rate "
-            "0 -> 0.93 (target 0.9).", ""]
-    trained = list({r["policy"]: r for r in mine
-                    if r.get("extra_params") and r["policy"] != "locret:sinks=4"}.values())
-    out += markdown(["policy", "extra params", "training s", "command"],
-                    [[r["policy"], f"{r['extra_params'] / 1e6:.2f} M", str(r["train_seconds"]),
-                      f"`{r['train_command']}`"] for r in trained])
-    out += ["`python examples/training_cost.py --out docs/seed_training.png` draws the curves.", ""]
-    out += image("seed_training.png", "training loss of the seed systems")
-    return "\n".join(out)
 
 
 def compression(records: Path) -> str:

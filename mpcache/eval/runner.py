@@ -26,6 +26,10 @@ class RunResult:
     mean_attended: float = 0.0
     kv_bytes: int = 0
     seconds: float = 0.0
+    # Teacher-forced runs: the most tokens any layer's cache held after a step (its K/V, without a
+    # policy's side state) and the most keys any layer attended in one step.
+    max_held: int = 0
+    max_step_keys: int = 0
 
 
 def _start(model: Transformer, pre: Prefilled, policy: Policy) -> tuple[KVCache, torch.Tensor]:
@@ -60,8 +64,12 @@ def teacher_forced(model: Transformer, pre: Prefilled, policy: Policy, targets: 
     cache, _ = _start(model, pre, policy)
     result = RunResult()
     for token, nxt in zip(targets[:-1], targets[1:], strict=True):
+        before = [lc.attended for lc in cache.layers]
         logits = model.backend.reveal(model.forward([token], cache))[-1].double()
         result.nll.append(float(torch.logsumexp(logits, 0) - logits[nxt]))
+        result.max_held = max(result.max_held, *(lc.length for lc in cache.layers))
+        step = (lc.attended - a for lc, a in zip(cache.layers, before, strict=True))
+        result.max_step_keys = max(result.max_step_keys, *step)
     result.new_ids = list(targets[:-1])
     return _finish(result, cache, policy, start)
 

@@ -5,6 +5,8 @@
 - lines: LongEval-style line retrieval: ``line <word>: REGISTER_CONTENT is <number>`` lines,
   generated; the question asks for one line's number.
 - ppl: a corpus window of ``length`` tokens, then the next ``ppl_tokens`` tokens teacher-forced.
+- decode: the same kind of window with a long continuation, decoded under the budget
+  (``mpcache.eval.decode_heavy``; its own seeded offsets).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 
 from mpcache.eval.corpus import essays_ids
 
-TASKS = ("needle", "lines", "ppl")
+TASKS = ("needle", "lines", "ppl", "decode")
 
 NEEDLE = "The special magic number is {value}."
 NEEDLE_QUESTION = "What is the special magic number mentioned in the text above?"
@@ -45,7 +47,7 @@ def build_sample(task: str, tokenizer, length: int, seed: int, index: int, ppl_t
         return _needle(tokenizer, length, rng)
     if task == "lines":
         return _lines(tokenizer, length, rng)
-    if task == "ppl":
+    if task in ("ppl", "decode"):  # decode: ppl_tokens is the continuation's length
         return _ppl(tokenizer, length, rng, ppl_tokens)
     raise ValueError(task)
 

@@ -1,4 +1,4 @@
-"""``mpcache eval {needle,lines,ppl}``: accuracy of KV-cache policies, as JSON-lines records."""
+"""``mpcache eval {needle,lines,ppl,decode}``: accuracy of KV-cache policies, as JSON-lines records."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from tqdm import tqdm
 from mpcache.core.approximations import Approximations
 from mpcache.core.backend import PlainBackend
 from mpcache.core.errors import UserError
+from mpcache.eval import decode_heavy
 from mpcache.eval.sweep import SweepConfig, run_sweep, write_records
 from mpcache.learned import provenance
 from mpcache.models import DEFAULT_MODEL, Transformer, load_model
@@ -19,7 +20,9 @@ from mpcache.programs.commands.train import ensure_trained
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="accuracy of KV-cache policies (plaintext), JSON-lines records")
-    p.add_argument("task", choices=["needle", "lines", "ppl"])
+    p.add_argument("task", choices=["needle", "lines", "ppl", decode_heavy.TASK],
+                   help="decode: a long continuation fed token by token under the budget, whose "
+                        "--budget is a fraction of prefix (--length) + continuation (--decode-tokens)")
     p.add_argument("--policy", default="full",
                    help="comma list of NAME[:KEY=VALUE...], e.g. full,h2o,mpcache:static=false")
     p.add_argument("--budget", default="0.1", help="comma list of fractions of the prompt attended per step")
@@ -31,6 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=32, help="needle/lines answer length cap")
     p.add_argument("--ppl-tokens", type=int, default=32, help="teacher-forced tokens scored (ppl)")
+    p.add_argument("--decode-tokens", type=int, default=decode_heavy.DECODE_TOKENS,
+                   help="decode task: continuation tokens fed one at a time and scored")
     p.add_argument("--json", required=True, help="file to append the records to")
     p.add_argument("--details", action="store_true", help="add per-sample results to each record")
     p.add_argument("--approx", default="exact",
@@ -71,13 +76,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--samples must be at least 1, got {args.samples}")
     if args.first_sample < 0:
         raise UserError(f"--first-sample must be >= 0, got {args.first_sample}")
-    if args.max_new_tokens < 1 or args.ppl_tokens < 1:
-        raise UserError("--max-new-tokens and --ppl-tokens must be at least 1")
+    if args.max_new_tokens < 1 or args.ppl_tokens < 1 or args.decode_tokens < 1:
+        raise UserError("--max-new-tokens, --ppl-tokens and --decode-tokens must be at least 1")
     approx = Approximations.preset(args.approx)
     cfg = SweepConfig(args.task, policies, budgets, lengths, args.samples, args.seed, args.model,
-                      args.max_new_tokens, args.ppl_tokens, args.details, args.first_sample)
+                      args.max_new_tokens, args.ppl_tokens, args.details, args.first_sample,
+                      args.decode_tokens)
+    for length in lengths:  # the decode task's budget must be below its prefix
+        for _, budget in cfg.runs():
+            cfg.policy_budget(budget, length)
     model = load_model(args.model)
-    longest = max(lengths) + max(args.max_new_tokens, args.ppl_tokens + 1) + 64
+    longest = max(lengths) + max(args.max_new_tokens, cfg.scored_tokens + 1) + 64
     if longest > model.config.max_positions:
         raise UserError(f"--length {max(lengths)} plus the answer exceeds the model's "
                         f"{model.config.max_positions} positions")
@@ -101,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                             on_records=write)
     for rec in records:
         metric = f"ppl {rec['perplexity']}" if "perplexity" in rec else f"acc {rec['accuracy']:.3f}"
+        held = f", held <= {rec['max_held_tokens']} (cap {rec['cap_tokens']})" if "cap_tokens" in rec else ""
         print(f"{rec['task']} L={rec['length']} {rec['policy']} B={rec['budget']}: {metric}, "
               f"attended {rec['mean_attended_tokens']}, new {rec['mean_new_tokens']}, "
-              f"kv {rec['kv_bytes'] / 1e6:.1f} MB")
+              f"kv {rec['kv_bytes'] / 1e6:.1f} MB{held}")
     return 0

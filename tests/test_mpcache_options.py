@@ -55,6 +55,28 @@ def test_window_free_keeps_rho_tokens_besides_the_window():
     assert {3, 7} <= set(_rows(k[1], cache.k[1, :9])) and torch.equal(cache.k[:, 9:], k[:, 32:])
 
 
+def test_static_unit_keeps_whole_runs_by_their_best_token():
+    """static_unit=4 at T=42 (window ceil(0.2*42) = 9, keep 14): the scored prefix is the first 32
+    tokens (8 runs of 4; the 33rd joins the window), and one run fits besides the 10 kept last tokens.
+    Per KV head, the run holding the token its heads attend to is kept whole."""
+    t, d = 42, 8
+    gen = torch.Generator().manual_seed(1)
+    k = torch.randn(2, t, d, generator=gen) * 0.01
+    k[:, 5, 0] = 10.0  # run 1 (tokens 4-7)
+    k[:, 18, 1] = 10.0  # run 4 (tokens 16-19)
+    q = torch.zeros(4, t, d)
+    q[0, :, 0] = q[1, :, 0] = 10.0  # KV head 0 looks at token 5
+    q[2, :, 1] = q[3, :, 1] = 10.0  # KV head 1 at token 18
+    policy = make_policy("mpcache", 0.1, rho=14 / 42, static=True, dynamic=False, share=False,
+                         static_heads="kv", static_unit=4)
+    cache = LayerCache()
+    cache.append(k, k.clone(), BACKEND)
+    policy.after_prefill(0, PromptInfo(q, None, num_layers=1), cache, BACKEND)
+    assert cache.length == 14
+    assert torch.equal(cache.k[0, :4], k[0, 4:8]) and torch.equal(cache.k[1, :4], k[1, 16:20])
+    assert torch.equal(cache.k[:, 4:], k[:, 32:]) and torch.equal(cache.v[:, 4:], k[:, 32:])
+
+
 def test_signed_score_ranks_an_outlier_cluster_first():
     # q is negative in channel 0. Cluster 0: every token gives q.k = 0.5. Cluster 1: q.k = -0.4
     # for all tokens but one outlier with q.k = 1 (the true best token).
@@ -178,6 +200,7 @@ MPC_SPECS = [
     "mpcache:s1=16:s2=8:preset=paper:static_heads=kv:window_free=true:score=signed:alpha=1:group=maxnorm:recent=0.5@0.2",
     "mpcache@0.1",  # the default (preset=retrieval, s2=4); its s1=16:s2=8 form is in test_mpc_policies
     "mpcache:s1=16:s2=8:preset=paper:share_skip=0:score2=max:group=max:force_last=false@0.1",
+    "mpcache:s1=16:s2=8:static=true:static_heads=kv:static_unit=16:rho=0.5@0.1",  # runs kept whole
 ]
 # The cheaper group variants of the default (issue 12), with the fast preset's numerics.
 MPC_GROUPS = ["mpcache:s1=16:s2=8:group=meannorm@0.1", "mpcache:s1=16:s2=8:group=qsum@0.1",

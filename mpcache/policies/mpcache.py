@@ -14,19 +14,18 @@ clusters), which can exceed the budget by the tail.
 
 Always kept: the first and the last full cluster at both levels (sink and recency) and the tail.
 
-Accuracy options (issue 15; each keeps the original behaviour as one of its values, see
-mpcache_scoring.py): ``static_heads`` (mean | kv: per-KV-head static eviction, max over the group),
-``window_free`` (the static window kept besides rho*T), ``score`` (linear | signed: sign-aware alpha
-mix, Quest's bound at alpha=1), ``group`` (sum | max | maxnorm over a GQA group's query heads),
-``score2`` (summary | max: a level-2 cluster scored by the max of q.k over its tokens, no exp),
-``force_last`` (False: only the sink cluster is forced), ``recent`` (a fraction of the budget always
-spent on the newest tokens, which join the tail: a public slice, counted inside the budget).
+Accuracy options (each keeps the original behaviour as one of its values, see mpcache_scoring.py):
+``static_heads`` (mean | kv: per-KV-head static eviction, max over the group), ``window_free`` (the
+static window kept besides rho*T), ``static_unit`` (runs of tokens kept whole), ``score`` (linear
+| signed: sign-aware alpha mix, Quest's bound at alpha=1), ``group`` (sum | max | maxnorm over a GQA
+group's query heads), ``score2`` (summary | max: a level-2 cluster scored by the max of q.k over its
+tokens, no exp), ``force_last`` (False: only the sink cluster is forced), ``recent`` (a fraction of
+the budget always spent on the newest tokens, which join the tail: a public slice, in the budget).
 Presets (``preset``, see PRESETS) set static, hierarchy, share, score2, group, recent and s2 unless given:
 ``retrieval`` (the default: token-max clusters over the whole cache), ``lean`` (retrieval's scoring
 only inside the parents the group-summed query's best tokens pick: cheaper under 2PC; see
 docs/results/mpc_tradeoff.md) and ``paper`` (the original design above).
-Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secret; this file uses
-Backend ops only (matmul, sum, amax/amin, topk, gather, cat, + and * with public constants).
+Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secret (Backend ops only).
 """
 
 from __future__ import annotations
@@ -168,6 +167,7 @@ class MPCachePolicy(Policy):
     # Accuracy options (issue 15; the defaults above/below marked "old" reproduce the original):
     static_heads: str = "mean"  # mean: one kept set per layer (old) | kv: per KV head, max over its group
     window_free: bool = False  # True: the static window is kept on top of rho*T top tokens (old: inside)
+    static_unit: int = 1  # the static stage keeps runs of this many tokens, each by its best token (old: 1)
     score: str = "linear"  # linear: q.c~ (old) | signed: sign-aware alpha mix (alpha=1: Quest's bound)
     group: str | None = None  # GQA group's query heads combined by: sum (old) | max | maxnorm (see scoring)
     score2: str | None = None  # level 2 scored by: summary (old) | max: max over the cluster's tokens of q.k
@@ -205,8 +205,9 @@ class MPCachePolicy(Policy):
             value = getattr(self, key)
             if value not in allowed:
                 raise UserError(f"mpcache: {key} must be one of {', '.join(allowed)}, got {value!r}")
-        if not 0.0 <= self.recent < 1.0:
-            raise UserError(f"mpcache: recent must be in [0, 1), got {self.recent}")
+        if self.static_unit < 1 or not 0.0 <= self.recent < 1.0:
+            raise UserError(f"mpcache: static_unit must be >= 1 and recent in [0, 1), got "
+                            f"{self.static_unit}, {self.recent}")
         for key in ("rho", "r1", "r2", "window", "alpha"):
             value = getattr(self, key)
             if value is not None and not 0.0 < value <= 1.0 and not (key == "alpha" and value == 0):
@@ -261,7 +262,8 @@ class MPCachePolicy(Policy):
             # Importance from the window rows prefill computed anyway (no second softmax).
             probs = prompt.window_probs(window, cache.k, backend)  # [Hkv, g, W, T]
             score = static_importance(probs, t - window, self.static_heads, self.importance, backend)
-            choice = choose(score, keep - window, backend)  # [1 or Hkv, ...]: per layer or per KV head
+            # [1 or Hkv, ...]: per layer or per KV head; runs of static_unit tokens
+            choice = choose(score, keep - window, backend, self.static_unit)
         cache.sequence.setdefault("static", {})[layer] = choice  # the follower layer reads it
         if choice is not None:
             evict(cache, choice, backend)
@@ -303,8 +305,7 @@ class MPCachePolicy(Policy):
         hkv, _, d = cache.k.shape
         tail = n - full1 * self.s1
         qg = q.reshape(hkv, q.shape[0] // hkv, d)  # [Hkv, g, d] (GQA)
-        ends = min(full1, self.force_ends + (self.force_ends and self.force_last))
-        # Level 1: linear score against the summaries, keep the top r1 (plus first and last).
+        ends = min(full1, self.force_ends + (self.force_ends and self.force_last))  # Level 1: top r1 (+ ends)
         sel1, k1 = None, full1
         if self.hierarchy:
             k1 = min(full1, max(ends, math.ceil(self.level1_fraction() * full1 - 1e-9)))

@@ -175,6 +175,42 @@ def needle_table(scores: dict) -> list[str]:
     return lines
 
 
+def _static_rule(policy: str) -> tuple[str, float] | None:
+    """(the rule: the spec without its keep ratio, rho) of a static-stage spec (``static=true`` and
+    ``rho=``), else None."""
+    parts = policy.split(":")
+    if "static=true" not in parts:
+        return None
+    rho = [p for p in parts if p.startswith("rho=")]
+    if len(rho) != 1:
+        return None
+    return ":".join(p for p in parts if not p.startswith("rho=")), float(rho[0][4:])
+
+
+def static_table(scores: dict, budget: float = 0.1, length: int = 2000) -> list[str]:
+    """Needle accuracy (samples) and the kept secret cache after the static stage (``kv_bytes``)
+    against the kept fraction of the prompt, one row per static rule (MPC numerics, ``fast``); the
+    100 % column is the same spec without the static stage."""
+    rules: dict[str, dict[float, dict]] = {}
+    for (policy, b, n, approx), r in scores.items():
+        rule = _static_rule(policy)
+        if rule is not None and b == budget and n == length and approx == "fast":
+            rules.setdefault(rule[0], {})[rule[1]] = r
+    ratios = sorted({rho for row in rules.values() for rho in row} | {1.0})
+    head = " | ".join(f"keep {rho:.0%}" for rho in ratios)
+    lines = [f"| static rule | {head} |", "|---|" + "---|" * len(ratios)]
+    for rule, row in sorted(rules.items()):
+        base = ":".join(p for p in rule.split(":") if p != "static=true" and not p.startswith("static_")
+                        and not p.startswith("importance="))
+        if base == "mpcache:preset=retrieval":
+            base = "mpcache"
+        row = {**row, 1.0: row.get(1.0) or scores.get((base, budget, length, "fast"))}
+        cells = [f"{r['accuracy']:.3f} ({r['samples']}), {r['kv_bytes'] / 1e6:.1f} MB" if r else "-"
+                 for r in (row.get(rho) for rho in ratios)]
+        lines.append(f"| `{rule}` | " + " | ".join(cells) + " |")
+    return lines
+
+
 def floor_lines(files: dict[str, list[dict]]) -> list[str]:
     """Per run: the bytes outside attention (embedding, norms, MLP, argmax...), the same for every
     policy, as a fraction of the full cache's: no policy can go below it."""
@@ -282,6 +318,14 @@ def render(files: dict[str, list[dict]]) -> str:
         "## Per decode token, every run", "", *cost_table(files, scores), "",
         "## Outside attention: the floor of every policy", "", *floor_lines(files), "",
         "## Options, one idea at a time", "", *options_table(files, scores), "",
+        "## The static stage: needle against the kept fraction of the prompt", "",
+        "Needle L = 2000, budget 10 % (the dynamic selection attends 10 % of the prompt among the kept "
+        "tokens), plaintext with the MPC approximations; each cell: accuracy (samples), the secret "
+        "cache kept after the stage (`kv_bytes`). `static_heads=kv`: one kept set per KV head (the max "
+        "over its query heads), else one per layer (head mean); `importance=sum`: the window's "
+        "attention summed, else its max; `static_unit=32`: runs of 32 tokens kept whole, each by its "
+        "best token. 100 %: no static stage.", "",
+        *static_table(scores), "",
         "## Needle in a haystack (plaintext, MPC approximations)", "", *needle_table(scores), "",
     ]
     return "\n".join(parts)

@@ -48,7 +48,8 @@ def test_shared_token_max_gives_maxnorm_scores_and_the_max_over_candidates_and_t
     logits = torch.randn(hkv, g, full + tail)
     sel1 = torch.tensor([[0, 2, 5], [1, 3, 4]]) if parents else None
     picked = 3 if parents else count
-    scores, shift = shared_token_max(logits, full, sel1, picked, parent, size, "maxnorm", b, True)
+    scores, shift, chosen = shared_token_max(logits, full, sel1, picked, parent, size, "maxnorm", b, True)
+    assert (chosen is None) != parents
     cand = logits[..., :full].reshape(hkv, g, count, parent)
     if parents:
         cand = torch.stack([cand[h][:, sel1[h]] for h in range(hkv)])

@@ -31,12 +31,13 @@ Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secre
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mpcache.core.backend import Backend, Tensor
 from mpcache.core.cache import LayerCache
 from mpcache.core.errors import UserError
 from mpcache.core.policy import Policy, PromptInfo
+from mpcache.core.selected import Outer
 from mpcache.policies.clusters import ClusterBounds, ends_mask, gather_clusters, max_and_min, top
 from mpcache.policies.mpcache_scoring import (
     GROUP,
@@ -123,6 +124,7 @@ class Selection:
     picked: int  # clusters chosen
     scores: Tensor | None = None  # share_scores: attention's q.K^T of this layer, reused by attention
     shift: Tensor | None = None  # ... and each head's max of them over the candidates (softmax shift)
+    outer: Outer | None = None  # nested: ``selection`` picks among the children of outer's parents
 
 
 # Option groups. paper: the original design (DESIGN §4: static eviction, two-level summaries, sharing).
@@ -305,10 +307,9 @@ class MPCachePolicy(Policy):
         hkv, _, d = cache.k.shape
         tail = n - full1 * self.s1
         qg = q.reshape(hkv, q.shape[0] // hkv, d)  # [Hkv, g, d] (GQA)
-        ends = min(full1, self.force_ends + (self.force_ends and self.force_last))  # Level 1: top r1 (+ ends)
         sel1, k1 = None, full1
         if self.hierarchy:
-            k1 = min(full1, max(ends, math.ceil(self.level1_fraction() * full1 - 1e-9)))
+            k1 = min(full1, max(self._ends(full1), math.ceil(self.level1_fraction() * full1 - 1e-9)))
             if k1 < full1 and self.score1 == "qsum":  # the best token of the group-summed query
                 t = backend.matmul_t(backend.sum(qg, 1, keepdim=True), cache.k[:, : full1 * self.s1])
                 s1 = backend.amax(t.reshape(hkv, full1, self.s1), 2)
@@ -320,14 +321,14 @@ class MPCachePolicy(Policy):
         # Level 2: score the children of sel1 (kept in position order, so the first and last child stay
         # at the ends), take the top k2. summary: every full child in one matmul, then gather; max: the
         # max of q.k over each child's tokens, computed inside the kept level-1 clusters only.
-        shift = logits = None
+        shift = logits = chosen = None
         if self.score2 == "max" and self.share_scores and self.group != "qsum":
             logits = backend.matmul_t(qg * (d**-0.5), cache.k)  # attention's scores [Hkv, g, n]
             # a shift only when k2 has room for every head's best child besides the forced ends
             room = self._k2(full1, n_budget, tail, k1 * m) >= qg.shape[1] + self._ends(k1 * m)
             want = self.group == "maxnorm" and room
-            s2, shift = shared_token_max(logits, full1 * self.s1, sel1, k1, self.s1, self.s2, self.group,
-                                         backend, want)
+            s2, shift, chosen = shared_token_max(logits, full1 * self.s1, sel1, k1, self.s1, self.s2,
+                                                 self.group, backend, want)
         elif self.score2 == "max" and sel1 is not None:
             s2 = parent_token_max_scores(qg, cache.k[:, : full1 * self.s1], sel1, k1, self.s1, self.s2,
                                          self.group, backend)
@@ -343,28 +344,27 @@ class MPCachePolicy(Policy):
             return None if sel1 is None else Selection(cache.appended, sel1, full1, self.s1, k1, logits,
                                                        shift)
         if sel1 is None and self.parents:
-            sel2 = self._top_by_parents(s2, k2, backend)
-        else:
+            sel2, outer = self._top_by_parents(s2, k2, backend)
+        else:  # among the children of the level-1 picks (applied level by level, never composed)
             sel2 = top(backend, s2, k2, self._forced(k1 * m, hkv))
-            if sel1 is not None:
-                sel2 = backend.compose(sel1, sel2, m)  # one selection over all level-2 clusters
-        return Selection(cache.appended, sel2, full1 * m, self.s2, k2, logits, shift)
+            outer = None if sel1 is None else Outer(sel1, k1, self.s1, chosen)
+        return Selection(cache.appended, sel2, full1 * m, self.s2, k2, logits, shift, outer)
 
     def _k2(self, full1: int, n_budget: int, tail: int, children: int) -> int:
         """Level-2 clusters picked (public): budget-exact, or r2 of all of them; at least the forced
         ends of the ``children`` candidates (first and last of k1*m children, not of the full1
         parents: one full level-1 cluster still has two level-2 ends)."""
-        m = self.s1 // self.s2
-        k2 = math.floor(self.r2 * full1 * m + 1e-9) if self.r2 is not None else (n_budget - tail) // self.s2
+        k2 = math.floor(self.r2 * full1 * (self.s1 // self.s2) + 1e-9) if self.r2 is not None else (
+            (n_budget - tail) // self.s2)
         return min(children, max(k2, self._ends(children), 1))
 
     def _ends(self, count: int) -> int:
         return min(count, self.force_ends + (self.force_ends and self.force_last))
 
-    def _top_by_parents(self, s2: Tensor, k2: int, backend: Backend) -> Tensor:
-        """The top k2 of the level-2 scores s2 [Hkv, C] (forced ends included) in two smaller top-k's.
-
-        A parent (``parents`` tokens, p = parents/s2 children) scores its best child. Every child in
+    def _top_by_parents(self, s2: Tensor, k2: int, backend: Backend) -> tuple[Tensor, Outer | None]:
+        """The top k2 of the level-2 scores s2 [Hkv, C] (forced ends included) in two smaller top-k's,
+        the second among the picked parents' children (returned with the parents as its Outer). A
+        parent (``parents`` tokens, p = parents/s2 children) scores its best child. Every child in
         the top k2 lies in one of the top k2 parents: a non-forced parent holding one scores at least
         the k2-th child score, and each such parent's best child is a distinct child scoring that
         high (the forced children lie in the forced first/last parent, which are counted alike). So
@@ -375,11 +375,11 @@ class MPCachePolicy(Policy):
         p = self.parents // self.s2
         kp = min(count // p, k2)
         if kp * p >= count:  # the parents would keep every child: one top-k
-            return top(backend, s2, k2, self._forced(count, hkv))
+            return top(backend, s2, k2, self._forced(count, hkv)), None
         children = s2.reshape(hkv, count // p, p)
         sel_p = top(backend, backend.amax(children, 2), kp, self._forced(count // p, hkv))
         cand = backend.gather(sel_p, children).reshape(hkv, kp * p)  # position order kept: ends stay ends
-        return backend.compose(sel_p, top(backend, cand, k2, self._forced(kp * p, hkv)), p)
+        return top(backend, cand, k2, self._forced(kp * p, hkv)), Outer(sel_p, kp, self.parents)
 
     def _forced(self, count: int, heads: int):
         last = self.force_ends and self.force_last
@@ -392,9 +392,9 @@ class MPCachePolicy(Policy):
                ) -> tuple[Tensor, Tensor]:
         """Gather the chosen clusters' tokens (one gather of the cluster-major cache) plus the tail;
         the keys carry this layer's scores and shift (``own``: not a follower's borrowed choice)."""
-        if choice is None:
+        if (c := choice) is None:
             return cache.k, cache.v
-        c = choice
-        scores, shift = (c.scores, c.shift) if own else (None, None)
-        return (gather_clusters(backend, c.selection, cache.k, c.count, c.size, c.picked, scores, shift),
-                gather_clusters(backend, c.selection, cache.v, c.count, c.size, c.picked))
+        scores, shift = (c.scores, c.shift) if own else (None, None)  # a follower: not the leader's scores
+        outer = c.outer if own or c.outer is None else replace(c.outer, chosen=None)
+        k = gather_clusters(backend, c.selection, cache.k, c.count, c.size, c.picked, scores, shift, outer)
+        return k, gather_clusters(backend, c.selection, cache.v, c.count, c.size, c.picked, outer=outer)

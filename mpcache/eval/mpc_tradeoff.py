@@ -43,6 +43,9 @@ class Cost:
 # (idea, (file stem, policy) with the idea off, (file stem, policy) with it on). "before" is the bench
 # before the bounded comparisons (same code otherwise), "bounded" after them, "2048" the final run.
 RETRIEVAL = "mpcache:preset=retrieval"
+FRONTIER = "mpc_tradeoff_frontier"  # the run after the level-by-level selections and the static units
+LEAN_HALF = "mpcache:preset=lean:r1_min=0.5"
+STATIC_HALF = ":static=true:static_heads=kv:importance=sum:static_unit=32:rho=0.5"
 OPTIONS: list[tuple[str, tuple[str, str], tuple[str, str]]] = [
     ("argmax over the vocabulary, softmax shift, selection maxima: bounded comparisons, range checked "
      "(full cache)", ("mpc_tradeoff_before", "full"), ("mpc_tradeoff_bounded", "full")),
@@ -67,11 +70,25 @@ OPTIONS: list[tuple[str, tuple[str, str], tuple[str, str]]] = [
     ("level-1 parents by the group-summed query's best token, per-head token maxima only in a quarter "
      "of them (preset lean) instead of over the whole cache (L = 2048)", ("mpc_tradeoff_2048", "mpcache"),
      ("mpc_tradeoff_2048", "mpcache:preset=lean")),
+    ("two-level selections applied level by level (no composed one-hot over all children; lean)",
+     ("mpc_tradeoff_2048", "mpcache:preset=lean"), (FRONTIER, "mpcache:preset=lean")),
+    ("the same (retrieval: the top-k through parents of 16 tokens)",
+     ("mpc_tradeoff_2048", "mpcache"), (FRONTIER, RETRIEVAL)),
+    ("exact token maxima in half of the parents instead of a quarter (lean, r1_min = 0.5)",
+     (FRONTIER, "mpcache:preset=lean"), (FRONTIER, LEAN_HALF)),
+    ("cross-layer sharing: layer pairs (2,3), (4,5), ... share one selection (lean)",
+     (FRONTIER, "mpcache:preset=lean"), (FRONTIER, "mpcache:preset=lean:share=true")),
+    ("... with exact maxima in half of the parents",
+     (FRONTIER, LEAN_HALF), (FRONTIER, LEAN_HALF + ":share=true")),
+    ("static stage keeping 50 % of the prompt in runs of 32 tokens (retrieval)",
+     (FRONTIER, RETRIEVAL), (FRONTIER, RETRIEVAL + STATIC_HALF)),
+    ("static stage keeping 50 % of the prompt in runs of 32 tokens (lean)",
+     (FRONTIER, "mpcache:preset=lean"), (FRONTIER, "mpcache:preset=lean" + STATIC_HALF)),
 ]
 ATTENTION = ("softmax", "selection", "attn-scores", "attn-values")
 # The bar per decode token at 2048 tokens against full in the same run: (name, limit on the ratio).
 BAR = (("bytes", 0.25), ("rounds", 1.10), ("est. LAN", 1 / 2.5), ("LAN network", 1 / 2.5), ("compute", 0.5))
-FINALS = ("mpc_tradeoff_4096", "mpc_tradeoff_2048", "mpc_tradeoff_1024")  # runs of the final code
+FINALS = (FRONTIER, "mpc_tradeoff_4096", "mpc_tradeoff_2048", "mpc_tradeoff_1024")  # runs of the final code
 BYTES_AT_4096 = 1 / 6  # the bar's bytes limit at 4096 tokens (1/4 at 2048)
 
 
@@ -120,7 +137,8 @@ def _needle(scores: dict, policy: str, budget: float, length: int = 2000) -> str
     key = accuracy_key(policy)
     r = scores.get((key, budget, length, "fast"))
     if r is None and key == "mpcache:preset=retrieval":
-        key = "mpcache"  # the accuracy records name the default by its bare name
+        key = "mpcache"  # the accuracy records name the old default by its bare name
+        r = scores.get((key, budget, length, "fast"))
     exact = scores.get((key, budget, length, "exact"))
     if r is None and exact is not None:
         return f"{exact['accuracy']:.3f} ({exact['samples']}, exact numerics)"

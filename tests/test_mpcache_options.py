@@ -12,6 +12,7 @@ from mpcache.core.cache import LayerCache
 from mpcache.core.policy import PromptInfo
 from mpcache.policies import make_policy
 from mpcache.policies.mpcache_scoring import cluster_scores, relu, summaries, token_max_scores
+from mpcache.policies.static import choose, neighbourhood_max
 
 BACKEND = PlainBackend()
 
@@ -75,6 +76,16 @@ def test_static_unit_keeps_whole_runs_by_their_best_token():
     assert cache.length == 14
     assert torch.equal(cache.k[0, :4], k[0, 4:8]) and torch.equal(cache.k[1, :4], k[1, 16:20])
     assert torch.equal(cache.k[:, 4:], k[:, 32:]) and torch.equal(cache.v[:, 4:], k[:, 32:])
+
+
+def test_static_spread_keeps_the_neighbours_of_the_best_run():
+    """static_spread=1: a run scores the best of itself and its two neighbours, so the runs beside
+    the attended one tie with it and are kept with it (lower index first on ties)."""
+    scores = torch.tensor([[0.0, 0.1, 0.0, 0.0, 0.9, 0.0, 0.0, 0.2]])
+    expect = torch.tensor([[0.1, 0.1, 0.1, 0.9, 0.9, 0.9, 0.2, 0.2]])
+    assert torch.equal(neighbourhood_max(scores, 1, BACKEND), expect)
+    choice = choose(scores.repeat_interleave(4, 1), 12, BACKEND, unit=4, spread=1)
+    assert choice.selection.tolist() == [[3, 4, 5]] and choice.cut == 32
 
 
 def test_signed_score_ranks_an_outlier_cluster_first():
@@ -200,7 +211,7 @@ MPC_SPECS = [
     "mpcache:s1=16:s2=8:preset=paper:static_heads=kv:window_free=true:score=signed:alpha=1:group=maxnorm:recent=0.5@0.2",
     "mpcache@0.1",  # the default (preset=retrieval, s2=4); its s1=16:s2=8 form is in test_mpc_policies
     "mpcache:s1=16:s2=8:preset=paper:share_skip=0:score2=max:group=max:force_last=false@0.1",
-    "mpcache:s1=16:s2=8:static=true:static_heads=kv:static_unit=16:rho=0.5@0.1",  # runs kept whole
+    "mpcache:s1=16:s2=8:static=true:static_heads=kv:static_unit=16:static_spread=1:rho=0.5@0.1",  # runs
 ]
 # The cheaper group variants of the default (issue 12), with the fast preset's numerics.
 MPC_GROUPS = ["mpcache:s1=16:s2=8:group=meannorm@0.1", "mpcache:s1=16:s2=8:group=qsum@0.1",

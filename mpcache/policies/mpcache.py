@@ -40,10 +40,7 @@ from mpcache.core.policy import Policy, PromptInfo
 from mpcache.core.selected import Outer
 from mpcache.policies.clusters import ClusterBounds, ends_mask, gather_clusters, max_and_min, top
 from mpcache.policies.mpcache_scoring import (
-    GROUP,
-    SCORES,
-    SCORES2,
-    STATIC_HEADS,
+    OPTION_VALUES,
     cluster_scores,
     parent_token_max_scores,
     shared_token_max,
@@ -170,6 +167,7 @@ class MPCachePolicy(Policy):
     static_heads: str = "mean"  # mean: one kept set per layer (old) | kv: per KV head, max over its group
     window_free: bool = False  # True: the static window is kept on top of rho*T top tokens (old: inside)
     static_unit: int = 1  # the static stage keeps runs of this many tokens, each by its best token (old: 1)
+    static_spread: int = 0  # ... a run scored by the best of it and this many neighbours on each side
     score: str = "linear"  # linear: q.c~ (old) | signed: sign-aware alpha mix (alpha=1: Quest's bound)
     group: str | None = None  # GQA group's query heads combined by: sum (old) | max | maxnorm (see scoring)
     score2: str | None = None  # level 2 scored by: summary (old) | max: max over the cluster's tokens of q.k
@@ -200,16 +198,13 @@ class MPCachePolicy(Policy):
                 raise UserError(f"mpcache: parents ({self.parents}) must be a multiple of s2 ({self.s2}) "
                                 f"above it and divide s1 ({self.s1}), or 0")
             object.__setattr__(self, "parents", 0)  # the preset's parents do not fit s1/s2: one top-k
-        if self.importance not in ("max", "sum"):
-            raise UserError(f"mpcache: importance must be max or sum, got {self.importance!r}")
-        for key, allowed in (("static_heads", STATIC_HEADS), ("score", SCORES), ("group", GROUP),
-                             ("score2", SCORES2), ("score1", ("summary", "qsum"))):
+        for key, allowed in OPTION_VALUES.items():
             value = getattr(self, key)
             if value not in allowed:
                 raise UserError(f"mpcache: {key} must be one of {', '.join(allowed)}, got {value!r}")
-        if self.static_unit < 1 or not 0.0 <= self.recent < 1.0:
-            raise UserError(f"mpcache: static_unit must be >= 1 and recent in [0, 1), got "
-                            f"{self.static_unit}, {self.recent}")
+        if self.static_unit < 1 or self.static_spread < 0 or not 0.0 <= self.recent < 1.0:
+            raise UserError(f"mpcache: static_unit must be >= 1, static_spread >= 0 and recent in [0, 1), "
+                            f"got {self.static_unit}, {self.static_spread}, {self.recent}")
         for key in ("rho", "r1", "r2", "window", "alpha"):
             value = getattr(self, key)
             if value is not None and not 0.0 < value <= 1.0 and not (key == "alpha" and value == 0):
@@ -265,7 +260,7 @@ class MPCachePolicy(Policy):
             probs = prompt.window_probs(window, cache.k, backend)  # [Hkv, g, W, T]
             score = static_importance(probs, t - window, self.static_heads, self.importance, backend)
             # [1 or Hkv, ...]: per layer or per KV head; runs of static_unit tokens
-            choice = choose(score, keep - window, backend, self.static_unit)
+            choice = choose(score, keep - window, backend, self.static_unit, self.static_spread)
         cache.sequence.setdefault("static", {})[layer] = choice  # the follower layer reads it
         if choice is not None:
             evict(cache, choice, backend)

@@ -20,9 +20,14 @@ import math
 from mpcache.core.backend import Backend, Tensor
 
 STATIC_HEADS = ("mean", "kv")
+IMPORTANCE = ("max", "sum")  # over the static window's rows
+SCORES1 = ("summary", "qsum")
 SCORES = ("linear", "signed")
 GROUP = ("sum", "max", "maxnorm", "meannorm", "qsum")
 SCORES2 = ("summary", "max")
+# Each option of MPCachePolicy with a fixed set of values -> that set.
+OPTION_VALUES = {"static_heads": STATIC_HEADS, "score": SCORES, "group": GROUP, "score2": SCORES2,
+                 "score1": SCORES1, "importance": IMPORTANCE}
 
 
 def static_importance(probs: Tensor, cut: int, heads: str, importance: str, backend: Backend) -> Tensor:

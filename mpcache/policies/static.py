@@ -29,11 +29,12 @@ class StaticChoice:
     unit: int = 1  # the selection picks runs of this many tokens (``cut`` is a multiple of it)
 
 
-def choose(scores: Tensor, n_top: int, backend: Backend, unit: int = 1) -> StaticChoice:
+def choose(scores: Tensor, n_top: int, backend: Backend, unit: int = 1, spread: int = 0) -> StaticChoice:
     """Keep the top ``n_top`` of ``scores`` [H or 1, cut] (cut = the scored prefix) and every token
     after the prefix. ``n_top`` = 0 keeps the window alone (a public slice). ``unit`` > 1: the top
     runs of ``unit`` tokens by their best score, as many as fit in ``n_top`` once the prefix's last
-    ``cut % unit`` tokens (kept with the window) are counted."""
+    ``cut % unit`` tokens (kept with the window) are counted. ``spread``: a run scores the best of
+    itself and its ``spread`` neighbours on each side (a sentence cut by a run boundary stays whole)."""
     cut = scores.shape[-1]
     if unit > 1:
         whole = cut - cut % unit
@@ -41,7 +42,18 @@ def choose(scores: Tensor, n_top: int, backend: Backend, unit: int = 1) -> Stati
         cut = whole
         if n_top > 0:
             scores = backend.amax(scores[:, :whole].reshape(scores.shape[0], whole // unit, unit), 2)
+    if spread and n_top > 0:
+        scores = neighbourhood_max(scores, spread, backend)
     return StaticChoice(cut, top(backend, scores, n_top) if n_top > 0 else None, unit)
+
+
+def neighbourhood_max(scores: Tensor, spread: int, backend: Backend) -> Tensor:
+    """Each entry of ``scores`` [H, C] -> the max over entries i - spread .. i + spread (the edges
+    repeated): one stacked max of 2*spread + 1 shifted copies."""
+    c = scores.shape[1]
+    padded = backend.cat([scores[:, :1]] * spread + [scores] + [scores[:, c - 1 :]] * spread, dim=1)
+    shifted = [padded[None, :, i : i + c] for i in range(2 * spread + 1)]
+    return backend.amax(backend.cat(shifted, dim=0), 0)
 
 
 def compact(x: Tensor, choice: StaticChoice, backend: Backend, fix: bool = True) -> Tensor:

@@ -45,7 +45,7 @@ class Cost:
 RETRIEVAL = "mpcache:preset=retrieval"
 FRONTIER = "mpc_tradeoff_frontier"  # the run after the level-by-level selections and the static units
 LEAN_HALF = "mpcache:preset=lean:r1_min=0.5"
-STATIC_HALF = ":static=true:static_heads=kv:importance=sum:static_unit=32:rho=0.5"
+STATIC_HALF = ":static=true:static_heads=kv:importance=sum:static_unit=32:static_spread=1:rho=0.5"
 OPTIONS: list[tuple[str, tuple[str, str], tuple[str, str]]] = [
     ("argmax over the vocabulary, softmax shift, selection maxima: bounded comparisons, range checked "
      "(full cache)", ("mpc_tradeoff_before", "full"), ("mpc_tradeoff_bounded", "full")),
@@ -78,9 +78,8 @@ OPTIONS: list[tuple[str, tuple[str, str], tuple[str, str]]] = [
      (FRONTIER, "mpcache:preset=lean"), (FRONTIER, LEAN_HALF)),
     ("cross-layer sharing: layer pairs (2,3), (4,5), ... share one selection (lean)",
      (FRONTIER, "mpcache:preset=lean"), (FRONTIER, "mpcache:preset=lean:share=true")),
-    ("static stage keeping 50 % of the prompt in runs of 32 tokens (retrieval)",
-     (FRONTIER, RETRIEVAL), (FRONTIER, RETRIEVAL + STATIC_HALF)),
-    ("static stage keeping 50 % of the prompt in runs of 32 tokens (lean, half the parents)",
+    ("static stage keeping 50 % of the prompt in runs of 32 tokens with their neighbours (lean, half the "
+     "parents)",
      (FRONTIER, LEAN_HALF), (FRONTIER, LEAN_HALF + STATIC_HALF)),
 ]
 ATTENTION = ("softmax", "selection", "attn-scores", "attn-values")

@@ -68,6 +68,9 @@ def test_the_lean_preset_scores_tokens_only_inside_its_parents():
     assert not p._uses_summaries()
     assert not p.static and not p.share and p.level1_fraction() == 0.25
     assert parse_spec("mpcache", 0.1).share_scores
+    # the default: the same inside half of the parents
+    d = parse_spec("mpcache", 0.1)
+    assert d.preset == "half" and d.hierarchy and d.score1 == "qsum" and d.level1_fraction() == 0.5
 
 
 @pytest.mark.slow

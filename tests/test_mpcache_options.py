@@ -209,7 +209,7 @@ def test_force_last_false_forces_only_the_sink_cluster(force_last):
 # plaintext simulation of the MPC numerics, selection traffic where expected (~90 s).
 MPC_SPECS = [
     "mpcache:s1=16:s2=8:preset=paper:static_heads=kv:window_free=true:score=signed:alpha=1:group=maxnorm:recent=0.5@0.2",
-    "mpcache@0.1",  # the default (preset=retrieval, s2=4); its s1=16:s2=8 form is in test_mpc_policies
+    "mpcache:preset=retrieval@0.1",  # s2=4; its s1=16:s2=8 form is in test_mpc_policies
     "mpcache:s1=16:s2=8:preset=paper:share_skip=0:score2=max:group=max:force_last=false@0.1",
     "mpcache:s1=16:s2=8:static=true:static_heads=kv:static_unit=16:static_spread=1:rho=0.5@0.1",  # runs
 ]
@@ -253,8 +253,9 @@ def test_presets_set_the_option_group_and_explicit_options_win():
     assert group(parse_spec("mpcache", 0.1)) == tuple(default[k] for k in ("static", "hierarchy", "share",
                                                                             "score2", "group"))
     assert group(parse_spec("mpcache:preset=retrieval", 0.1)) == (False, False, False, "max", "maxnorm")
-    assert (parse_spec("mpcache", 0.1).s2, parse_spec("mpcache:preset=paper", 0.1).s2) == (4, 16)
-    assert parse_spec("mpcache:preset=lean", 0.1).s2 == 8
+    assert parse_spec("mpcache:preset=retrieval", 0.1).s2 == 4
+    assert parse_spec("mpcache:preset=paper", 0.1).s2 == 16
+    assert parse_spec("mpcache:preset=lean", 0.1).s2 == parse_spec("mpcache", 0.1).s2 == 8
     assert parse_spec("mpcache:s2=8", 0.1).s2 == 8
     assert group(parse_spec("mpcache:preset=paper", 0.1)) == (True, True, True, "summary", "sum")
     explicit = parse_spec("mpcache:preset=paper:share=off:score2=max", 0.1)

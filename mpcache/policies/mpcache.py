@@ -22,9 +22,9 @@ group's query heads), ``score2`` (summary | max: a level-2 cluster scored by the
 tokens, no exp), ``force_last`` (False: only the sink cluster is forced), ``recent`` (a fraction of
 the budget always spent on the newest tokens, which join the tail: a public slice, in the budget).
 Presets (``preset``, see PRESETS) set static, hierarchy, share, score2, group, recent and s2 unless given:
-``retrieval`` (the default: token-max clusters over the whole cache), ``lean`` (retrieval's scoring
-only inside the parents the group-summed query's best tokens pick: cheaper under 2PC; see
-docs/results/mpc_tradeoff.md) and ``paper`` (the original design above).
+``half`` (the default: ``lean`` inside half of the parents), ``retrieval`` (token-max clusters over
+the whole cache), ``lean`` (retrieval's scoring only inside the parents the group-summed query's best
+tokens pick: cheaper under 2PC; see docs/results/mpc_tradeoff.md), ``paper`` (the design above).
 Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secret (Backend ops only).
 """
 
@@ -125,14 +125,17 @@ class Selection:
 
 
 # Option groups. paper: the original design (DESIGN §4: static eviction, two-level summaries, sharing).
-# retrieval (the default): no static stage, no level 1, no sharing; every level-2 cluster
+# retrieval: no static stage, no level 1, no sharing; every level-2 cluster
 # scored by its best token's q.k, GQA heads combined by maxnorm (what finds the needle on SmolLM2),
 # clusters of 4 tokens (s2=16 misses the perplexity bar: +8.1 % at 10 %, s2=4 +2.6 %; README).
 # lean: retrieval's scoring inside a quarter (at 10 %) of the 32-token parents, chosen by the best
 # token of the group-summed query (one score per KV head, not g; no summaries): the per-head token
 # work under 2PC covers a quarter of the cache. Parents by their summaries (score1=summary) lost the
 # needle on SmolLM2 (0.6 at r1 = 0.5), by Quest's bound (score=signed, alpha=1) too (0/5).
+# half (the default): lean inside half of the parents (the needle at 10 %: see docs/results/mpc_tradeoff.md).
 PRESETS: dict[str, dict] = {
+    "half": dict(static=False, hierarchy=True, share=False, score2="max", group="maxnorm", recent=0.0,
+                 s2=8, parents=0, r1_min=0.5, score1="qsum"),
     "lean": dict(static=False, hierarchy=True, share=False, score2="max", group="maxnorm", recent=0.0,
                  s2=8, parents=0, r1_min=0.25, score1="qsum"),
     "retrieval": dict(static=False, hierarchy=False, share=False, score2="max", group="maxnorm", recent=0.0,
@@ -155,7 +158,7 @@ class MPCachePolicy(Policy):
     s1: int = 32
     s2: int | None = None  # level-2 cluster size in tokens (None: the preset's)
     alpha: float = 0.6
-    preset: str = "retrieval"  # sets the options below left at None (see PRESETS)
+    preset: str = "half"  # sets the options below left at None (see PRESETS)
     static: bool | None = None  # look-once static eviction after prefill
     dynamic: bool = True
     hierarchy: bool | None = None  # level-1 stage (off: pick level-2 clusters directly)

@@ -226,6 +226,23 @@ def static_table(scores: dict, budget: float = 0.1, length: int = 2000) -> list[
     return lines
 
 
+def ppl_lines(files: dict[str, list[dict]]) -> list[str]:
+    """Perplexity records of the trade-off files, each against ``full`` of the same file, length and
+    numerics."""
+    lines = []
+    for stem, records in files.items():
+        ppl = [r for r in records if r.get("task") == "ppl"]
+        for r in ppl:
+            full = next((f for f in ppl if f["policy"] == "full" and f["length"] == r["length"]
+                         and f.get("approx") == r.get("approx") and f["samples"] == r["samples"]), None)
+            ratio = r["perplexity"] / full["perplexity"] - 1 if full and r is not full else None
+            vs = "" if ratio is None else f", {ratio:+.1%} vs full"
+            lines.append(f"- {stem}: `{r['policy']}` at {r['budget']:g}, L = {r['length']}, "
+                         f"{r.get('approx', 'exact')} numerics, {r['samples']} samples: perplexity "
+                         f"{r['perplexity']:.2f}{vs}.")
+    return lines
+
+
 def floor_lines(files: dict[str, list[dict]]) -> list[str]:
     """Per run: the bytes outside attention (embedding, norms, MLP, argmax...), the same for every
     policy, as a fraction of the full cache's: no policy can go below it."""
@@ -265,6 +282,24 @@ def bar_table(files: dict[str, list[dict]], scores: dict) -> list[str]:
 
 
 READING = [
+    "- **The default is `preset=half`** (run `mpc_tradeoff_frontier`): `lean`'s exact token scores "
+    "inside half of the 32-token parents instead of a quarter. At 2048 tokens it sends 205.3 MB per "
+    "decode token, 0.70 of the full cache's 292.7 MB, in 4,354 rounds (1.19x), with the needle at "
+    "NEEDLE_HALF (L = 2000, 10 %, MPC numerics; `lean`: 0.900). `retrieval`, the default before, "
+    "sent 1.15x full's bytes. The bytes bar (1/4) and the rounds bar (1.10x) stay missed, for the "
+    "reasons below.",
+    "- **The static stage keeps runs of tokens.** Token-level static eviction (per KV head, 50 %) "
+    "solved 0 of 5 needles: the model answers with the number's first digits, the only tokens the "
+    "window's attention points at. Runs of 32 tokens, each scored by its best token "
+    "(`static_unit=32`), keep the sentence: 0.8 / 0.8 / 0.9 at 30 / 50 / 70 % of the prompt "
+    "(10 samples; 1.0 without the stage). A run and its neighbours (`static_spread=1`) on `half` at "
+    "50 %: STATIC_SPREAD. No static rule reached 0.93 on SmolLM2, so the default keeps the whole "
+    "prompt. With the stage at 50 % the cache halves (46 MB instead of 93 MB) and a decode token "
+    "sends 141.0 MB (0.48 of full) in 4,234 rounds; the stage costs 270 MB and 900 rounds once.",
+    "- **Two-level selections applied level by level** under 2PC: attention gathers the scores by "
+    "the parents' one-hot (the selection gathered them already), then by the children's, and "
+    "scatters the probabilities back the same way, instead of one composed one-hot over all "
+    "level-2 clusters (k2 x C2, opened with the G*n scores again) and the product that composes it.",
     "- **Bounded comparisons everywhere a maximum is taken** (the argmax over the 49,152 logits, the "
     "softmax shift, the selections' maxima, the top-k's): the dealer's one-digit comparison of "
     "differences below 2^16 (1 round, 16 B) instead of the preset's two-digit one (2 rounds, 80 B). "
@@ -286,7 +321,7 @@ READING = [
     "`retrieval` but lost the needle on SmolLM2 (0.6), Quest's upper bound did worse (0/5); the best "
     "token of the group-summed query (one score per KV head instead of g, no summaries, no static "
     "stage) kept it (preset `lean`, `score1=qsum`).",
-    "- **Where it stands.** No configuration meets the bar. At 2048 tokens `lean` sends 0.64 of the "
+    "- **Where it stood before `half`.** At 2048 tokens `lean` sends 0.64 of the "
     "full cache's bytes in 1.19x its rounds (network-only LAN time 0.88x) with the needle at "
     "0.900 (30 samples, MPC numerics; the bar is 0.93); the default `retrieval` sends 1.15x "
     "full's bytes and 1.22x its rounds at 2048 "
@@ -315,7 +350,9 @@ def render(files: dict[str, list[dict]]) -> str:
         "file. Each file is one code state: `before` and `bounded` are single runs of several "
         "policies; the final files (`1024`, `2048`) ran one policy per invocation, back to back, "
         "because two SmolLM2 parties holding several policies' state were killed for memory on the "
-        "shared machine. Bytes and rounds are exact counts and do not depend on the machine; compute "
+        "shared machine; `frontier` ran full, `half` and `half` with the static stage in one "
+        "invocation (stopped for memory before its next policies). Bytes and rounds are exact counts "
+        "and do not depend on the machine; compute "
         "seconds come from a two-core machine loaded by other jobs and compare only roughly. Needle "
         "accuracy is plaintext with the same approximations (`mpcache eval needle --approx fast`) "
         "where marked `fast`, else exact numerics; samples in brackets.",
@@ -333,6 +370,7 @@ def render(files: dict[str, list[dict]]) -> str:
         "## Per decode token, every run", "", *cost_table(files, scores), "",
         "## Outside attention: the floor of every policy", "", *floor_lines(files), "",
         "## Options, one idea at a time", "", *options_table(files, scores), "",
+        "## Perplexity (plaintext, MPC approximations)", "", *ppl_lines(files), "",
         "## The static stage: needle against the kept fraction of the prompt", "",
         "Needle L = 2000, budget 10 % (the dynamic selection attends 10 % of the prompt among the kept "
         "tokens), plaintext with the MPC approximations; each cell: accuracy (samples), the secret "

@@ -20,7 +20,7 @@ from tests.test_mpc_two_party import run_parties
 # The default policy itself and the lean preset, at a budget where the softmax shift is handed over
 # (k2 leaves room for each head's best child) and at the usual 10 %.
 DEFAULTS = ["mpcache@0.25", "mpcache:preset=lean@0.25", "mpcache:preset=lean:share_scores=false@0.25",
-            "mpcache:preset=lean:score1=summary@0.25", "mpcache:preset=lean@0.1"]
+            "mpcache:preset=lean:score1=summary@0.25", "mpcache:preset=lean@0.1", "mpcache@0.1"]
 
 
 @pytest.mark.slow

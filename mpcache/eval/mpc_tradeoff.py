@@ -282,20 +282,20 @@ def bar_table(files: dict[str, list[dict]], scores: dict) -> list[str]:
 
 
 READING = [
-    "- **The default is `preset=half`** (run `mpc_tradeoff_frontier`): `lean`'s exact token scores "
-    "inside half of the 32-token parents instead of a quarter. At 2048 tokens it sends 205.3 MB per "
-    "decode token, 0.70 of the full cache's 292.7 MB, in 4,354 rounds (1.19x), with the needle at "
-    "NEEDLE_HALF (L = 2000, 10 %, MPC numerics; `lean`: 0.900). `retrieval`, the default before, "
-    "sent 1.15x full's bytes. The bytes bar (1/4) and the rounds bar (1.10x) stay missed, for the "
-    "reasons below.",
+    "- **The default is `preset=half`** (= `lean:r1_min=0.5`, the name its records carry; run "
+    "`mpc_tradeoff_frontier`): `lean`'s exact token scores inside half of the 32-token parents "
+    "instead of a quarter. At 2048 tokens: 205.3 MB per decode token, 0.70 of the full cache's "
+    "292.7 MB, in 4,354 rounds (1.19x); the needle 0.933, 28 of 30 (L = 2000, 10 %, MPC numerics; "
+    "`lean` 0.900, full 0.967). `retrieval`, the default before, sent 1.15x full's bytes (before the "
+    "level-by-level selections). The bytes bar (1/4) and the rounds bar (1.10x) stay missed (below).",
     "- **The static stage keeps runs of tokens.** Token-level static eviction (per KV head, 50 %) "
-    "solved 0 of 5 needles: the model answers with the number's first digits, the only tokens the "
-    "window's attention points at. Runs of 32 tokens, each scored by its best token "
-    "(`static_unit=32`), keep the sentence: 0.8 / 0.8 / 0.9 at 30 / 50 / 70 % of the prompt "
-    "(10 samples; 1.0 without the stage). A run and its neighbours (`static_spread=1`) on `half` at "
-    "50 %: STATIC_SPREAD. No static rule reached 0.93 on SmolLM2, so the default keeps the whole "
-    "prompt. With the stage at 50 % the cache halves (46 MB instead of 93 MB) and a decode token "
-    "sends 141.0 MB (0.48 of full) in 4,234 rounds; the stage costs 270 MB and 900 rounds once.",
+    "solved 0 of 5 needles: the model answers with the number's first digits (211 for 2164505). "
+    "Runs of 32 tokens, each scored by its best token (`static_unit=32`), found it in 0.8 / 0.8 / "
+    "0.9 at 30 / 50 / 70 % of the prompt (10 samples; 1.0 without the stage). A run and its "
+    "neighbours (`static_spread=1`) on `half` at 50 %: 2 of 5 (samples 10-14, where the rule without "
+    "neighbours was not run). No static rule reached 0.93 on SmolLM2: the default keeps the whole "
+    "prompt. At 50 % the cache halves (46 MB, not 93) and a decode token sends 141.0 MB (0.48 of "
+    "full) in 4,234 rounds; the stage costs 270 MB and 900 rounds once.",
     "- **Two-level selections applied level by level** under 2PC: attention gathers the scores by "
     "the parents' one-hot (the selection gathered them already), then by the children's, and "
     "scatters the probabilities back the same way, instead of one composed one-hot over all "

@@ -328,10 +328,10 @@ READING = [
     "full's bytes and 1.22x its rounds at 2048 tokens (0.96x and 1.15x at 1024) with the needle at "
     "0.967. At 4096 tokens `lean` sends 0.72 "
     "of full's bytes (the 1/6 bar is far): its composed one-hot over all level-2 clusters (k2 x C2, "
-    "both growing with n) and the group-summed token maxima over the whole cache still grow. "
-    "The rounds bar (1.10x) fails because a selection adds ~40-50 sequential rounds per layer (maxima, top-k's, gathers) while "
-    "the full cache's softmax max is ~12 binary levels (about 24 rounds); the byte bar fails on "
-    "the floor above.",
+    "both growing with n) and the group-summed token maxima over the whole cache still grow. The "
+    "rounds bar (1.10x) fails because a selection adds ~40-50 sequential rounds per layer (maxima, "
+    "top-k's, gathers) while the full cache's softmax max is ~12 binary levels (about 24 rounds); "
+    "the byte bar fails on the floor above.",
     "- **q.K^T once, the maxnorm maxima as the softmax shift** (`share_scores`, on by default): the "
     "selection scores children from attention's own scaled scores and hands attention each head's "
     "max over the candidates and the tail, so the softmax runs no max tournament of its own (exact "

@@ -70,6 +70,10 @@ OPTIONS: list[tuple[str, tuple[str, str], tuple[str, str]]] = [
     ("level-1 parents by the group-summed query's best token, per-head token maxima only in a quarter "
      "of them (preset lean) instead of over the whole cache (L = 2048)", ("mpc_tradeoff_2048", "mpcache"),
      ("mpc_tradeoff_2048", "mpcache:preset=lean")),
+    ("two-level selections applied level by level, no composed one-hot (lean; two runs)",
+     ("mpc_tradeoff_2048", "mpcache:preset=lean"), ("mpc_tradeoff_frontier2", "mpcache:preset=lean")),
+    ("the same (retrieval's top-k through parents; two runs)",
+     ("mpc_tradeoff_2048", "mpcache"), ("mpc_tradeoff_frontier2", RETRIEVAL)),
     ("the default half instead of retrieval (two runs; half also with the level-by-level selections)",
      ("mpc_tradeoff_2048", "mpcache"), (FRONTIER, LEAN_HALF)),
     ("half (exact maxima in half of the parents) instead of lean's quarter (two runs; half also with "
@@ -81,7 +85,7 @@ OPTIONS: list[tuple[str, tuple[str, str], tuple[str, str]]] = [
 ATTENTION = ("softmax", "selection", "attn-scores", "attn-values")
 # The bar per decode token at 2048 tokens against full in the same run: (name, limit on the ratio).
 BAR = (("bytes", 0.25), ("rounds", 1.10), ("est. LAN", 1 / 2.5), ("LAN network", 1 / 2.5), ("compute", 0.5))
-FINALS = (FRONTIER, "mpc_tradeoff_4096", "mpc_tradeoff_2048", "mpc_tradeoff_1024")  # runs of the final code
+FINALS = (FRONTIER, FRONTIER + "2", "mpc_tradeoff_4096", "mpc_tradeoff_2048", "mpc_tradeoff_1024")
 BYTES_AT_4096 = 1 / 6  # the bar's bytes limit at 4096 tokens (1/4 at 2048)
 
 
@@ -346,9 +350,9 @@ def render(files: dict[str, list[dict]]) -> str:
         "file. Each file is one code state: `before` and `bounded` are single runs of several "
         "policies; the final files (`1024`, `2048`) ran one policy per invocation, back to back, "
         "because two SmolLM2 parties holding several policies' state were killed for memory on the "
-        "shared machine; `frontier` ran full, `half` and `half` with the static stage in one "
-        "invocation (stopped for memory before its next policies). Bytes and rounds are exact counts "
-        "and do not depend on the machine; compute "
+        "shared machine; `frontier` ran full, `half` and `half` with the static stage in one invocation "
+        "(stopped for memory), `frontier2` full, `lean`, `retrieval` (same code). Bytes and rounds are "
+        "exact counts and do not depend on the machine; compute "
         "seconds come from a two-core machine loaded by other jobs and compare only roughly. Needle "
         "accuracy is plaintext with the same approximations (`mpcache eval needle --approx fast`) "
         "where marked `fast`, else exact numerics; samples in brackets.",

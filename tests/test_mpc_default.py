@@ -20,7 +20,7 @@ from tests.test_mpc_two_party import run_parties
 # The default policy itself and the lean preset, at a budget where the softmax shift is handed over
 # (k2 leaves room for each head's best child) and at the usual 10 %.
 DEFAULTS = ["mpcache@0.25", "mpcache:preset=lean@0.25", "mpcache:preset=lean:share_scores=false@0.25",
-            "mpcache:preset=lean:score1=summary@0.25", "mpcache:preset=lean@0.1"]
+            "mpcache:preset=lean:score1=summary@0.25", "mpcache:preset=lean@0.1", "mpcache@0.1"]
 
 
 @pytest.mark.slow
@@ -48,7 +48,8 @@ def test_shared_token_max_gives_maxnorm_scores_and_the_max_over_candidates_and_t
     logits = torch.randn(hkv, g, full + tail)
     sel1 = torch.tensor([[0, 2, 5], [1, 3, 4]]) if parents else None
     picked = 3 if parents else count
-    scores, shift = shared_token_max(logits, full, sel1, picked, parent, size, "maxnorm", b, True)
+    scores, shift, chosen = shared_token_max(logits, full, sel1, picked, parent, size, "maxnorm", b, True)
+    assert (chosen is None) != parents
     cand = logits[..., :full].reshape(hkv, g, count, parent)
     if parents:
         cand = torch.stack([cand[h][:, sel1[h]] for h in range(hkv)])
@@ -67,6 +68,9 @@ def test_the_lean_preset_scores_tokens_only_inside_its_parents():
     assert not p._uses_summaries()
     assert not p.static and not p.share and p.level1_fraction() == 0.25
     assert parse_spec("mpcache", 0.1).share_scores
+    # the default: the same inside half of the parents
+    d = parse_spec("mpcache", 0.1)
+    assert d.preset == "half" and d.hierarchy and d.score1 == "qsum" and d.level1_fraction() == 0.5
 
 
 @pytest.mark.slow

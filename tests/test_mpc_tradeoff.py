@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from mpcache.eval.mpc_tradeoff import main, needle_scores
+from mpcache.eval.mpc_tradeoff import main, needle_scores, static_table
 
 
 def _bench(policy: str, mb: float, rounds: int) -> dict:
@@ -36,3 +36,17 @@ def test_needle_chunks_merge_by_seed():
     files = {"x": [_needle(0, 1.0), _needle(5, 0.8), _needle(5, 0.8)]}
     (record,) = needle_scores(files).values()
     assert record["samples"] == 10 and abs(record["accuracy"] - 0.9) < 1e-9
+
+
+def test_static_curve_rows_are_rules_and_columns_kept_fractions():
+    def rec(policy: str, accuracy: float, kv: float) -> dict:
+        return {"task": "needle", "policy": policy, "budget": 0.1, "length": 2000, "samples": 10, "seed": 0,
+                "first_sample": 0, "accuracy": accuracy, "approx": "fast", "kv_bytes": kv * 1e6}
+
+    files = {"x": [rec("mpcache:static=true:static_unit=32:rho=0.3", 0.5, 30.0),
+                   rec("mpcache:static=true:static_unit=32:rho=0.5", 0.8, 50.0),
+                   rec("mpcache", 1.0, 100.0)]}
+    lines = static_table(needle_scores(files))
+    assert lines[0] == "| static rule | keep 30% | keep 50% | keep 100% |"
+    assert lines[2] == ("| `mpcache:static=true:static_unit=32` | 0.500 (10), 30.0 MB | 0.800 (10), 50.0 MB "
+                        "| 1.000 (10), 100.0 MB |")

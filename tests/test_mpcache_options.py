@@ -12,6 +12,7 @@ from mpcache.core.cache import LayerCache
 from mpcache.core.policy import PromptInfo
 from mpcache.policies import make_policy
 from mpcache.policies.mpcache_scoring import cluster_scores, relu, summaries, token_max_scores
+from mpcache.policies.static import choose, neighbourhood_max
 
 BACKEND = PlainBackend()
 
@@ -53,6 +54,38 @@ def test_window_free_keeps_rho_tokens_besides_the_window():
     k, cache = _static_cache("kv", window_free=True)
     assert cache.length == 9 + 8  # ceil(rho*T) top tokens + the window
     assert {3, 7} <= set(_rows(k[1], cache.k[1, :9])) and torch.equal(cache.k[:, 9:], k[:, 32:])
+
+
+def test_static_unit_keeps_whole_runs_by_their_best_token():
+    """static_unit=4 at T=42 (window ceil(0.2*42) = 9, keep 14): the scored prefix is the first 32
+    tokens (8 runs of 4; the 33rd joins the window), and one run fits besides the 10 kept last tokens.
+    Per KV head, the run holding the token its heads attend to is kept whole."""
+    t, d = 42, 8
+    gen = torch.Generator().manual_seed(1)
+    k = torch.randn(2, t, d, generator=gen) * 0.01
+    k[:, 5, 0] = 10.0  # run 1 (tokens 4-7)
+    k[:, 18, 1] = 10.0  # run 4 (tokens 16-19)
+    q = torch.zeros(4, t, d)
+    q[0, :, 0] = q[1, :, 0] = 10.0  # KV head 0 looks at token 5
+    q[2, :, 1] = q[3, :, 1] = 10.0  # KV head 1 at token 18
+    policy = make_policy("mpcache", 0.1, rho=14 / 42, static=True, dynamic=False, share=False,
+                         static_heads="kv", static_unit=4)
+    cache = LayerCache()
+    cache.append(k, k.clone(), BACKEND)
+    policy.after_prefill(0, PromptInfo(q, None, num_layers=1), cache, BACKEND)
+    assert cache.length == 14
+    assert torch.equal(cache.k[0, :4], k[0, 4:8]) and torch.equal(cache.k[1, :4], k[1, 16:20])
+    assert torch.equal(cache.k[:, 4:], k[:, 32:]) and torch.equal(cache.v[:, 4:], k[:, 32:])
+
+
+def test_static_spread_keeps_the_neighbours_of_the_best_run():
+    """static_spread=1: a run scores the best of itself and its two neighbours, so the runs beside
+    the attended one tie with it and are kept with it (lower index first on ties)."""
+    scores = torch.tensor([[0.0, 0.1, 0.0, 0.0, 0.9, 0.0, 0.0, 0.2]])
+    expect = torch.tensor([[0.1, 0.1, 0.1, 0.9, 0.9, 0.9, 0.2, 0.2]])
+    assert torch.equal(neighbourhood_max(scores, 1, BACKEND), expect)
+    choice = choose(scores.repeat_interleave(4, 1), 12, BACKEND, unit=4, spread=1)
+    assert choice.selection.tolist() == [[3, 4, 5]] and choice.cut == 32
 
 
 def test_signed_score_ranks_an_outlier_cluster_first():
@@ -176,8 +209,9 @@ def test_force_last_false_forces_only_the_sink_cluster(force_last):
 # plaintext simulation of the MPC numerics, selection traffic where expected (~90 s).
 MPC_SPECS = [
     "mpcache:s1=16:s2=8:preset=paper:static_heads=kv:window_free=true:score=signed:alpha=1:group=maxnorm:recent=0.5@0.2",
-    "mpcache@0.1",  # the default (preset=retrieval, s2=4); its s1=16:s2=8 form is in test_mpc_policies
+    "mpcache:preset=retrieval@0.1",  # s2=4; its s1=16:s2=8 form is in test_mpc_policies
     "mpcache:s1=16:s2=8:preset=paper:share_skip=0:score2=max:group=max:force_last=false@0.1",
+    "mpcache:s1=16:s2=8:static=true:static_heads=kv:static_unit=16:static_spread=1:rho=0.5@0.1",  # runs
 ]
 # The cheaper group variants of the default (issue 12), with the fast preset's numerics.
 MPC_GROUPS = ["mpcache:s1=16:s2=8:group=meannorm@0.1", "mpcache:s1=16:s2=8:group=qsum@0.1",
@@ -219,8 +253,9 @@ def test_presets_set_the_option_group_and_explicit_options_win():
     assert group(parse_spec("mpcache", 0.1)) == tuple(default[k] for k in ("static", "hierarchy", "share",
                                                                             "score2", "group"))
     assert group(parse_spec("mpcache:preset=retrieval", 0.1)) == (False, False, False, "max", "maxnorm")
-    assert (parse_spec("mpcache", 0.1).s2, parse_spec("mpcache:preset=paper", 0.1).s2) == (4, 16)
-    assert parse_spec("mpcache:preset=lean", 0.1).s2 == 8
+    assert parse_spec("mpcache:preset=retrieval", 0.1).s2 == 4
+    assert parse_spec("mpcache:preset=paper", 0.1).s2 == 16
+    assert parse_spec("mpcache:preset=lean", 0.1).s2 == parse_spec("mpcache", 0.1).s2 == 8
     assert parse_spec("mpcache:s2=8", 0.1).s2 == 8
     assert group(parse_spec("mpcache:preset=paper", 0.1)) == (True, True, True, "summary", "sum")
     explicit = parse_spec("mpcache:preset=paper:share=off:score2=max", 0.1)
@@ -288,7 +323,8 @@ def test_top_by_parents_is_the_one_shot_top_k(ends):
             for scores in (torch.randn(3, count, generator=gen),
                            torch.randint(0, 4, (3, count), generator=gen).float()):  # many ties
                 ref = top(BACKEND, scores, k2, policy._forced(count, 3))
-                got = policy._top_by_parents(scores, k2, BACKEND)
+                inner, outer = policy._top_by_parents(scores, k2, BACKEND)
+                got = inner if outer is None else BACKEND.compose(outer.selection, inner, 16 // 4)
                 assert got.shape == ref.shape and bool((got[:, 1:] > got[:, :-1]).all())  # ascending
                 if ends[0]:
                     assert bool((got[:, 0] == 0).all()) and bool((got[:, -1] == count - 1).all()) == ends[1]

@@ -17,7 +17,7 @@ import torch
 from mpcache.core import approx
 from mpcache.core.approximations import Approximations
 from mpcache.core.errors import UserError
-from mpcache.core.selected import SelectedRows, materialize
+from mpcache.core.selected import Outer, SelectedRows, materialize
 
 Tensor = Any  # torch.Tensor in plaintext, a CrypTen tensor under MPC
 
@@ -112,12 +112,16 @@ class Backend:
         raise NotImplementedError
 
     def select_clusters(self, selection: Tensor, x: Tensor, count: int, size: int, picked: int,
-                        scores: Tensor | None = None, shift: Tensor | None = None):
+                        scores: Tensor | None = None, shift: Tensor | None = None,
+                        outer: Outer | None = None):
         """The ``picked`` clusters of ``size`` tokens that ``selection`` chooses among the first
         ``count`` clusters of x [H, n, d], then every token after them (the tail). Here: the rows
         themselves; a backend may return :class:`~mpcache.core.selected.SelectedRows` instead, which the
         transformer attends through x's own mask (``mpcache.core.selected.attend``), reusing the
-        policy's ``scores`` and softmax ``shift`` when given (see there)."""
+        policy's ``scores`` and softmax ``shift`` when given (see there). ``outer``: ``selection``
+        picks among the children of the parents ``outer`` picked (here composed into one selection)."""
+        if outer is not None:
+            selection = self.compose(outer.selection, selection, outer.size // size)
         return materialize(self, SelectedRows(selection, x, count, size, picked))
 
     def scatter(self, selection: Tensor, x: Tensor, n: int) -> Tensor:

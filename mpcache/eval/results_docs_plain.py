@@ -27,7 +27,8 @@ SETUP = ("SmolLM2-135M-Instruct, greedy, seed 0 (every policy sees the same samp
          "7-digit number hidden at a random depth of Paul Graham essays, correct when the answer contains "
          "it (24 new tokens at most). **ppl**: a window of L essay tokens, then 32 teacher-forced tokens "
          "scored with the policy active. Budget B = the fraction of the prompt's tokens attended per decode "
-         "step. `mpcache` is the default (`preset=retrieval`, clusters of s2 = 4 tokens); `mpcache:s2=16` "
+         "step. `mpcache` in these records is `preset=retrieval` (clusters of s2 = 4 tokens), the default "
+         "when they were measured (the default is now `preset=half`: see mpc_tradeoff.md); `mpcache:s2=16` "
          "the same preset with clusters of 16 (the default before perplexity chose 4); "
          "`mpcache:preset=paper` the original design (static eviction, two-level summaries, cross-layer "
          "sharing).")
@@ -75,14 +76,14 @@ def accuracy(records: Path) -> str:
             "256 tokens, attention-gate 8 steps of 128); the converged weights' figures are in "
             "[seed_policies.md](seed_policies.md).", ""]
     out += _summary(recs)
-    out += ["- The default MPCache keeps the whole cache (93.1 MB) and attends B·T keys per step; "
+    out += ["- MPCache (`retrieval`) keeps the whole cache (93.1 MB) and attends B·T keys per step; "
             "`mpcache:s2=16`'s 103.2 MB was measured before unused cluster summaries were dropped. "
             "Quest keeps the cache plus page summaries; `mpcache:preset=paper` evicts to 30 %.",
             "- attention-gate's memory is mostly its gates' own K'/V' for every token.", ""]
     out += commands(select(recs, table="kv"))
     out += section("Needle in a haystack, L = 2000",
                    ["Cell: accuracy (solved / samples) / mean keys attended per layer per decode step.",
-                    "The default MPCache matches the full cache at every budget (29 of 30). Every other "
+                    "MPCache (`retrieval`) matches the full cache at every budget (29 of 30). Every other "
                     "policy stays far below full at 5-20 %: StreamingLLM, H2O and the original MPCache "
                     "design solve only needles inside the recent window (depth >= 0.86); Quest, query-aware "
                     "per step, is the best baseline. In the original design the look-once static stage loses "
@@ -91,14 +92,14 @@ def accuracy(records: Path) -> str:
                    select(needle, length=2000), lambda rs: pivot(rs, needle_cell))
     out += image("needle_L2000.png", "needle accuracy vs budget, L = 2000")
     out += section("Needle in a haystack, L = 4000",
-                   "Same settings at twice the length: full drops to 0.867; the default MPCache matches it "
+                   "Same settings at twice the length: full drops to 0.867; MPCache (`retrieval`) matches it "
                    "at 5, 10 and 20 %; StreamingLLM, H2O and SnapKV fall to 0-0.033, Quest keeps 0.367 at 20 "
                    "%. The seed systems' keys per step were not recorded at this length.",
                    select(needle, length=4000), lambda rs: pivot(rs, needle_cell))
     out += image("needle_L4000.png", "needle accuracy vs budget, L = 4000")
     out += section("Perplexity, L = 2000",
                    ["Cell: perplexity / mean keys attended. 10 samples, 32 teacher-forced tokens.",
-                    "Clusters of 4 tokens (the default) bring MPCache within +2.6 % of full at 10 % (22.86 "
+                    "Clusters of 4 tokens (`retrieval`) bring MPCache within +2.6 % of full at 10 % (22.86 "
                     "vs 22.28) and +0.3 % at 20 %; clusters of 16 cost +8.1 % at 10 %, of 8 +5.1 %. "
                     "Perplexity scores every next token, where a 16-token cluster chosen for its best token "
                     "brings 15 others that carry little attention. locret evicts the attention sink in most "

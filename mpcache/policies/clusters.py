@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mpcache.core.backend import Backend, Tensor
+from mpcache.core.selected import Outer
 
 
 @dataclass
@@ -80,12 +81,13 @@ def top(backend: Backend, scores: Tensor, k: int, forced: torch.Tensor | None = 
 
 
 def gather_clusters(backend: Backend, selection: Tensor, x: Tensor, count: int, size: int, picked: int,
-                    scores: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
+                    scores: Tensor | None = None, shift: Tensor | None = None, outer: Outer | None = None
+                    ) -> Tensor:
     """The ``picked`` clusters of ``size`` tokens chosen by ``selection`` among the first ``count``
     clusters of x [H, n, d], then every token after them (the tail not yet in a full cluster).
 
     ``Backend.select_clusters``: the gathered rows, or under MPC rows the transformer attends
     through the cache's own mask (``mpcache.core.selected``), so the gathered keys are never opened."""
-    if scores is None and shift is None:
+    if scores is None and shift is None and outer is None:
         return backend.select_clusters(selection, x, count, size, picked)
-    return backend.select_clusters(selection, x, count, size, picked, scores, shift)
+    return backend.select_clusters(selection, x, count, size, picked, scores, shift, outer)

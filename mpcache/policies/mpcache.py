@@ -14,36 +14,33 @@ clusters), which can exceed the budget by the tail.
 
 Always kept: the first and the last full cluster at both levels (sink and recency) and the tail.
 
-Accuracy options (issue 15; each keeps the original behaviour as one of its values, see
-mpcache_scoring.py): ``static_heads`` (mean | kv: per-KV-head static eviction, max over the group),
-``window_free`` (the static window kept besides rho*T), ``score`` (linear | signed: sign-aware alpha
-mix, Quest's bound at alpha=1), ``group`` (sum | max | maxnorm over a GQA group's query heads),
-``score2`` (summary | max: a level-2 cluster scored by the max of q.k over its tokens, no exp),
-``force_last`` (False: only the sink cluster is forced), ``recent`` (a fraction of the budget always
-spent on the newest tokens, which join the tail: a public slice, counted inside the budget).
+Accuracy options (each keeps the original behaviour as one of its values, see mpcache_scoring.py):
+``static_heads`` (mean | kv: per-KV-head static eviction, max over the group), ``window_free`` (the
+static window kept besides rho*T), ``static_unit`` (runs of tokens kept whole), ``score`` (linear
+| signed: sign-aware alpha mix, Quest's bound at alpha=1), ``group`` (sum | max | maxnorm over a GQA
+group's query heads), ``score2`` (summary | max: a level-2 cluster scored by the max of q.k over its
+tokens, no exp), ``force_last`` (False: only the sink cluster is forced), ``recent`` (a fraction of
+the budget always spent on the newest tokens, which join the tail: a public slice, in the budget).
 Presets (``preset``, see PRESETS) set static, hierarchy, share, score2, group, recent and s2 unless given:
-``retrieval`` (the default: token-max clusters over the whole cache), ``lean`` (retrieval's scoring
-only inside the parents the group-summed query's best tokens pick: cheaper under 2PC; see
-docs/results/mpc_tradeoff.md) and ``paper`` (the original design above).
-Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secret; this file uses
-Backend ops only (matmul, sum, amax/amin, topk, gather, cat, + and * with public constants).
+``half`` (the default: ``lean`` inside half of the parents), ``retrieval`` (token-max clusters over
+the whole cache), ``lean`` (retrieval's scoring only inside the parents the group-summed query's best
+tokens pick: cheaper under 2PC; see docs/results/mpc_tradeoff.md), ``paper`` (the design above).
+Under MPC the counts (k1, k2, rho*T) are public, the scores and selections secret (Backend ops only).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mpcache.core.backend import Backend, Tensor
 from mpcache.core.cache import LayerCache
 from mpcache.core.errors import UserError
 from mpcache.core.policy import Policy, PromptInfo
+from mpcache.core.selected import Outer
 from mpcache.policies.clusters import ClusterBounds, ends_mask, gather_clusters, max_and_min, top
 from mpcache.policies.mpcache_scoring import (
-    GROUP,
-    SCORES,
-    SCORES2,
-    STATIC_HEADS,
+    OPTION_VALUES,
     cluster_scores,
     parent_token_max_scores,
     shared_token_max,
@@ -124,17 +121,21 @@ class Selection:
     picked: int  # clusters chosen
     scores: Tensor | None = None  # share_scores: attention's q.K^T of this layer, reused by attention
     shift: Tensor | None = None  # ... and each head's max of them over the candidates (softmax shift)
+    outer: Outer | None = None  # nested: ``selection`` picks among the children of outer's parents
 
 
 # Option groups. paper: the original design (DESIGN §4: static eviction, two-level summaries, sharing).
-# retrieval (the default): no static stage, no level 1, no sharing; every level-2 cluster
+# retrieval: no static stage, no level 1, no sharing; every level-2 cluster
 # scored by its best token's q.k, GQA heads combined by maxnorm (what finds the needle on SmolLM2),
 # clusters of 4 tokens (s2=16 misses the perplexity bar: +8.1 % at 10 %, s2=4 +2.6 %; README).
 # lean: retrieval's scoring inside a quarter (at 10 %) of the 32-token parents, chosen by the best
 # token of the group-summed query (one score per KV head, not g; no summaries): the per-head token
 # work under 2PC covers a quarter of the cache. Parents by their summaries (score1=summary) lost the
 # needle on SmolLM2 (0.6 at r1 = 0.5), by Quest's bound (score=signed, alpha=1) too (0/5).
+# half (the default): lean inside half of the parents (the needle at 10 %: see docs/results/mpc_tradeoff.md).
 PRESETS: dict[str, dict] = {
+    "half": dict(static=False, hierarchy=True, share=False, score2="max", group="maxnorm", recent=0.0,
+                 s2=8, parents=0, r1_min=0.5, score1="qsum"),
     "lean": dict(static=False, hierarchy=True, share=False, score2="max", group="maxnorm", recent=0.0,
                  s2=8, parents=0, r1_min=0.25, score1="qsum"),
     "retrieval": dict(static=False, hierarchy=False, share=False, score2="max", group="maxnorm", recent=0.0,
@@ -157,7 +158,7 @@ class MPCachePolicy(Policy):
     s1: int = 32
     s2: int | None = None  # level-2 cluster size in tokens (None: the preset's)
     alpha: float = 0.6
-    preset: str = "retrieval"  # sets the options below left at None (see PRESETS)
+    preset: str = "half"  # sets the options below left at None (see PRESETS)
     static: bool | None = None  # look-once static eviction after prefill
     dynamic: bool = True
     hierarchy: bool | None = None  # level-1 stage (off: pick level-2 clusters directly)
@@ -168,6 +169,8 @@ class MPCachePolicy(Policy):
     # Accuracy options (issue 15; the defaults above/below marked "old" reproduce the original):
     static_heads: str = "mean"  # mean: one kept set per layer (old) | kv: per KV head, max over its group
     window_free: bool = False  # True: the static window is kept on top of rho*T top tokens (old: inside)
+    static_unit: int = 1  # the static stage keeps runs of this many tokens, each by its best token (old: 1)
+    static_spread: int = 0  # ... a run scored by the best of it and this many neighbours on each side
     score: str = "linear"  # linear: q.c~ (old) | signed: sign-aware alpha mix (alpha=1: Quest's bound)
     group: str | None = None  # GQA group's query heads combined by: sum (old) | max | maxnorm (see scoring)
     score2: str | None = None  # level 2 scored by: summary (old) | max: max over the cluster's tokens of q.k
@@ -198,15 +201,13 @@ class MPCachePolicy(Policy):
                 raise UserError(f"mpcache: parents ({self.parents}) must be a multiple of s2 ({self.s2}) "
                                 f"above it and divide s1 ({self.s1}), or 0")
             object.__setattr__(self, "parents", 0)  # the preset's parents do not fit s1/s2: one top-k
-        if self.importance not in ("max", "sum"):
-            raise UserError(f"mpcache: importance must be max or sum, got {self.importance!r}")
-        for key, allowed in (("static_heads", STATIC_HEADS), ("score", SCORES), ("group", GROUP),
-                             ("score2", SCORES2), ("score1", ("summary", "qsum"))):
+        for key, allowed in OPTION_VALUES.items():
             value = getattr(self, key)
             if value not in allowed:
                 raise UserError(f"mpcache: {key} must be one of {', '.join(allowed)}, got {value!r}")
-        if not 0.0 <= self.recent < 1.0:
-            raise UserError(f"mpcache: recent must be in [0, 1), got {self.recent}")
+        if self.static_unit < 1 or self.static_spread < 0 or not 0.0 <= self.recent < 1.0:
+            raise UserError(f"mpcache: static_unit must be >= 1, static_spread >= 0 and recent in [0, 1), "
+                            f"got {self.static_unit}, {self.static_spread}, {self.recent}")
         for key in ("rho", "r1", "r2", "window", "alpha"):
             value = getattr(self, key)
             if value is not None and not 0.0 < value <= 1.0 and not (key == "alpha" and value == 0):
@@ -261,7 +262,8 @@ class MPCachePolicy(Policy):
             # Importance from the window rows prefill computed anyway (no second softmax).
             probs = prompt.window_probs(window, cache.k, backend)  # [Hkv, g, W, T]
             score = static_importance(probs, t - window, self.static_heads, self.importance, backend)
-            choice = choose(score, keep - window, backend)  # [1 or Hkv, ...]: per layer or per KV head
+            # [1 or Hkv, ...]: per layer or per KV head; runs of static_unit tokens
+            choice = choose(score, keep - window, backend, self.static_unit, self.static_spread)
         cache.sequence.setdefault("static", {})[layer] = choice  # the follower layer reads it
         if choice is not None:
             evict(cache, choice, backend)
@@ -303,11 +305,9 @@ class MPCachePolicy(Policy):
         hkv, _, d = cache.k.shape
         tail = n - full1 * self.s1
         qg = q.reshape(hkv, q.shape[0] // hkv, d)  # [Hkv, g, d] (GQA)
-        ends = min(full1, self.force_ends + (self.force_ends and self.force_last))
-        # Level 1: linear score against the summaries, keep the top r1 (plus first and last).
         sel1, k1 = None, full1
         if self.hierarchy:
-            k1 = min(full1, max(ends, math.ceil(self.level1_fraction() * full1 - 1e-9)))
+            k1 = min(full1, max(self._ends(full1), math.ceil(self.level1_fraction() * full1 - 1e-9)))
             if k1 < full1 and self.score1 == "qsum":  # the best token of the group-summed query
                 t = backend.matmul_t(backend.sum(qg, 1, keepdim=True), cache.k[:, : full1 * self.s1])
                 s1 = backend.amax(t.reshape(hkv, full1, self.s1), 2)
@@ -319,14 +319,14 @@ class MPCachePolicy(Policy):
         # Level 2: score the children of sel1 (kept in position order, so the first and last child stay
         # at the ends), take the top k2. summary: every full child in one matmul, then gather; max: the
         # max of q.k over each child's tokens, computed inside the kept level-1 clusters only.
-        shift = logits = None
+        shift = logits = chosen = None
         if self.score2 == "max" and self.share_scores and self.group != "qsum":
             logits = backend.matmul_t(qg * (d**-0.5), cache.k)  # attention's scores [Hkv, g, n]
             # a shift only when k2 has room for every head's best child besides the forced ends
             room = self._k2(full1, n_budget, tail, k1 * m) >= qg.shape[1] + self._ends(k1 * m)
             want = self.group == "maxnorm" and room
-            s2, shift = shared_token_max(logits, full1 * self.s1, sel1, k1, self.s1, self.s2, self.group,
-                                         backend, want)
+            s2, shift, chosen = shared_token_max(logits, full1 * self.s1, sel1, k1, self.s1, self.s2,
+                                                 self.group, backend, want)
         elif self.score2 == "max" and sel1 is not None:
             s2 = parent_token_max_scores(qg, cache.k[:, : full1 * self.s1], sel1, k1, self.s1, self.s2,
                                          self.group, backend)
@@ -342,28 +342,27 @@ class MPCachePolicy(Policy):
             return None if sel1 is None else Selection(cache.appended, sel1, full1, self.s1, k1, logits,
                                                        shift)
         if sel1 is None and self.parents:
-            sel2 = self._top_by_parents(s2, k2, backend)
-        else:
+            sel2, outer = self._top_by_parents(s2, k2, backend)
+        else:  # among the children of the level-1 picks (applied level by level, never composed)
             sel2 = top(backend, s2, k2, self._forced(k1 * m, hkv))
-            if sel1 is not None:
-                sel2 = backend.compose(sel1, sel2, m)  # one selection over all level-2 clusters
-        return Selection(cache.appended, sel2, full1 * m, self.s2, k2, logits, shift)
+            outer = None if sel1 is None else Outer(sel1, k1, self.s1, chosen)
+        return Selection(cache.appended, sel2, full1 * m, self.s2, k2, logits, shift, outer)
 
     def _k2(self, full1: int, n_budget: int, tail: int, children: int) -> int:
         """Level-2 clusters picked (public): budget-exact, or r2 of all of them; at least the forced
         ends of the ``children`` candidates (first and last of k1*m children, not of the full1
         parents: one full level-1 cluster still has two level-2 ends)."""
-        m = self.s1 // self.s2
-        k2 = math.floor(self.r2 * full1 * m + 1e-9) if self.r2 is not None else (n_budget - tail) // self.s2
+        k2 = math.floor(self.r2 * full1 * (self.s1 // self.s2) + 1e-9) if self.r2 is not None else (
+            (n_budget - tail) // self.s2)
         return min(children, max(k2, self._ends(children), 1))
 
     def _ends(self, count: int) -> int:
         return min(count, self.force_ends + (self.force_ends and self.force_last))
 
-    def _top_by_parents(self, s2: Tensor, k2: int, backend: Backend) -> Tensor:
-        """The top k2 of the level-2 scores s2 [Hkv, C] (forced ends included) in two smaller top-k's.
-
-        A parent (``parents`` tokens, p = parents/s2 children) scores its best child. Every child in
+    def _top_by_parents(self, s2: Tensor, k2: int, backend: Backend) -> tuple[Tensor, Outer | None]:
+        """The top k2 of the level-2 scores s2 [Hkv, C] (forced ends included) in two smaller top-k's,
+        the second among the picked parents' children (returned with the parents as its Outer). A
+        parent (``parents`` tokens, p = parents/s2 children) scores its best child. Every child in
         the top k2 lies in one of the top k2 parents: a non-forced parent holding one scores at least
         the k2-th child score, and each such parent's best child is a distinct child scoring that
         high (the forced children lie in the forced first/last parent, which are counted alike). So
@@ -374,11 +373,11 @@ class MPCachePolicy(Policy):
         p = self.parents // self.s2
         kp = min(count // p, k2)
         if kp * p >= count:  # the parents would keep every child: one top-k
-            return top(backend, s2, k2, self._forced(count, hkv))
+            return top(backend, s2, k2, self._forced(count, hkv)), None
         children = s2.reshape(hkv, count // p, p)
         sel_p = top(backend, backend.amax(children, 2), kp, self._forced(count // p, hkv))
         cand = backend.gather(sel_p, children).reshape(hkv, kp * p)  # position order kept: ends stay ends
-        return backend.compose(sel_p, top(backend, cand, k2, self._forced(kp * p, hkv)), p)
+        return top(backend, cand, k2, self._forced(kp * p, hkv)), Outer(sel_p, kp, self.parents)
 
     def _forced(self, count: int, heads: int):
         last = self.force_ends and self.force_last
@@ -391,9 +390,9 @@ class MPCachePolicy(Policy):
                ) -> tuple[Tensor, Tensor]:
         """Gather the chosen clusters' tokens (one gather of the cluster-major cache) plus the tail;
         the keys carry this layer's scores and shift (``own``: not a follower's borrowed choice)."""
-        if choice is None:
+        if (c := choice) is None:
             return cache.k, cache.v
-        c = choice
-        scores, shift = (c.scores, c.shift) if own else (None, None)
-        return (gather_clusters(backend, c.selection, cache.k, c.count, c.size, c.picked, scores, shift),
-                gather_clusters(backend, c.selection, cache.v, c.count, c.size, c.picked))
+        scores, shift = (c.scores, c.shift) if own else (None, None)  # a follower: not the leader's scores
+        outer = c.outer if own or c.outer is None else replace(c.outer, chosen=None)
+        k = gather_clusters(backend, c.selection, cache.k, c.count, c.size, c.picked, scores, shift, outer)
+        return k, gather_clusters(backend, c.selection, cache.v, c.count, c.size, c.picked, outer=outer)

@@ -20,9 +20,14 @@ import math
 from mpcache.core.backend import Backend, Tensor
 
 STATIC_HEADS = ("mean", "kv")
+IMPORTANCE = ("max", "sum")  # over the static window's rows
+SCORES1 = ("summary", "qsum")
 SCORES = ("linear", "signed")
 GROUP = ("sum", "max", "maxnorm", "meannorm", "qsum")
 SCORES2 = ("summary", "max")
+# Each option of MPCachePolicy with a fixed set of values -> that set.
+OPTION_VALUES = {"static_heads": STATIC_HEADS, "score": SCORES, "group": GROUP, "score2": SCORES2,
+                 "score1": SCORES1, "importance": IMPORTANCE}
 
 
 def static_importance(probs: Tensor, cut: int, heads: str, importance: str, backend: Backend) -> Tensor:
@@ -125,7 +130,8 @@ def parent_token_max_scores(q: Tensor, keys: Tensor, sel1: Tensor, picked: int, 
 
 
 def shared_token_max(logits: Tensor, full: int, sel1: Tensor | None, picked: int, parent: int, size: int,
-                     group: str, backend: Backend, want_shift: bool) -> tuple[Tensor, Tensor | None]:
+                     group: str, backend: Backend, want_shift: bool
+                     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Child scores [Hkv, C] from the attention's own scores ``logits`` [Hkv, g, n] (q scaled as
     attention scales it, over the whole cache: computed once, reused by attention), and with
     ``want_shift`` (group = maxnorm) the softmax shift [Hkv, g, 1]: each head's max over the
@@ -135,13 +141,15 @@ def shared_token_max(logits: Tensor, full: int, sel1: Tensor | None, picked: int
     Candidates: the children of the ``picked`` parents ``sel1`` chose (their scores gathered), or
     every full child of the first ``full`` tokens. The shift bounds every score attention will see
     (picked children are candidates; the tail is included) and equals their max when each head's
-    best child is picked (maxnorm ranks it first; the caller asks only when k2 leaves room)."""
+    best child is picked (maxnorm ranks it first; the caller asks only when k2 leaves room).
+    Third: the picked parents' gathered scores [Hkv, picked, g*parent] (attention reuses them), or None."""
     hkv, g, n = logits.shape
-    cand = logits[..., :full]
+    cand, chosen = logits[..., :full], None
     if sel1 is not None:
         count = full // parent
         by_parent = cand.reshape(hkv, g, count, parent).permute(0, 2, 1, 3).reshape(hkv, count, g * parent)
-        cand = backend.gather(sel1, by_parent).reshape(hkv, picked, g, parent).permute(0, 2, 1, 3)
+        chosen = backend.gather(sel1, by_parent)
+        cand = chosen.reshape(hkv, picked, g, parent).permute(0, 2, 1, 3)
     c = cand.reshape(hkv, g, -1).shape[2] // size
     rows = cand.reshape(hkv, g, c, size)
     tail = n - full
@@ -151,11 +159,11 @@ def shared_token_max(logits: Tensor, full: int, sel1: Tensor | None, picked: int
         rows = backend.cat([rows, backend.cat(pieces, dim=2).reshape(hkv, g, t, size)], dim=2)
     best = backend.amax(rows, 3)  # [Hkv, g, c + t]
     if not want_shift:
-        return combine(best, group, backend), None
+        return combine(best, group, backend), None, chosen
     if t:  # head max over the children only (maxnorm), shift over children + tail: one stacked max
         own = backend.cat([best[..., :c]] + [best[..., :1]] * t, dim=2)
         both = backend.amax(backend.cat([own[None], best[None]], dim=0), 3, keepdim=True)
         head, shift = both[0], both[1]
     else:
         head = shift = backend.amax(best, 2, keepdim=True)
-    return backend.amax(best[..., :c] - head, 1), shift
+    return backend.amax(best[..., :c] - head, 1), shift, chosen

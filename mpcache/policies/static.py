@@ -4,6 +4,10 @@ The prompt's last ``window`` tokens are always kept; of the ``cut`` tokens befor
 ``keep - window`` by a score are kept, in ascending position order (so contiguous clusters of kept
 tokens stay runs of the prompt). The counts are public, the scores and choice secret under MPC.
 The rebuilt cache is a fixed operand: its mask is opened once, here.
+
+Units (``choose(..., unit=u)``): the prefix is kept in whole runs of u tokens, each scored by its best
+token, so a sentence one token of which the window attends to is kept whole (a token-level rule keeps
+the attended token and drops its neighbours). The prefix's last ``cut % u`` tokens join the window.
 """
 
 from __future__ import annotations
@@ -22,13 +26,34 @@ class StaticChoice:
 
     cut: int
     selection: Tensor | None
+    unit: int = 1  # the selection picks runs of this many tokens (``cut`` is a multiple of it)
 
 
-def choose(scores: Tensor, n_top: int, backend: Backend) -> StaticChoice:
+def choose(scores: Tensor, n_top: int, backend: Backend, unit: int = 1, spread: int = 0) -> StaticChoice:
     """Keep the top ``n_top`` of ``scores`` [H or 1, cut] (cut = the scored prefix) and every token
-    after the prefix. ``n_top`` = 0 keeps the window alone (a public slice)."""
+    after the prefix. ``n_top`` = 0 keeps the window alone (a public slice). ``unit`` > 1: the top
+    runs of ``unit`` tokens by their best score, as many as fit in ``n_top`` once the prefix's last
+    ``cut % unit`` tokens (kept with the window) are counted. ``spread``: a run scores the best of
+    itself and its ``spread`` neighbours on each side (a sentence cut by a run boundary stays whole)."""
     cut = scores.shape[-1]
-    return StaticChoice(cut, top(backend, scores, n_top) if n_top > 0 else None)
+    if unit > 1:
+        whole = cut - cut % unit
+        n_top = (n_top - (cut - whole)) // unit
+        cut = whole
+        if n_top > 0:
+            scores = backend.amax(scores[:, :whole].reshape(scores.shape[0], whole // unit, unit), 2)
+    if spread and n_top > 0:
+        scores = neighbourhood_max(scores, spread, backend)
+    return StaticChoice(cut, top(backend, scores, n_top) if n_top > 0 else None, unit)
+
+
+def neighbourhood_max(scores: Tensor, spread: int, backend: Backend) -> Tensor:
+    """Each entry of ``scores`` [H, C] -> the max over entries i - spread .. i + spread (the edges
+    repeated): one stacked max of 2*spread + 1 shifted copies."""
+    c = scores.shape[1]
+    padded = backend.cat([scores[:, :1]] * spread + [scores] + [scores[:, c - 1 :]] * spread, dim=1)
+    shifted = [padded[None, :, i : i + c] for i in range(2 * spread + 1)]
+    return backend.amax(backend.cat(shifted, dim=0), 0)
 
 
 def compact(x: Tensor, choice: StaticChoice, backend: Backend, fix: bool = True) -> Tensor:
@@ -38,7 +63,10 @@ def compact(x: Tensor, choice: StaticChoice, backend: Backend, fix: bool = True)
     window = x[:, choice.cut :]
     if choice.selection is None:
         return done(window)
-    picked = backend.gather(choice.selection, x[:, : choice.cut])
+    h, _, m = x.shape
+    u = choice.unit  # runs of u tokens: gather rows of the cache viewed as [H, cut/u, u*m]
+    picked = backend.gather(choice.selection, x[:, : choice.cut].reshape(h, choice.cut // u, u * m))
+    picked = picked.reshape(h, -1, m)
     if choice.cut == x.shape[1]:
         return done(picked)
     return done(backend.cat([picked, window], dim=1))

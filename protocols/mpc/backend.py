@@ -4,11 +4,10 @@
   every linear layer then opens only its fresh input. Products sharing an input (q/k/v, gate/up)
   share its opening. Cached keys/values are fixed operands too: each step masks and opens only the
   new rows, and attention opens only the query / the probabilities.
-- The embedding is a one-hot (built by the client, shared at no traffic cost) times the masked
-  table: the opened d = onehot - A is uniformly random, so the server learns nothing of the token.
+- The embedding is a one-hot (built by the client, shared at no cost) times the masked table: the
+  opened d = onehot - A is uniformly random, so the server learns nothing of the token.
 - Non-linear functions are in ``protocols.numerics.nonlinear`` (the twins of ``mpcache.core.approx``).
 - The next token is a tournament argmax carrying a secret index, revealed to the client only.
-
 Every op runs inside a named phase of the accounting ``Meter``.
 """
 
@@ -273,12 +272,13 @@ class MPCBackend(Backend):
                 return self._from_ring(out).transpose(-1, -2)
             return selection.matmul(x)
 
-    def select_clusters(self, selection, x, count: int, size: int, picked: int, scores=None, shift=None):
+    def select_clusters(self, selection, x, count: int, size: int, picked: int, scores=None, shift=None,
+                        outer=None):
         """With x fixed (the cache): rows attended in place through x's mask (``mpcache.core.selected``),
-        so the picked keys/values are never opened; otherwise the gathered rows."""
+        never opening the picked keys/values (``outer``: level by level); else the gathered rows."""
         if self.mask_reuse and not torch.is_tensor(x) and self.operands.lookup_view(x) is not None:
-            return SelectedRows(selection, x, count, size, picked, scores, shift)
-        return super().select_clusters(selection, x, count, size, picked)
+            return SelectedRows(selection, x, count, size, picked, scores, shift, outer)
+        return super().select_clusters(selection, x, count, size, picked, outer=outer)
 
     def scatter(self, selection, x, n: int):
         """selection^T [H, n, k] times rows x [H, k, m]. With mask reuse the one-hot's mask from its

@@ -27,7 +27,7 @@ REPLAY = ("Replayed through the plaintext `Conversation` with the same policy an
 SMOL = ("The same script with the real model (`--model smollm2 --doc-tokens 500`), TFP dealer and `fast` "
         "(the chat's defaults otherwise: budget 0.2, stage after turn 1). A TTP run of this size was out of "
         "reach: a TTP prefill measured 10-19x TFP's on this machine. The document is about 500 tokens, not "
-        "1,000: the machine was shared with other jobs (load average 5-8 on 2 cores), where the 544-token "
+        "1,000: the 2-core machine was shared with several other jobs, where the 544-token "
         "document turn took 16 minutes before its first answer token, and a 1,000-token turn costs about "
         "2.7x its traffic (the causal softmax grows with the square of the chunk). Peak resident memory "
         "of the 544-token turn: 6.1 GB for the server (`/usr/bin/time -v`), 4.2 GB for the client "

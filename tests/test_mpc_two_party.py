@@ -66,13 +66,14 @@ def test_two_party_generation_matches_plaintext_simulation(tmp_path, dealer):
 
 
 @pytest.mark.parametrize("dealer", ["tfp", "ttp"])
-def test_fast_numerics_match_their_plaintext_simulation(tmp_path, dealer):
+@pytest.mark.parametrize("preset", ["fast", "fast-lite3"])
+def test_fast_numerics_match_their_plaintext_simulation(tmp_path, dealer, preset):
     """The fast preset (dealer comparisons and exp tables, grouped max) under both dealers computes
-    what PlainBackend(Approximations.preset("fast")) computes."""
-    record = run_parties(tmp_path, "--dealer", dealer, "--new-tokens", "3", "--approx", "fast",
+    what PlainBackend(Approximations.preset("fast")) computes; so does exp in three table digits."""
+    record = run_parties(tmp_path, "--dealer", dealer, "--new-tokens", "3", "--approx", preset,
                          nproc=world_size(dealer))
     assert len(record["tokens"]) == 3
-    check_against_plain(record, approx="fast")
+    check_against_plain(record, approx=preset)
 
 
 def test_topk_and_gather_under_mpc_select_what_plaintext_selects(tmp_path):

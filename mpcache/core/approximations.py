@@ -46,7 +46,15 @@ class Approximations:
     # Max / argmax tournaments: elements compared per group in one comparison layer ("arity" 2 is
     # the binary tree; 4 compares all pairs of 4 at once and picks the winner by a product tree).
     max_arity: int = 2
+    # exp by tables: the digits of y's 18 bits, 9 (two digits, 2 x 512 entries per element) or 6 (three
+    # digits, 3 x 64: 1/5 of a TTP dealer's table traffic, one more round of products). The value is
+    # the same, so the plaintext simulation does not depend on it (protocols/numerics/lut.py).
+    exp_digit_bits: int = 9
     # The formulas are in mpcache/core/approx.py (plaintext) and protocols/numerics/nonlinear.py (MPC).
+
+    def __post_init__(self):
+        if self.exp_digit_bits not in (6, 9):
+            raise UserError(f"exp_digit_bits must be 9 (two digits) or 6 (three), got {self.exp_digit_bits}")
 
     @classmethod
     def preset(cls, name: str) -> Approximations:
@@ -76,6 +84,8 @@ PRESETS: dict[str, dict] = {
 }
 # fast with 5-bit comparison digits: one more round per comparison, far less TTP dealer traffic.
 PRESETS["fast-lite"] = {**PRESETS["fast"], "cmp_digit_bits": 5}
+# fast-lite with exp's tables in three 6-bit digits: 1/5 of the TTP dealer's exp tables, one more round.
+PRESETS["fast-lite3"] = {**PRESETS["fast-lite"], "exp_digit_bits": 6}
 
 
 # The preset every MPC path uses unless told otherwise (`--approx`): same accuracy as v1 in the

@@ -24,6 +24,27 @@ REPLAY = ("Replayed through the plaintext `Conversation` with the same policy an
           "10th answer token (a near tie under fixed-point noise), its question turns are equal.")
 
 
+SMOL = ("The same script with the real model (`--model smollm2 --doc-tokens 500`), TFP dealer and `fast` "
+        "(the chat's defaults otherwise: budget 0.2, stage after turn 1). A TTP run of this size was out of "
+        "reach: a TTP prefill measured 10-19x TFP's on this machine. The document is about 500 tokens, not "
+        "1,000: the 2-core machine was shared with several other jobs, where the 544-token "
+        "document turn took 16 minutes before its first answer token, and a 1,000-token turn costs about "
+        "2.7x its traffic (the causal softmax grows with the square of the chunk). Peak resident memory "
+        "of the 544-token turn: 6.1 GB for the server (`/usr/bin/time -v`), 4.2 GB for the client "
+        "(sampled every 5 s). Seconds "
+        "are wall time on that loaded machine: upper bounds, not the chat's speed on a quiet one.")
+
+
+SMOL_REPLAY = ("Replayed through the plaintext `Conversation` (SmolLM2, the same policy and approximations, "
+               "`python examples/chat_document.py --replay RUN.jsonl ...`): every answer token and every "
+               "cache size of both runs is equal (3 turns each). The full cache answers the code question "
+               "(\"The secret code of the blue door is 4172.\"); `mpcache:static=true`'s document stage "
+               "kept 42 % of the document and the answer lost the code (\"The article provides a hint to "
+               "the secret code of the blue door.\"). Each question turn of the full cache costs 1.5x the "
+               "online bytes of MPCache's (4.4-4.7 GB against 3.0-3.2 GB), its chunk attending 559-632 "
+               "tokens against 233-307.")
+
+
 def chat_document(records: Path) -> str:
     out = header("Private chat with a document: MPCache against the full cache", ["chat_document.jsonl"],
                  transcribed=False)
@@ -51,11 +72,10 @@ def chat_document(records: Path) -> str:
                    load(records, "chat_document.jsonl", "causal_blocks"))
     smol = load(records, "chat_document.jsonl", "doc_smollm2")
     if smol:
-        out += section("SmolLM2-135M-Instruct, a 100-token document, 6 answer tokens per turn",
-                       ["The same script with the real model and a short document: a SmolLM2 prompt token "
-                        "costs tens of MB and seconds under 2PC here, so a 1,000-token document was out of "
-                        "this machine's reach in the time available.", "Answers as decoded for the client."],
-                       smol)
+        first = smol[0]
+        doc, answer = first["new tokens"].split(" + ")
+        out += section(f"SmolLM2-135M-Instruct, a {doc}-token document turn, {answer} answer tokens per turn",
+                       [SMOL, SMOL_REPLAY, "Answers as decoded for the client."], smol)
     else:
         out += ["## SmolLM2-135M-Instruct", "",
                 "Not measured yet: every attempt of the same script with SmolLM2 (a 64- or 100-token "

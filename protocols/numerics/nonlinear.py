@@ -78,7 +78,7 @@ def exp_neg(y, nm: Numerics = CRYPTEN):
     """exp(-y) for y >= 0 (``approx.exp_neg``): the limit formula, or the dealer's digit tables."""
     if nm.approx.exp_method == "table" and nm.dealer is not None:
         in_bits = int(round(math.log2(y._tensor.encoder.scale)))
-        return lut.exp_neg_share(y._tensor.share, nm.dealer, rank(), in_bits)
+        return lut.exp_neg_share(y._tensor.share, nm.dealer, rank(), in_bits, nm.approx.exp_digit_bits)
     return exp_limit(-y, nm.approx.exp_iterations)
 
 

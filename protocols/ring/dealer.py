@@ -28,7 +28,16 @@ from crypten.mpc.provider.ttp_provider import TTPClient
 
 from protocols.ring import csprng
 from protocols.ring.ringdiv import material
-from protocols.ring.tables import digits_of, line_select, suffix_counts, table_select, tables_at, true_select
+from protocols.ring.tables import (
+    digits_of,
+    line_select,
+    suffix_counts,
+    table_select,
+    table_select3,
+    tables_at,
+    true_select,
+    true_select3,
+)
 
 KINDS = ("matmul", "matmul_t", "mul")
 
@@ -220,14 +229,18 @@ class LocalDealer:
         values = [e, g, e * m[..., None], g * m[..., None]]
         return (*[v - t for v, t in zip(values, theirs, strict=True)], m - m1)
 
-    def lut_select(self, pending, c_digits, t0, t1):
-        """Shares of the two-digit exp table entries (protocols/ring/tables.py) at the digits of c."""
+    def lut_select(self, pending, c_digits, tabs):
+        """Shares of the exp table entries (protocols/ring/tables.py) at the digits of c."""
         gen = self._shared_gen()
-        a, b = random_ring(tuple(c_digits.shape), gen), random_ring(tuple(c_digits.shape), gen)
-        theirs = line_select(a, b, c_digits, t0, t1)
+        if len(tabs) == 3:  # party 1's shares: uniform draws (party 0, the dealer, knows every value)
+            theirs = list(random_ring((8, *c_digits.shape[:-1]), gen).unbind(0))
+            values = true_select3(pending.r, c_digits, tabs) if self.rank == 0 else None
+        else:
+            a, b = random_ring(tuple(c_digits.shape), gen), random_ring(tuple(c_digits.shape), gen)
+            theirs = line_select(a, b, c_digits, *tabs)
+            values = true_select(pending.r, c_digits, *tabs) if self.rank == 0 else None
         if self.rank == 1:
             return theirs
-        values = true_select(pending.r, c_digits, t0, t1)
         return [v - t for v, t in zip(values, theirs, strict=True)]
 
 
@@ -311,8 +324,10 @@ class TTPDealer:
                 tables += [random_ring(tshape, gen), random_ring(shape, gen)]
         return _Pending(spec, tables=tables), r
 
-    def lut_select(self, pending, c_digits, t0, t1):
-        return table_select(pending.tables[0], c_digits, t0, t1)
+    def lut_select(self, pending, c_digits, tabs):
+        if len(tabs) == 3:
+            return table_select3(pending.tables[0], c_digits, tabs)
+        return table_select(pending.tables[0], c_digits, *tabs)
 
     def cmp_select(self, pending, c_digits):
         e, g = tables_at(pending.tables[0], c_digits)

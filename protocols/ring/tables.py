@@ -119,19 +119,32 @@ def onehot_tables_minus(r: torch.Tensor, spec: DigitSpec, with_m: bool, others: 
     return out
 
 
-SPEC = DigitSpec(0, 2, 9)
+EXP_BITS = 18  # exp(-y): y_int = floor((y + offset) 2^F) < 2^18, split into digits
+
+
+def exp_spec(digit_bits: int) -> DigitSpec:
+    """The digits of exp's y_int: two of 9 bits (2 x 512 table entries per element) or three of 6
+    bits (3 x 64: 1/5 of a TTP dealer's tables, for one more round of products)."""
+    if digit_bits not in (6, 9):
+        raise ValueError(f"exp digits of {digit_bits} bits: 9 (two digits) or 6 (three)")
+    return DigitSpec(0, EXP_BITS // digit_bits, digit_bits)
+
+
+SPEC = exp_spec(9)
 
 
 SCALE = 16  # fractional bits of the tables and of the result
 
 
 @lru_cache(maxsize=4)
-def tables(frac_bits: int, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
-    n = 1 << SPEC.digit_bits
-    u = torch.arange(n, dtype=torch.float64)
-    t0 = torch.exp(-(u + 0.5) / 2**frac_bits + offset)
-    t1 = torch.exp(-u * n / 2**frac_bits)
-    return (t0 * 2**SCALE).round().long(), (t1 * 2**SCALE).round().long()
+def tables(frac_bits: int, offset: float, digit_bits: int = 9) -> tuple[torch.Tensor, ...]:
+    """T_0[u] = exp(-(u + 1/2) / 2^F + offset), T_i[u] = exp(-u 2^(i w) / 2^F) for the digits i > 0,
+    at SCALE fractional bits: exp(-y) = prod_i T_i[y_i] exactly, up to their rounding."""
+    spec = exp_spec(digit_bits)
+    u = torch.arange(1 << digit_bits, dtype=torch.float64)
+    out = [torch.exp(-(u + 0.5) / 2**frac_bits + offset)]
+    out += [torch.exp(-u * 2 ** (i * digit_bits) / 2**frac_bits) for i in range(1, spec.digits)]
+    return tuple((t * 2**SCALE).round().long() for t in out)
 
 
 def rotated(table: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -199,3 +212,39 @@ def table_select(onehot: torch.Tensor, c_digits: torch.Tensor, t0: torch.Tensor,
     a = m1[c1].mul_(s1).sum(-1)
     b = m1[(c1 - 1) & (n - 1)].mul_(s1).sum(-1)
     return [e0, e0 - below, a, b]
+
+
+# --- three digits: the borrow runs through the middle digit -----------------------------------------
+# y1 = (c1 - r1 - b0) mod N, its borrow b1 = [r1 > c1] + b0 [r1 = c1], y2 = (c2 - r2 - b1) mod N:
+# the values E0 = T0[y0], b0 E0, A1, B1 (T1 at c1 - r1 and c1 - 1 - r1), G1 = [r1 > c1],
+# Q1 = [r1 = c1] (scale 1), A2, B2 (T2 likewise) are sums of one-hot entries at public indices.
+
+
+def true_select3(r: torch.Tensor, c_digits: torch.Tensor, tabs: tuple[torch.Tensor, ...]
+                 ) -> list[torch.Tensor]:
+    """The eight values above (party 0 under TFP knows r)."""
+    t0, t1, t2 = tabs
+    n = t0.shape[0]
+    r_d = digits_of(r, exp_spec(n.bit_length() - 1))
+    (c0, c1, c2), (r0, r1, r2) = c_digits.unbind(-1), r_d.unbind(-1)
+    e0 = t0[(c0 - r0) % n]
+    return [e0, e0 * (r0 > c0), t1[(c1 - r1) % n], t1[(c1 - 1 - r1) % n], (r1 > c1).to(torch.int64),
+            (r1 == c1).to(torch.int64), t2[(c2 - r2) % n], t2[(c2 - 1 - r2) % n]]
+
+
+def table_select3(onehot: torch.Tensor, c_digits: torch.Tensor, tabs: tuple[torch.Tensor, ...]
+                  ) -> list[torch.Tensor]:
+    """The eight values from full table shares onehot [..., 3, N] (TTP), as ``table_select``."""
+    t0, t1, t2 = tabs
+    n = t0.shape[0]
+    c0, c1, c2 = c_digits.unbind(-1)
+    m0, m1, m2 = (_circulant(tuple(t.tolist())) for t in tabs)
+    x0 = m0[c0].mul_(onehot[..., 0, :]).cumsum_(-1)
+    e0 = x0[..., -1]
+    below = x0.gather(-1, c0.unsqueeze(-1)).squeeze(-1)
+    s1, s2 = onehot[..., 1, :], onehot[..., 2, :]
+    p1 = s1.cumsum(-1)  # prefix sums of digit 1's one-hot share: its entries above c1, at c1
+    at1 = s1.gather(-1, c1.unsqueeze(-1)).squeeze(-1)
+    above1 = p1[..., -1] - p1.gather(-1, c1.unsqueeze(-1)).squeeze(-1)
+    return [e0, e0 - below, m1[c1].mul_(s1).sum(-1), m1[(c1 - 1) & (n - 1)].mul_(s1).sum(-1), above1, at1,
+            m2[c2].mul_(s2).sum(-1), m2[(c2 - 1) & (n - 1)].mul_(s2).sum(-1)]

@@ -19,8 +19,9 @@ SETUP = ("`examples/chat_document.py`: `mpcache chat server` and `client` (TFP d
 
 REPLAY = ("Replayed through the plaintext `Conversation` with the same policy and approximations "
           "(`python examples/chat_document.py --replay RUN.jsonl ...`), every answer token and every "
-          "cache size of `full` and `mpcache:static=true` is equal (3 turns, 12 answer tokens each, the "
-          "document turn's causal attention in row blocks); `mpcache`'s document turn departs at its "
+          "cache size of `full` and `mpcache:preset=retrieval:static=true` is equal (3 turns, 12 answer "
+          "tokens each, the document turn's causal attention in row blocks); `mpcache:preset=retrieval`'s "
+          "document turn departs at its "
           "10th answer token (a near tie under fixed-point noise), its question turns are equal.")
 
 
@@ -38,7 +39,8 @@ SMOL = ("The same script with the real model (`--model smollm2 --doc-tokens 500`
 SMOL_REPLAY = ("Replayed through the plaintext `Conversation` (SmolLM2, the same policy and approximations, "
                "`python examples/chat_document.py --replay RUN.jsonl ...`): every answer token and every "
                "cache size of both runs is equal (3 turns each). The full cache answers the code question "
-               "(\"The secret code of the blue door is 4172.\"); `mpcache:static=true`'s document stage "
+               "(\"The secret code of the blue door is 4172.\"); `mpcache:preset=retrieval:static=true`'s "
+               "document stage "
                "kept 42 % of the document and the answer lost the code (\"The article provides a hint to "
                "the secret code of the blue door.\"). Each question turn of the full cache costs 1.5x the "
                "online bytes of MPCache's (4.4-4.7 GB against 3.0-3.2 GB), its chunk attending 559-632 "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import queue
 import select
-import sys
 import threading
 import time
 
@@ -45,10 +44,6 @@ OPS = {"turn": {"n": int, "max_new": int}, "go": {}, "refused": {"why": str}, "r
 class ProtocolError(RuntimeFault):
     """A message that is not what the protocol allows (not JSON, not an object, too long, a field
     of the wrong type): the connection is refused with this one line."""
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _type_name(types) -> str:

@@ -55,7 +55,27 @@ def _loopback(host: str | None) -> bool:
         return False
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A port that binds now, drawn below the kernel's ephemeral range: a port the OS hands out
+    (bind to 0) can be taken by any outgoing connection before the party binds it (seen in CI)."""
+    low, high = _ephemeral_range()
+    span = (10000, low - 1) if low > 11000 else (high + 1, 65535)
+    for _ in range(50):
+        port = secrets.randbelow(span[1] - span[0] + 1) + span[0]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

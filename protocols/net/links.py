@@ -33,7 +33,7 @@ from functools import lru_cache
 import torch
 import torch.distributed as dist
 
-from mpcache.core.errors import RuntimeFault
+from mpcache.core.errors import RuntimeFault, say
 from protocols.net import tls
 from protocols.net.tlsio import PlainSocket, SecureSocket
 
@@ -76,7 +76,7 @@ def apply_flags_or_exit(args) -> None:
     try:
         apply_flags(args)
     except RuntimeFault as exc:
-        print(f"mpcache: error: {exc}", file=sys.stderr, flush=True)
+        say(f"mpcache: error: {exc}")
         sys.exit(2)
 
 
@@ -125,12 +125,12 @@ def show_fingerprints() -> bool:
 
 def say_peer(my_role: str, s) -> None:
     if show_fingerprints():
-        tls.say(f"mpcache: {my_role}: {s.peer_role} authenticated, key fingerprint {s.peer_fingerprint}")
+        say(f"mpcache: {my_role}: {s.peer_role} authenticated, key fingerprint {s.peer_fingerprint}")
 
 
 def say_self(my_role: str) -> None:
     if show_fingerprints():
-        tls.say(f"mpcache: {my_role}: my key fingerprint {identity().fingerprint}")
+        say(f"mpcache: {my_role}: my key fingerprint {identity().fingerprint}")
 
 
 # --- the store and addresses ----------------------------------------------------------------------------
@@ -248,7 +248,7 @@ def _accept_plain(listener, token: str, roles, deadline: float) -> PlainSocket:
             s.peer_role = role
             return s
         conn.close()
-        tls.say("mpcache: refused a connection without the session token")
+        say("mpcache: refused a connection without the session token")
 
 
 # --- tagged JSON (tuples, sizes and non-string keys survive the trip; never pickle) -------------------

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpcache.core.errors import RuntimeFault
+from mpcache.core.errors import RuntimeFault, say
 from protocols.net import links, runtime, tls
 from protocols.net.control import (
     HANDSHAKE_S,
@@ -42,7 +42,6 @@ from protocols.net.control import (
     ProtocolError,
     expect,
     mismatch,
-    say,
 )
 
 SECRET_ENV = tls.SECRET_ENV

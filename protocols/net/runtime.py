@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import crypten
 import torch.distributed as dist
 
-from mpcache.core.errors import RuntimeFault, UserError
+from mpcache.core.errors import RuntimeFault, UserError, say
 from protocols.net import dealerlink, fastcomm, links
 from protocols.net.dealer_server import run_ttp_server
 from protocols.ring import csprng
@@ -128,7 +128,7 @@ def exit_now(message: str, code: int) -> None:
             hook(message)
         except Exception:  # best effort: the other side may be gone already
             pass
-    print(message, file=sys.stderr, flush=True)
+    say(message)
     os._exit(code)
 
 

@@ -30,7 +30,6 @@ import queue
 import secrets
 import socket
 import ssl
-import sys
 import tempfile
 import threading
 import time
@@ -43,7 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-from mpcache.core.errors import RuntimeFault
+from mpcache.core.errors import RuntimeFault, say
 from protocols.net.tlsio import MAX_MSG, LinkError, SecureSocket, deadline_in
 
 __all__ = ["MAX_MSG", "AuthError", "Identity", "LinkError", "SecureSocket", "Trust", "accept", "accept_each",
@@ -309,10 +308,6 @@ def connect(addr, identity: Identity, trust: Trust, my_role: str, peer_role: str
         raise
     s.peer_role, s.peer_fingerprint = peer_role, fingerprint_of(pub)
     return s
-
-
-def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def accept(listener: socket.socket, identity: Identity, trust: Trust, my_role: str, peer_role: str,

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from mpcache.core.approximations import Approximations
-from mpcache.core.errors import UserError
+from mpcache.core.errors import UserError, say
 from mpcache.generation.chat import ChatFormat, Conversation, TurnRefused
 from mpcache.generation.stream import StreamPrinter
 from mpcache.models import load_model
@@ -36,7 +36,7 @@ from mpcache.programs.parties.chat_ui import (
 from protocols.mpc.session import build, private_turn
 from protocols.net import runtime, tls
 from protocols.net.accounting import NETWORKS, Cost
-from protocols.net.control import PROTOCOL_VERSION, Peer, describe, mismatch, say
+from protocols.net.control import PROTOCOL_VERSION, Peer, describe, mismatch
 from protocols.net.lobby import Lobby, connect, party_credentials, server_credentials, show_keys
 
 DEALER_FOREVER_S = 7 * 24 * 3600.0  # the dealer idles in gloo while the user types

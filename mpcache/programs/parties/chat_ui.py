@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mpcache.core.errors import say
 from protocols.net.accounting import Cost
-from protocols.net.control import say
 
 FILE_MAX_BYTES = 1 << 20  # a /file message: a text document, not a data set
 CONFIRM_TOKENS = 256  # a /file message this long asks before it is sent (MPC prefill is slow)

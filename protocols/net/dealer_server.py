@@ -8,7 +8,8 @@ from crypten.mpc.provider.ttp_provider import TTPServer
 
 from protocols.net import dealerlink
 from protocols.ring import csprng
-from protocols.ring.dealer import apply, viewed, wants_transposed
+from protocols.ring.dealer import apply
+from protocols.ring.fixed_masks import FixedMasks
 from protocols.ring.ringdiv import material
 from protocols.ring.tables import DigitSpec, onehot_tables_minus
 
@@ -23,36 +24,29 @@ def run_ttp_server(on_connected=None, timeout_s: float = 60.0) -> None:
     csprng.install_dealer()  # CrypTen's draws (_get_additive_PRSS) from the per-party streams
 
     class FixedMaskServer(TTPServer):
-        masks: dict[int, torch.Tensor] = {}
-        masks_t: dict[int, torch.Tensor] = {}
+        masks = FixedMasks()
 
         def fixed_new(self, key, shape):
-            self.masks[key] = self._get_additive_PRSS(shape)
+            self.masks.set(key, self._get_additive_PRSS(shape))
             return torch.zeros(1, dtype=torch.long)
 
         def fixed_extend(self, key, shape, dim):
-            self.masks[key] = torch.cat([self.masks[key], self._get_additive_PRSS(shape)], dim=dim)
+            self.masks.extend(key, self._get_additive_PRSS(shape), dim)
             return torch.zeros(1, dtype=torch.long)
 
         def fixed_derive(self, key, parts, dim):
-            pieces = [viewed(self.masks[p[1]], p[2]) if p[0] == "view" else self._get_additive_PRSS(p[1])
+            pieces = [self.masks.view(p[1], p[2]) if p[0] == "view" else self._get_additive_PRSS(p[1])
                       for p in parts]
-            self.masks[key] = torch.cat(pieces, dim=dim)
+            self.masks.set(key, torch.cat(pieces, dim=dim))
             return torch.zeros(1, dtype=torch.long)
 
         def fixed_forget(self, key):
-            self.masks.pop(key, None)
-            self.masks_t.pop(key, None)
+            self.masks.forget(key)
             return torch.zeros(1, dtype=torch.long)
 
         def fixed_triple(self, key, kind, a_shape, view=None):
             a = self._get_additive_PRSS(a_shape)
-            b, b_t = viewed(self.masks[key], view), None
-            if wants_transposed(kind, a_shape, b, view):
-                if key not in self.masks_t:  # built once: setdefault would transpose on every call
-                    self.masks_t[key] = b.t().contiguous()
-                b_t = self.masks_t[key]
-            c = apply(kind, a, b, b_t)
+            c = apply(kind, a, *self.masks.operands(key, kind, a_shape, view))
             return c - self._get_additive_PRSS(c.size(), remove_rank=True)
 
         def cmp_tables(self, shape, digits, digit_bits, with_m):

@@ -27,6 +27,7 @@ from crypten.mpc.primitives import ArithmeticSharedTensor
 from crypten.mpc.provider.ttp_provider import TTPClient
 
 from protocols.ring import csprng
+from protocols.ring.fixed_masks import FixedMasks
 from protocols.ring.ringdiv import material
 from protocols.ring.tables import (
     digits_of,
@@ -60,23 +61,6 @@ def apply(kind: str, a: torch.Tensor, b: torch.Tensor, b_t: torch.Tensor | None 
     if kind == "mul":
         return a * b
     raise ValueError(f"unknown product kind {kind!r}")
-
-
-def wants_transposed(kind: str, a_shape, b: torch.Tensor, view: tuple | None = None) -> bool:
-    """Whether a product uses the contiguous transpose of a large 2-D fixed operand (the embedding
-    table): worth its memory for many rows (a prefill), not for one token's row."""
-    rows = 1
-    for n in tuple(a_shape)[:-1]:
-        rows *= n
-    return view is None and kind == "matmul" and b.dim() == 2 and b.shape[0] > 4096 and rows > 1
-
-
-def viewed(b: torch.Tensor, view: tuple | None) -> torch.Tensor:
-    """``b`` seen through ``view`` = (shape, stride, offset) (see ``FixedOperand.viewed``)."""
-    if view is None:
-        return b
-    shape, stride, offset = view
-    return b.as_strided(shape, stride, b.storage_offset() + offset)
 
 
 def result_shape(kind: str, a_shape, b_shape) -> torch.Size:
@@ -116,8 +100,7 @@ class LocalDealer:
 
     def __init__(self, rank: int):
         self.rank = rank
-        self.masks: dict[int, torch.Tensor] = {}  # key -> B (party 0 only)
-        self.masks_t: dict[int, torch.Tensor] = {}  # key -> B^T contiguous, for "matmul" of weights
+        self.masks = FixedMasks()  # party 0 only
         self._keys = itertools.count()
 
     def _share(self, value: torch.Tensor | None, shape) -> torch.Tensor:
@@ -130,14 +113,14 @@ class LocalDealer:
         key = next(self._keys)
         b = random_ring(shape) if self.rank == 0 else None
         if b is not None:
-            self.masks[key] = b
+            self.masks.set(key, b)
         return key, self._share(b, shape)
 
     def extend_mask(self, key: int, shape, dim: int) -> torch.Tensor:
         """Append fresh mask rows along ``dim`` to B[key]; returns this party's share of them."""
         b = random_ring(shape) if self.rank == 0 else None
         if b is not None:
-            self.masks[key] = torch.cat([self.masks[key], b], dim=dim)
+            self.masks.extend(key, b, dim)
         return self._share(b, shape)
 
     def derive(self, parts: list[tuple], dim: int) -> tuple[int, list[torch.Tensor]]:
@@ -147,14 +130,13 @@ class LocalDealer:
         fresh = [random_ring(p[1]) if self.rank == 0 else None for p in parts if p[0] == "new"]
         if self.rank == 0:
             it = iter(fresh)
-            self.masks[key] = torch.cat(
-                [viewed(self.masks[p[1]], p[2]) if p[0] == "view" else next(it) for p in parts], dim=dim)
+            self.masks.set(key, torch.cat(
+                [self.masks.view(p[1], p[2]) if p[0] == "view" else next(it) for p in parts], dim=dim))
         shapes = [p[1] for p in parts if p[0] == "new"]
         return key, [self._share(b, shape) for b, shape in zip(fresh, shapes, strict=True)]
 
     def forget(self, key: int) -> None:
-        self.masks.pop(key, None)
-        self.masks_t.pop(key, None)
+        self.masks.forget(key)
 
     @contextmanager
     def step(self) -> Iterator[None]:
@@ -167,13 +149,7 @@ class LocalDealer:
         c_shape = result_shape(kind, a_shape, b_shape)
         if self.rank == 0:
             a = random_ring(a_shape)
-            b = viewed(self.masks[key], view)
-            b_t = None
-            if wants_transposed(kind, a_shape, b, view):  # the embedding table, many rows
-                if key not in self.masks_t:
-                    self.masks_t[key] = b.t().contiguous()
-                b_t = self.masks_t[key]
-            c = apply(kind, a, b, b_t)
+            c = apply(kind, a, *self.masks.operands(key, kind, a_shape, view))
             return self._share(a, a_shape), self._share(c, c_shape)
         return self._share(None, a_shape), self._share(None, c_shape)
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from protocols.ring.dealer import apply, wants_transposed
+from protocols.ring.dealer import apply
+from protocols.ring.fixed_masks import wants_transposed
 from protocols.ring.shares import open_ring
 
 

@@ -49,7 +49,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--policy", default="full",
                    help="KV-cache policy NAME[:KEY=VALUE...] (full, streaming, h2o, snapkv, quest, mpcache)")
     p.add_argument("--budget", type=float, default=0.1, help="fraction of the prompt attended per step")
-    p.add_argument("--approx", default=None, choices=["v1", "fast", "fast-lite"],
+    p.add_argument("--approx", default=None, choices=["v1", "fast", "fast-lite", "fast-lite3"],
                    help=f"MPC approximation preset (default fast: ~1/3 of v1's rounds, same accuracy; "
                    f"{MPC_DEFAULT_TTP} with --dealer ttp)")
     p.add_argument("--no-mask-reuse", action="store_true")

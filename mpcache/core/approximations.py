@@ -1,6 +1,7 @@
 """The approximation settings of the nonlinear functions, as frozen values: a named preset
-(``exact``, ``v1``, ``fast``, ``fast-lite``) or a custom one. A backend is built for one of them and
-never changes it; the formulas live in ``approx`` (plaintext) and ``protocols.numerics`` (MPC)."""
+(``exact``, ``v1``, ``fast``, ``fast-lite``, ``fast-lite3``) or a custom one. A backend is built for
+one of them and never changes it; the formulas live in ``approx`` (plaintext) and
+``protocols.numerics`` (MPC)."""
 
 from __future__ import annotations
 
@@ -95,8 +96,9 @@ MPC_DEFAULT = "fast"
 
 # With a TTP dealer the comparison tables travel from the dealer: fast's 10-bit digits made the
 # dealer of a SmolLM2 run (L=128) grow past 12 GB and be killed; 5-bit digits cut the tables 16-fold
-# for one more round per comparison.
-MPC_DEFAULT_TTP = "fast-lite"
+# for one more round per comparison. exp's tables in three 6-bit digits (fast-lite3) then halved the
+# dealer traffic of a SmolLM2 chat turn (59 + 16 tokens: 65.5 -> 36.1 GB) and its time (docs/chat.md).
+MPC_DEFAULT_TTP = "fast-lite3"
 
 
 def mpc_default(dealer: str) -> str:

@@ -147,7 +147,7 @@ def topk(records: Path) -> str:
 
 
 def chat(records: Path) -> str:
-    recs = load(records, "chat.jsonl")
+    recs = load(records, "chat.jsonl", "chat_turns")
     out = header("Private chat: a scripted 3-turn session", ["chat.jsonl"])
     out += section("SmolLM2-135M-Instruct, TTP dealer, 4 answer tokens per turn",
                    ["`make chat-demo`: dealer, server and client of `mpcache chat` on one machine, the "
@@ -158,4 +158,21 @@ def chat(records: Path) -> str:
                     "new token they cost 1.11x and 1.23x turn 1's traffic (attention over the cached "
                     "history), rounds are flat. Re-prefilling the whole history instead cost 4.1 GB for a "
                     "63-token turn 2. Nothing is evicted at this length (budget 512)."], recs)
+    out += section("One turn: TTP dealer against TFP",
+                   ["`examples/chat_turn.sh`: one SmolLM2 turn (a 59-token message with its template, 16 "
+                    "answer tokens), chat defaults (`mpcache:static=true`, budget 0.2). Each pair ran back "
+                    "to back; seconds are the client's wall time on the 2-core machine, busy with other jobs or "
+                    "quiet as shown, CPU is user + sys of all the turn's processes (`/usr/bin/time`).",
+                    "Most of the TTP turn is the dealer's one-hot tables (exp, comparisons) and their "
+                    "bounded comparisons in 8 digits of 4 bits, where TFP opens one 32-bit digit: in the "
+                    "prefill, softmax moves 2,829 MB online (TFP 509 MB) and SiLU 2,349 MB (TFP 1,392 MB). "
+                    "`fast-lite3` (exp in three 6-bit digits) is the TTP default since the second pair."],
+                   load(records, "chat.jsonl", "turn_dealers"))
+    out += section("The chat's answer tokens against `mpcache bench mpc`'s decode tokens",
+                   ["The same model, prompt length, dealer (TFP) and numerics, back to back: the chat's "
+                    "compute per answer token against the bench's per decode token over the same context.",
+                    "With `full` the two do the same work (same bytes and rounds). The `mpcache` pair is "
+                    "not the same state: the chat holds 39 tokens and attends 23 per layer on average (its "
+                    "/stats line); the bench holds 28 keys and its selection phase counts 0 rounds."],
+                   load(records, "chat.jsonl", "chat_vs_bench"))
     return "\n".join(out)

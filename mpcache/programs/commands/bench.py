@@ -53,8 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--no-mask-reuse", dest="mask_reuse", action="store_const", const="off")
     m.add_argument("--timeout", type=float, default=600, help="seconds a party waits for the other")
     m.add_argument("--approx", default=None,
-                   help=f"approximation preset(s), comma list (v1, fast, fast-lite): one record each, same "
-                   f"run (default {MPC_DEFAULT}; {MPC_DEFAULT_TTP} with --dealer ttp)")
+                   help=f"approximation preset(s), comma list (v1, fast, fast-lite, fast-lite3): one record "
+                   f"each, same run (default {MPC_DEFAULT}; {MPC_DEFAULT_TTP} with --dealer ttp)")
     m.add_argument("--json", required=True, help="file to append the records to")
     links.add_flags(m, bench=True)
     m.set_defaults(run=run)

@@ -162,7 +162,7 @@ def chat(records: Path) -> str:
                    ["`examples/chat_turn.sh`: one SmolLM2 turn (a 59-token message with its template, 16 "
                     "answer tokens), chat defaults (`mpcache:static=true`, budget 0.2). Each pair ran back "
                     "to back; seconds are the client's wall time on the 2-core machine, busy with other "
-                    "jobs or quiet as shown, CPU is user + sys of all the turn's processes (`/usr/bin/time`).",
+                    "jobs or quiet as shown, CPU is user + sys of all the turn's processes (time -v).",
                     "Most of the TTP turn is the dealer's one-hot tables (exp, comparisons) and their "
                     "bounded comparisons in 8 digits of 4 bits, where TFP opens one 32-bit digit: in the "
                     "prefill, softmax moves 2,829 MB online (TFP 509 MB) and SiLU 2,349 MB (TFP 1,392 MB). "

@@ -50,3 +50,18 @@ def test_static_curve_rows_are_rules_and_columns_kept_fractions():
     assert lines[0] == "| static rule | keep 30% | keep 50% | keep 100% |"
     assert lines[2] == ("| `mpcache:static=true:static_unit=32` | 0.500 (10), 30.0 MB | 0.800 (10), 50.0 MB "
                         "| 1.000 (10), 100.0 MB |")
+
+
+def test_each_policy_against_the_full_record_of_its_own_run(tmp_path):
+    records = tmp_path / "records"
+    records.mkdir()
+    runs = [{**_bench("full", 300.0, 3600), "time": "2026-01-01T09:00"},
+            {**_bench("mpcache:preset=lean", 75.0, 3900), "time": "2026-01-01T09:05"},
+            {**_bench("full", 200.0, 3600), "time": "2026-12-06T13:00"},
+            {**_bench("mpcache", 100.0, 3600), "time": "2026-12-06T13:05"}]
+    (records / "mpc_tradeoff_2048.jsonl").write_text("\n".join(json.dumps(r) for r in runs))
+    out = tmp_path / "doc.md"
+    assert main(["--records", str(records), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| mpc_tradeoff_2048 | 2048 | `mpcache:preset=lean` | 75.0 | 3,900 | 1.60 | 1.00 | 0.250 |" in text
+    assert "| mpc_tradeoff_2048 | 2048 | `mpcache` (`half`) | 100.0 | 3,600 | 1.80 | 1.00 | 0.500 |" in text

@@ -47,6 +47,24 @@ SMOL_REPLAY = ("Replayed through the plaintext `Conversation` (SmolLM2, the same
                "tokens against 233-307.")
 
 
+SMOL_1000 = ("The same script with about twice the document (`--model smollm2 --doc-tokens 1000`: "
+             "1,044 tokens with the turn's template), TFP, `fast`, budget 0.2, 16 answer tokens: "
+             "`full` and the default MPCache preset (`half`) with its static stage "
+             "(`mpcache:static=true`), one run each, back to back. The document turn costs both about "
+             "the same (122.6 and 123.5 GB online; 115 and 117 MB per prompt token of prefill, 56 % "
+             "of it the causal softmax); MPCache's stage kept 433 of the 1,059 tokens (41 %, 1.07x "
+             "the full cache's rounds in that turn), and each question turn then moves 0.57-0.58 of "
+             "the full cache's bytes (3.8-4.0 GB against 6.5-6.9 GB) in 1.05x its rounds. Neither "
+             "answers the code question at this length: the full cache says \"The secret code of the "
+             "blue door refers to the fact that the world is becoming\", MPCache \"... is a phrase that "
+             "has been used in various\" (with the 544-token document the full cache answered 4172). "
+             "Replayed through the plaintext `Conversation` (same policy and approximations, "
+             "`--replay`), every answer token and every cache size of both runs is equal (3 turns "
+             "each). Peak resident memory of the largest party (`/usr/bin/time -v`): 6.9 GB (full), "
+             "7.1 GB (MPCache). Seconds are wall time on the shared machine, whose other work "
+             "differed between the two runs.")
+
+
 def chat_document(records: Path) -> str:
     out = header("Private chat with a document: MPCache against the full cache", ["chat_document.jsonl"],
                  transcribed=False)
@@ -78,6 +96,9 @@ def chat_document(records: Path) -> str:
         doc, answer = first["new tokens"].split(" + ")
         out += section(f"SmolLM2-135M-Instruct, a {doc}-token document turn, {answer} answer tokens per turn",
                        [SMOL, SMOL_REPLAY, "Answers as decoded for the client."], smol)
+        long = load(records, "chat_document.jsonl", "doc_smollm2_1000")
+        out += section("SmolLM2-135M-Instruct, a 1,044-token document turn, 16 answer tokens per turn",
+                       [SMOL_1000, "Answers as decoded for the client."], long) if long else []
     else:
         out += ["## SmolLM2-135M-Instruct", "",
                 "Not measured yet: every attempt of the same script with SmolLM2 (a 64- or 100-token "

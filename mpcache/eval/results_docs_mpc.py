@@ -166,7 +166,8 @@ def chat(records: Path) -> str:
                     "Most of the TTP turn is the dealer's one-hot tables (exp, comparisons) and their "
                     "bounded comparisons in 8 digits of 4 bits, where TFP opens one 32-bit digit: in the "
                     "prefill, softmax moves 2,829 MB online (TFP 509 MB) and SiLU 2,349 MB (TFP 1,392 MB). "
-                    "`fast-lite3` (exp in three 6-bit digits) is the TTP default since the second pair."],
+                    "`fast-lite3` (exp in three 6-bit digits) is the TTP default in the rows "
+                    "\"after fast-lite3\"."],
                    load(records, "chat.jsonl", "turn_dealers"))
     out += section("The chat's answer tokens against `mpcache bench mpc`'s decode tokens",
                    ["The same model, prompt length, dealer (TFP) and numerics, back to back: the chat's "

@@ -7,14 +7,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 PORT=${PORT:-29650}; NEW=${NEW:-16}; DEALER=${DEALER:-ttp}; OUT=${OUT:-results/chat_turn_$DEALER.jsonl}
-APPROX_FLAG=(); [ -n "${APPROX:-}" ] && APPROX_FLAG=(--approx "$APPROX")
-[ -n "${POLICY:-}" ] && APPROX_FLAG+=(--policy "$POLICY")
+EXTRA=()  # the same settings for both parties
+[ -n "${APPROX:-}" ] && EXTRA+=(--approx "$APPROX")
+[ -n "${POLICY:-}" ] && EXTRA+=(--policy "$POLICY")
 MSG=${MSG:-"Name a fruit that is red and grows on trees in an orchard in autumn, and say in a few words why it is good to eat."}
 mkdir -p "$(dirname "$OUT")"
 rm -f "$OUT"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 $BIN/mpcache chat server --model smollm2 --dealer "$DEALER" --port "$PORT" --max-new-tokens "$NEW" \
-  "${APPROX_FLAG[@]}" --timeout 3000 > "${OUT%.jsonl}.server.log" 2>&1 &
+  "${EXTRA[@]}" --timeout 3000 > "${OUT%.jsonl}.server.log" 2>&1 &
 pids=$!
 if [ "$DEALER" = ttp ]; then
   $BIN/mpcache chat dealer --model smollm2 --port "$PORT" > "${OUT%.jsonl}.dealer.log" 2>&1 &
@@ -22,5 +23,5 @@ if [ "$DEALER" = ttp ]; then
 fi
 printf '%s\n' "$MSG" /stats /quit |
   $BIN/mpcache chat client --model smollm2 --dealer "$DEALER" --port "$PORT" --max-new-tokens "$NEW" \
-    "${APPROX_FLAG[@]}" --timeout 3000 --json "$OUT"
+    "${EXTRA[@]}" --timeout 3000 --json "$OUT"
 wait $pids

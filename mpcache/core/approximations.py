@@ -97,7 +97,7 @@ MPC_DEFAULT = "fast"
 # With a TTP dealer the comparison tables travel from the dealer: fast's 10-bit digits made the
 # dealer of a SmolLM2 run (L=128) grow past 12 GB and be killed; 5-bit digits cut the tables 16-fold
 # for one more round per comparison. exp's tables in three 6-bit digits (fast-lite3) then halved the
-# dealer traffic of a SmolLM2 chat turn (59 + 16 tokens: 65.5 -> 36.1 GB) and its time (docs/chat.md).
+# dealer traffic of a SmolLM2 chat turn (59 + 16 tokens: 65.5 -> 36.1 GB) and its time (docs/results/chat.md).
 MPC_DEFAULT_TTP = "fast-lite3"
 
 

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mpcache.eval.mpc_tradeoff_needle import DEFAULT as LEAN_HALF
 from mpcache.eval.mpc_tradeoff_needle import bar_table as needle_bar_table
 from mpcache.eval.mpc_tradeoff_needle import needle_table
 from mpcache.eval.mpc_tradeoff_reading import READING
@@ -49,7 +50,6 @@ class Cost:
 # before the bounded comparisons (same code otherwise), "bounded" after them, "2048" the final run.
 RETRIEVAL = "mpcache:preset=retrieval"
 FRONTIER = "mpc_tradeoff_frontier"  # the run after the level-by-level selections and the static units
-LEAN_HALF = "mpcache:preset=lean:r1_min=0.5"
 STATIC_HALF = ":static=true:static_heads=kv:importance=sum:static_unit=32:static_spread=1:rho=0.5"
 OPTIONS: list[tuple[str, tuple[str, str], tuple[str, str]]] = [
     ("argmax over the vocabulary, softmax shift, selection maxima: bounded comparisons, range checked "
@@ -92,9 +92,9 @@ ATTENTION = ("softmax", "selection", "attn-scores", "attn-values")
 BAR = (("bytes", 0.25), ("rounds", 1.10), ("est. LAN", 1 / 2.5), ("LAN network", 1 / 2.5), ("compute", 0.5))
 FINALS = (FRONTIER, FRONTIER + "2", "mpc_tradeoff_4096", "mpc_tradeoff_2048", "mpc_tradeoff_1024")
 BYTES_AT_4096 = 1 / 6  # the bar's bytes limit at 4096 tokens (1/4 at 2048)
-# The bare name ran the default, `half`, from this time on (its accuracy records carry HALF); before,
+# The bare name ran the default, `half`, from this time on (its accuracy records carry LEAN_HALF); before,
 # it ran `retrieval` (the accuracy records of the bare name).
-HALF, HALF_SINCE = "mpcache:preset=lean:r1_min=0.5", "2026-12-06T11:22"
+HALF_SINCE = "2026-12-06T11:22"
 
 
 def _full(bench: list[dict], r: dict) -> dict | None:
@@ -109,7 +109,7 @@ def _named(r: dict) -> tuple[str, str]:
     parts = r["policy"].split(":")
     if parts[0] != "mpcache" or any(p.startswith("preset=") for p in parts) or r.get("time", "") < HALF_SINCE:
         return f"`{r['policy']}`", r["policy"]
-    return f"`{r['policy']}` (`half`)", ":".join([HALF, *parts[1:]])
+    return f"`{r['policy']}` (`half`)", ":".join([LEAN_HALF, *parts[1:]])
 
 
 def load(records: Path) -> dict[str, list[dict]]:
